@@ -1,0 +1,188 @@
+"""One conditioning mechanism for every temporal capability.
+
+A `Window` is the latent grid the sampler fills: `samples` (B, C, T, h, w) holds the given
+latents, `strength` (B, T) says per latent frame how much is generated (0 = given and kept
+exactly, 1 = generated from noise, between = SDEdit-style partial noise). A `Splice` says how
+the decoded window joins the source clips' own pixels, so the output is the source frames
+untouched plus only the new ones.
+
+Timing is in whole chunks of the VAE's `temporal_factor` (4) frames: a chunk's latent does not
+depend on where it sits in time (see `vae`), so the latents of "the last 8 frames of clip A"
+are the same whether A is encoded alone or inside the generated window.
+
+Frames here are float tensors (T, H, W, 3) in [0, 1], ComfyUI's IMAGE layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .vae import VideoVAE
+
+
+@dataclass
+class Splice:
+    """Output = before + decoded[keep_start:keep_stop] + after."""
+
+    keep_start: int
+    keep_stop: int | None
+    before: torch.Tensor | None = None
+    after: torch.Tensor | None = None
+
+    def apply(self, decoded: torch.Tensor) -> torch.Tensor:
+        parts = [decoded[self.keep_start : self.keep_stop]]
+        if self.before is not None:
+            parts.insert(0, self.before.to(decoded))
+        if self.after is not None:
+            parts.append(self.after.to(decoded))
+        return torch.cat(parts, dim=0)
+
+
+@dataclass
+class Window:
+    samples: torch.Tensor  # (B, C, T, h, w)
+    strength: torch.Tensor  # (B, T)
+    splice: Splice | None = None
+
+    @property
+    def new_latent_frames(self) -> int:
+        return int((self.strength[0] > 0).sum())
+
+
+def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
+    """(T, H, W, 3) in [0, 1] -> (1, 3, T, H, W) in [-1, 1]."""
+    return frames.permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1
+
+
+def video_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) in [-1, 1] -> (B*T, H, W, 3) in [0, 1]."""
+    return ((video.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).reshape(-1, *video.shape[3:], 3)
+
+
+def _check_frames(name: str, frames: torch.Tensor) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"{name} must be frames of shape (count, height, width, 3); got {tuple(frames.shape)}")
+
+
+def _check_chunks(name: str, value: int, tf: int, minimum: int = 1) -> int:
+    if not isinstance(value, int) or value < minimum * tf or value % tf:
+        raise ValueError(
+            f"{name}={value} is not allowed: use a multiple of {tf} frames, at least {minimum * tf} "
+            f"(the VAE compresses {tf} frames into one latent frame)"
+        )
+    return value // tf
+
+
+def _vae_dtype(vae: VideoVAE) -> torch.dtype:
+    return next(vae.parameters()).dtype
+
+
+def encode_frames(vae: VideoVAE, frames: torch.Tensor) -> torch.Tensor:
+    """(1+tf*k, H, W, 3) frames -> (1, C, 1+k, h, w) latents (frame 0 alone)."""
+    dev = next(vae.parameters()).device
+    return vae.encode(frames_to_video(frames).to(dev, _vae_dtype(vae)))
+
+
+def encode_chunk_frames(vae: VideoVAE, frames: torch.Tensor) -> torch.Tensor:
+    """(tf*k, H, W, 3) frames -> (1, C, k, h, w): the latents these frames have mid-video."""
+    dev = next(vae.parameters()).device
+    return vae.encode_chunks(frames_to_video(frames).to(dev, _vae_dtype(vae)))
+
+
+def _window(parts: list[tuple[torch.Tensor | int, float]], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate given latents and runs of `n` new frames along time, with their strengths."""
+    samples, strength = [], []
+    b, c, _, h, w = like.shape
+    for part, s in parts:
+        if isinstance(part, int):
+            part = torch.zeros(b, c, part, h, w, dtype=like.dtype, device=like.device)
+        samples.append(part)
+        strength.append(torch.full((b, part.shape[2]), float(s), device=like.device))
+    return torch.cat(samples, dim=2), torch.cat(strength, dim=1)
+
+
+def empty_window(batch: int, channels: int, latent_t: int, latent_h: int, latent_w: int) -> Window:
+    """Text-to-video: every frame generated."""
+    return Window(torch.zeros(batch, channels, latent_t, latent_h, latent_w), torch.ones(batch, latent_t))
+
+
+def animate_image(vae: VideoVAE, image: torch.Tensor, frames: int, *, at: str = "first") -> Window:
+    """Image-to-video: the image is the first (or last) frame of a `frames`-long video."""
+    _check_frames("image", image)
+    if at not in ("first", "last"):
+        raise ValueError(f"at={at!r} is not allowed; use 'first' or 'last'")
+    tf = vae.temporal_factor
+    new = _check_chunks("frames - 1", frames - 1, tf)
+    z = encode_frames(vae, image[:1])  # a still image's latent is also a still chunk's latent
+    parts = [(z, 0.0), (new, 1.0)] if at == "first" else [(new, 1.0), (z, 0.0)]
+    samples, strength = _window(parts, z)
+    return Window(samples, strength)
+
+
+def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int) -> Window:
+    """Continue `video` for `new_frames` frames, seeing its last `context_frames` (+1 anchor frame)."""
+    _check_frames("video", video)
+    tf = vae.temporal_factor
+    n = _check_chunks("new_frames", new_frames, tf)
+    m = _check_chunks("context_frames", context_frames, tf)
+    if video.shape[0] < tf * m + 1:
+        raise ValueError(
+            f"video has {video.shape[0]} frames; extending with context_frames={context_frames} "
+            f"needs at least {tf * m + 1}"
+        )
+    ctx = encode_frames(vae, video[-(tf * m + 1) :])
+    samples, strength = _window([(ctx, 0.0), (n, 1.0)], ctx)
+    return Window(samples, strength, Splice(keep_start=1 + tf * m, keep_stop=None, before=video))
+
+
+def extend_backward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int) -> Window:
+    """Generate `new_frames` frames that lead into `video`, seeing its first `context_frames`."""
+    _check_frames("video", video)
+    tf = vae.temporal_factor
+    n = _check_chunks("new_frames", new_frames, tf)
+    m = _check_chunks("context_frames", context_frames, tf)
+    if video.shape[0] < tf * m:
+        raise ValueError(f"video has {video.shape[0]} frames; context_frames={context_frames} needs at least that many")
+    ctx = encode_chunk_frames(vae, video[: tf * m])
+    # Latent 0 is a lone frame; it is generated and then dropped so exactly `new_frames` are new.
+    samples, strength = _window([(1 + n, 1.0), (ctx, 0.0)], ctx)
+    return Window(samples, strength, Splice(keep_start=1, keep_stop=1 + tf * n, after=video))
+
+
+def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition_frames: int, context_frames: int) -> Window:
+    """A generated transition of `transition_frames` from the end of `first` into the start of `second`."""
+    _check_frames("first", first)
+    _check_frames("second", second)
+    if first.shape[1:] != second.shape[1:]:
+        raise ValueError(
+            f"the two clips must have the same frame size; first is {tuple(first.shape[1:3])} (height, width), "
+            f"second is {tuple(second.shape[1:3])}"
+        )
+    tf = vae.temporal_factor
+    n = _check_chunks("transition_frames", transition_frames, tf)
+    m = _check_chunks("context_frames", context_frames, tf)
+    for name, clip, need in (("first", first, tf * m + 1), ("second", second, tf * m)):
+        if clip.shape[0] < need:
+            raise ValueError(f"{name} has {clip.shape[0]} frames; context_frames={context_frames} needs at least {need}")
+    head = encode_frames(vae, first[-(tf * m + 1) :])
+    tail = encode_chunk_frames(vae, second[: tf * m])
+    samples, strength = _window([(head, 0.0), (n, 1.0), (tail, 0.0)], head)
+    start = 1 + tf * m
+    return Window(samples, strength, Splice(keep_start=start, keep_stop=start + tf * n, before=first, after=second))
+
+
+def loop(vae: VideoVAE, video: torch.Tensor, transition_frames: int, context_frames: int) -> Window:
+    """A seamless loop: `video` followed by a generated transition from its end back to its start.
+    Played on repeat, the last output frame leads straight into the first."""
+    window = connect(vae, video, video, transition_frames, context_frames)
+    window.splice.after = None  # the loop's next frame is the video's own first frame
+    return window
+
+
+def sdedit(latent: torch.Tensor, strength: float) -> Window:
+    """Video-to-video editing (SDEdit, Meng et al. 2022): every frame noised to `strength`, then denoised."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength={strength} must be between 0 and 1 (0 = unchanged, 1 = ignore the input)")
+    return Window(latent, torch.full((latent.shape[0], latent.shape[2]), float(strength), device=latent.device))
