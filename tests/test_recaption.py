@@ -113,7 +113,7 @@ class FakeChat:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self):
         self.server.shutdown()
@@ -154,7 +154,7 @@ def test_llm_backend_success(fake_chat):
 
 def test_llm_unreachable_raises_or_falls_back(caplog):
     endpoint = f"http://127.0.0.1:{_closed_port()}"
-    with pytest.raises(RecaptionError, match=f"127.0.0.1:.*unreachable"):
+    with pytest.raises(RecaptionError, match="127.0.0.1:.*unreachable"):
         recaption("a red ball", backend="llm", endpoint=endpoint, timeout=2, fallback=False)
     with caplog.at_level("WARNING"):
         text = recaption("a red ball", backend="llm", endpoint=endpoint, timeout=2, seed=1)

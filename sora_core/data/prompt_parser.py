@@ -40,7 +40,7 @@ _add("bgcolor", "light gray", "light grey", "silver")
 _add("bgcolor", "navy", "dark blue", "navy blue", "midnight blue")
 _add("bgcolor", "forest green", "dark green")
 _add("bgcolor", "beige", "tan", "cream", "sand", "sandy")
-_add("bgcolor", "black", "dark")
+_add("bgcolor", "black", "pitch black")
 _add("bgcolor", "brown", "chocolate")
 
 _add("shape", "circle", "circle", "circles", "ball", "balls", "dot", "dots", "disc", "discs", "disk", "disks",

@@ -91,7 +91,6 @@ def _bounce_start(rng, lo: float, hi: float, v: float, frames: int) -> float:
 
 def _kinematics(rng, scene: Scene, obj: SceneObject) -> SceneObject:
     """Give an object speeds, spin and scale that realise its motion name."""
-    T = scene.frames
     m = obj.motion
     if m in DIRECTIONS:
         vx, vy = _linear_velocity(rng, m, rng.uniform(*LINEAR_SPEED))
