@@ -233,3 +233,12 @@ def test_cli_subcommands(capsys, fake_chat, tmp_path):
     args = parser.parse_args(["caption-folder", str(tmp_path), "--endpoint", server.url, "--frames", "2"])
     assert args.func(args) == 0
     assert "wrote 2" in capsys.readouterr().out
+
+
+def test_place_phrases_set_where_objects_start():
+    for seed in range(3):
+        text = recaption("an image of a yellow star in the top left corner", seed=seed)
+        assert "top left" in text and "Additional details" not in text
+    spec = parse_prompt("a red ball at the bottom and a blue box moving left")
+    red, blue = spec.objects
+    assert (red["x"], red["y"]) == (0.5, 0.8) and blue["motion"] == "left" and blue["x"] is None

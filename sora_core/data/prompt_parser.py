@@ -105,7 +105,7 @@ _add("stop", None, "the", "and", "on", "in", "with", "of", "is", "are", "it", "i
      "by", "very", "slow", "speed", "lots", "lot")
 
 _MAX_PHRASE = max(len(p.split()) for p in _LEXICON)
-# "in the top left corner" is a place, not a motion: kept as leftover text, never a direction.
+# "in the top left corner" is where an object starts, never a direction of motion.
 _PLACE = re.compile(
     r"\b(?:in|at|near|on)\s+the\s+(?:(?:top|bottom|upper|lower|middle|center|centre)\b\s*)?"
     r"(?:(?:left|right)\b\s*)?(?:corner|side|edge|half|area|part|of the frame|of the screen)?",
@@ -140,6 +140,13 @@ class PromptSpec:
         opts = {"objects": objects or None, "background": self.background, "texture": self.texture,
                 "gradient": self.gradient, "camera": camera, "occlusion": self.occlusion}
         return {k: v for k, v in opts.items() if v is not None}
+
+
+def _place_xy(phrase: str) -> tuple[float, float]:
+    """Frame position (fractions) named by a place phrase: thirds of the frame, like captions."""
+    x = 0.2 if "left" in phrase else 0.8 if "right" in phrase else 0.5
+    y = 0.2 if re.search(r"top|upper", phrase) else 0.8 if re.search(r"bottom|lower", phrase) else 0.5
+    return x, y
 
 
 def _tokens(text: str) -> list[tuple[str, int, int]]:
@@ -194,11 +201,12 @@ class _Reader:
     """Left-to-right reading state: which object (or the camera) the next words are about."""
 
     def __init__(self, text: str):
-        low = text.lower()
-        places = [m.span() for m in _PLACE.finditer(low)
-                  if re.search(r"top|bottom|upper|lower|left|right|middle|center|centre", m.group())]
+        self.places = [(m.start(), m.end(), _place_xy(m.group())) for m in _PLACE.finditer(text.lower())
+                       if re.search(r"top|bottom|upper|lower|left|right|middle|center|centre", m.group())]
         self.tokens = _tokens(text)
-        self.in_place = [any(a <= s < b for a, b in places) for _, s, _ in self.tokens]
+        self.in_place = [next((i for i, (a, b, _) in enumerate(self.places) if a <= s < b), None)
+                         for _, s, _ in self.tokens]
+        self.placed: set[int] = set()
         self.items = _match(self.tokens)
         self.spec = PromptSpec()
         self.groups: list[dict] = []
@@ -212,6 +220,9 @@ class _Reader:
         self.mover = self.occluder = None
         self.used = [False] * len(self.tokens)
 
+    def target_object(self) -> dict:
+        return self.groups[-1] if self.groups else self.pending
+
     def target(self) -> dict:
         return self.camera if self.camera is not None else (self.groups[-1] if self.groups else self.pending)
 
@@ -221,8 +232,13 @@ class _Reader:
                 if kind == "punct" and value in ",;.":
                     self.camera = None  # "camera panning left, a red ball ..." ends the clause
                 continue
-            if any(self.in_place[a:b]):
-                continue  # part of a place phrase: kept as leftover text
+            place = self.in_place[a]
+            if place is not None:  # "in the top left corner": where the last object starts
+                if place not in self.placed:
+                    self.placed.add(place)
+                    self.target_object().update(zip(("x", "y"), self.places[place][2]))
+                self.used[a:b] = [True] * (b - a)
+                continue
             verdict = self.take(kind, value, idx, a, b)
             if verdict == "wait":  # "a", "big", "red": understood only once a noun claims them
                 self.waiting.append((a, b))
@@ -262,8 +278,8 @@ class _Reader:
                 colors = colors * n
             g = _group(n, value, colors, self.size)
             self._claim()
-            for key in ("motion", "h", "v", "spin"):
-                g[key] = self.pending[key]
+            for key in ("motion", "h", "v", "spin", "x", "y"):
+                g[key] = self.pending.get(key)
             self.groups.append(g)
             if self.mover is not None and self.occluder is None:
                 self.occluder = g
@@ -348,6 +364,9 @@ class _Reader:
                     "size": g["size"],
                     "motion": motion,
                     "spin": g["spin"],
+                    # One place for a group: only its first member can start there.
+                    "x": g.get("x") if k == 0 else None,
+                    "y": g.get("y") if k == 0 else None,
                 })
         spec.objects = spec.objects[:3]  # the world holds at most three objects
         spec.leftover = _leftover(self.text, self.tokens, self.used)

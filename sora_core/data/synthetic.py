@@ -73,10 +73,12 @@ def _fit_velocity(v: float, cam: float, span: float, frames: int) -> float:
     return 0.0
 
 
-def _start(rng, lo: float, hi: float, travel: float) -> float:
-    """Uniform start so that start + travel stays within [lo, hi]."""
+def _start(rng, lo: float, hi: float, travel: float, pin: float | None = None) -> float:
+    """Start so that start + travel stays within [lo, hi]: uniform, or nearest to `pin`."""
     a, b = lo - min(travel, 0), hi - max(travel, 0)
-    return float(rng.uniform(a, b)) if b > a else (lo + hi - travel) / 2
+    if b <= a:
+        return (lo + hi - travel) / 2
+    return float(np.clip(pin, a, b)) if pin is not None else float(rng.uniform(a, b))
 
 
 def _bounce_start(rng, lo: float, hi: float, v: float, frames: int) -> float:
@@ -113,25 +115,28 @@ def _kinematics(rng, scene: Scene, obj: SceneObject) -> SceneObject:
     return obj
 
 
-def _place(rng, scene: Scene, obj: SceneObject, slow: float = 1.0) -> SceneObject:
+def _place(rng, scene: Scene, obj: SceneObject, slow: float = 1.0, pin: tuple | None = None) -> SceneObject:
     """Choose a start position (and fit the speed) so the object stays fully on screen.
 
-    slow < 1 shortens a translating object's path, which helps it fit beside others.
+    slow < 1 shortens a translating object's path, which helps it fit beside others;
+    pin = (x, y) asks for a start as close to that point as the path allows (None: random).
     """
+    px, py = pin or (None, None)
     T = scene.frames
     if obj.motion in DIRECTIONS:
         obj = replace(obj, vx=obj.vx * slow, vy=obj.vy * slow)
     cam = scene.camera_offset(1.0)
     x_lo, y_lo, x_hi, y_hi = bounds(scene, obj)
     if obj.motion == "bounce":
-        return replace(obj, x=_bounce_start(rng, x_lo, x_hi, obj.vx, T),
-                       y=_bounce_start(rng, y_lo, y_hi, obj.vy, T))
+        x = _bounce_start(rng, x_lo, x_hi, obj.vx, T) if px is None else float(np.clip(px, x_lo, x_hi))
+        y = _bounce_start(rng, y_lo, y_hi, obj.vy, T) if py is None else float(np.clip(py, y_lo, y_hi))
+        return replace(obj, x=x, y=y)
     vx = _fit_velocity(obj.vx, cam[0], x_hi - x_lo, T)
     vy = _fit_velocity(obj.vy, cam[1], y_hi - y_lo, T)
     # Screen travel is own motion minus camera motion; place the start in screen space,
     # then convert back to the world position at frame 0 (camera offset is zero there).
-    x = _start(rng, x_lo, x_hi, (vx - cam[0]) * (T - 1))
-    y = _start(rng, y_lo, y_hi, (vy - cam[1]) * (T - 1))
+    x = _start(rng, x_lo, x_hi, (vx - cam[0]) * (T - 1), px)
+    y = _start(rng, y_lo, y_hi, (vy - cam[1]) * (T - 1), py)
     return replace(obj, x=x, y=y, vx=vx, vy=vy)
 
 
@@ -221,7 +226,7 @@ def _fill_hints(rng, hints: list[dict], frames: int, camera: str, motions: Seque
 
 
 _HINT_CHOICES = {"shape": SHAPES, "color": tuple(PALETTE), "size": tuple(SIZES), "motion": MOTIONS,
-                 "spin": ("clockwise", "counterclockwise")}
+                 "spin": ("clockwise", "counterclockwise"), "x": None, "y": None}
 
 
 def _check_hint(hint: dict) -> None:
@@ -229,9 +234,16 @@ def _check_hint(hint: dict) -> None:
     for key, value in hint.items():
         if key not in _HINT_CHOICES:
             raise ValueError(f"objects entry key {key!r} is not allowed; use: {', '.join(_HINT_CHOICES)}")
-        if value is not None and value not in _HINT_CHOICES[key]:
+        if key in ("x", "y"):
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ValueError(f"objects entry {key}={value!r} is not allowed; use a fraction of the frame in [0, 1]")
+        elif value is not None and value not in _HINT_CHOICES[key]:
             raise ValueError(f"objects entry {key}={value!r} is not allowed; choose one of: "
                              f"{', '.join(_HINT_CHOICES[key])}")
+
+
+def _pin(hint: dict) -> tuple[float | None, float | None]:
+    return hint.get("x"), hint.get("y")
 
 
 def _make_object(rng, scene: Scene, hint: dict) -> SceneObject:
@@ -266,7 +278,8 @@ def sample_scene(
     """Draw a scene; every argument left as None is sampled, every one given is honoured.
 
     objects: partial specs, one per object, with optional keys shape / color / size /
-        motion / spin ("clockwise" | "counterclockwise"); when given they fix the count.
+        motion / spin ("clockwise" | "counterclockwise") / x, y (wished start, frame
+        fractions; both or neither); when given they fix the count.
     occlusion: objects[0] passes behind objects[1] mid-clip and comes out again.
     motions: the motions random objects may get (e.g. leave out "bounce" for a curriculum).
     """
@@ -327,7 +340,7 @@ def sample_scene(
                 return scene
         if given or n_objects is not None or len(hints) <= (2 if occlusion else 1):
             # The caller fixed these objects: an overlap beats dropping one.
-            objs = [_place(rng, base, _make_object(rng, base, h)) for h in filled]
+            objs = [_place(rng, base, _make_object(rng, base, h), pin=_pin(h)) for h in filled]
             if occlusion:
                 objs[0], objs[1] = _occlusion_pair(rng, base, objs[0], objs[1])
             return replace(base, objects=objs)
@@ -348,7 +361,7 @@ def _place_all(rng, base: Scene, filled: list[dict], occlusion: bool, tries: int
     for i in range(first, len(filled)):
         for k in range(tries):
             slow = 1.0 - 0.5 * k / tries
-            objs[i] = _place(rng, base, _make_object(rng, base, filled[i]), slow)
+            objs[i] = _place(rng, base, _make_object(rng, base, filled[i]), slow, _pin(filled[i]))
             placed = replace(base, objects=[o for o in objs[: i + 1]])
             if _clear_of_each_other(placed, (0, 1) if occlusion else None):
                 break
