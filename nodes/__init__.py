@@ -1,0 +1,43 @@
+"""ComfyUI nodes for sora-nodes. The only package that imports ComfyUI (through `host`, and only
+when running inside it). Imports are relative: ComfyUI has its own top-level module `nodes`."""
+
+from . import host
+from .latent import SoraPatchifyGrid, SoraTrimFrames, SoraVAEDecode, SoraVAEEncode
+from .loader import SoraModelLoader
+from .sampler import SoraDiTSampler
+from .temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
+from .text import SoraRecaption, SoraTextEncode
+
+host.register_model_folder()
+
+NODE_CLASS_MAPPINGS = {
+    "SoraModelLoader": SoraModelLoader,
+    "SoraTextEncode": SoraTextEncode,
+    "SoraRecaption": SoraRecaption,
+    "SoraPatchifyGrid": SoraPatchifyGrid,
+    "SoraDiTSampler": SoraDiTSampler,
+    "SoraVAEEncode": SoraVAEEncode,
+    "SoraVAEDecode": SoraVAEDecode,
+    "SoraAnimateImage": SoraAnimateImage,
+    "SoraExtend": SoraExtend,
+    "SoraLoop": SoraLoop,
+    "SoraConnect": SoraConnect,
+    "SoraSDEditNoise": SoraSDEditNoise,
+    "SoraTrimFrames": SoraTrimFrames,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SoraModelLoader": "Sora Model Loader",
+    "SoraTextEncode": "Sora Text Encode",
+    "SoraRecaption": "Sora Recaption Prompt",
+    "SoraPatchifyGrid": "Sora Patchify Grid (Empty Video)",
+    "SoraDiTSampler": "Sora DiT Sampler",
+    "SoraVAEEncode": "Sora VAE Encode (Video)",
+    "SoraVAEDecode": "Sora VAE Decode (Video)",
+    "SoraAnimateImage": "Sora Animate Image",
+    "SoraExtend": "Sora Extend Video",
+    "SoraLoop": "Sora Seamless Loop",
+    "SoraConnect": "Sora Connect Clips",
+    "SoraSDEditNoise": "Sora SDEdit Noise",
+    "SoraTrimFrames": "Sora Trim Frames to 1+4k",
+}

@@ -1,0 +1,169 @@
+"""Between pixels and latents: Patchify Grid, VAE Encode, VAE Decode, Trim Frames."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from sora_core.conditioning import empty_window, frames_to_video, video_to_frames
+from sora_core.patch import check_frame_count, check_pixel_size, latent_frames
+
+from . import host, wires
+
+ASPECT_RATIOS = {"custom": None, "1:1": (1, 1), "16:9": (16, 9), "9:16": (9, 16), "4:3": (4, 3), "3:4": (3, 4),
+                 "3:2": (3, 2), "2:3": (2, 3), "21:9": (21, 9)}
+TEMPORAL_FACTOR = 4  # frames per latent frame in every preset's VAE; Trim Frames has no VAE input to ask
+
+
+def preset_size(aspect_ratio: str, long_side: int, multiple: int) -> tuple[int, int]:
+    """(width, height) of an aspect ratio with the given long side, the short side rounded to `multiple`."""
+    if long_side < multiple or long_side % multiple:
+        raise ValueError(f"long_side={long_side} is not allowed: it must be a positive multiple of {multiple}")
+    w, h = ASPECT_RATIOS[aspect_ratio]
+    short = max(multiple, math.floor(long_side * min(w, h) / max(w, h) / multiple + 0.5) * multiple)
+    return (long_side, short) if w >= h else (short, long_side)
+
+
+class SoraPatchifyGrid:
+    DESCRIPTION = ("Starts a video of any width, height and duration: the empty latent grid the DiT fills "
+                   "(the report's 'grid of spacetime patches'). Shows the latent and token grid sizes.")
+    CATEGORY = "Sora/latent"
+    FUNCTION = "make"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"min": 8, "max": 4096, "step": 8}
+        return {"required": {
+            "vae": ("SORA_VAE",),
+            "aspect_ratio": (list(ASPECT_RATIOS), {"default": "custom", "tooltip": (
+                "custom = use width and height; a ratio (width:height) = use long_side and derive the other side.")}),
+            "long_side": ("INT", {"default": 64, **size, "tooltip": (
+                "Pixels along the longer side when an aspect ratio is chosen; a multiple of the model's "
+                "pixel multiple (8 for the default model).")}),
+            "width": ("INT", {"default": 64, **size, "tooltip": (
+                "Used when aspect_ratio is custom; a multiple of the model's pixel multiple (8 for the default model).")}),
+            "height": ("INT", {"default": 64, **size, "tooltip": (
+                "Used when aspect_ratio is custom; a multiple of the model's pixel multiple (8 for the default model).")}),
+            "frames": ("INT", {"default": 17, "min": 1, "max": 4097, "step": 4, "tooltip": wires.FRAMES_TOOLTIP}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos generated at once."}),
+        }}
+
+    def make(self, vae, aspect_ratio, long_side, width, height, frames, batch_size):
+        config = vae.config
+        m = config.pixel_multiple
+        if aspect_ratio != "custom":
+            width, height = preset_size(aspect_ratio, long_side, m)
+        check_pixel_size(width, height, m)
+        check_frame_count(frames, config.vae.temporal_factor)
+        s = config.vae.spatial_factor
+        window = empty_window(batch_size, config.vae.latent_channels, latent_frames(frames, config.vae.temporal_factor),
+                              height // s, width // s)
+        pt, ph, pw = config.dit.patch
+        t, h, w = window.samples.shape[2:]
+        info = (f"{width}x{height} px, {frames} frames -> latent {t}x{h}x{w} (frames x height x width), "
+                f"{t // pt}x{h // ph}x{w // pw} = {(t // pt) * (h // ph) * (w // pw)} tokens")
+        return {"ui": {"text": [info]}, "result": (wires.window_latent(window),)}
+
+
+def _progress_callback(total: int):
+    bar = host.Progress(total)
+
+    def update(done, count):
+        host.check_interrupted()
+        bar.update(done, count)
+
+    return update
+
+
+class SoraVAEEncode:
+    DESCRIPTION = ("Encodes frames (an IMAGE batch = the frames of one video, 1 + 4k of them) into a Sora "
+                   "latent, e.g. for SDEdit video-to-video.")
+    CATEGORY = "Sora/latent"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("SORA_VAE",),
+            "images": ("IMAGE", {"tooltip": "Frames of one video; 1 + 4k of them, sides a multiple of the pixel multiple."}),
+            "chunk": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": (
+                "Groups of 4 frames encoded at once; lower uses less memory.")}),
+        }}
+
+    def encode(self, vae, images, chunk):
+        wires.check_frames("images", images, vae.config)
+        module = vae.load()
+        param = next(module.parameters())
+        n = latent_frames(images.shape[0], vae.config.vae.temporal_factor)
+        with torch.no_grad():
+            z = module.encode(frames_to_video(images).to(param.device, param.dtype), chunk_batch=chunk,
+                              progress=_progress_callback(n))
+        return (wires.latent(z.float()),)
+
+
+class SoraVAEDecode:
+    DESCRIPTION = ("Decodes a Sora latent into frames. After Extend, Loop or Connect the output is the source "
+                   "frames followed (or preceded) by only the new ones. A batch of videos comes out one after "
+                   "another in a single IMAGE batch.")
+    CATEGORY = "Sora/latent"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("SORA_VAE",),
+            "latent": ("LATENT",),
+            "chunk": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": (
+                "Latent frames decoded at once (4 video frames each); lower uses less memory.")}),
+            "tile": ("INT", {"default": 0, "min": 0, "max": 1024, "step": 8, "tooltip": (
+                "0 = off; otherwise decode in tiles of this many latent cells (at least 8) for frames too "
+                "large for memory.")}),
+        }}
+
+    def decode(self, vae, latent, chunk, tile):
+        samples = wires.check_latent(latent, vae.config)
+        if tile and tile < 8:
+            raise ValueError(f"tile={tile} is not allowed: use 0 (off) or at least 8 latent cells")
+        module = vae.load()
+        param = next(module.parameters())
+        with torch.no_grad():
+            video = module.decode(samples.to(param.device, param.dtype), chunk=chunk, tile=tile or None,
+                                  progress=_progress_callback(samples.shape[2]))
+        if not torch.isfinite(video).all():
+            raise FloatingPointError("the decoded video contains NaN/inf; the latent is broken (see the sampler "
+                                     "settings) or the VAE dtype is too narrow")
+        splice = latent.get("sora_splice")
+        clips = [video_to_frames(v[None].float()).cpu() for v in video]
+        frames = torch.cat([splice.apply(c) if splice else c for c in clips])
+        if frames.amax() < 0.02:
+            logging.warning("Sora VAE Decode: the decoded video is black; check the model, prompt and cfg")
+        return (frames.to(host.intermediate_device()),)
+
+
+class SoraTrimFrames:
+    DESCRIPTION = ("Drops the fewest frames so a clip has a length the VAE accepts (1 + 4k), e.g. after "
+                   "loading a video. Also outputs the new frame count.")
+    CATEGORY = "Sora/frames"
+    FUNCTION = "trim"
+    RETURN_TYPES = ("IMAGE", "INT")
+    RETURN_NAMES = ("images", "frames")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE",),
+            "drop_from": (["end", "start"], {"default": "end", "tooltip": "Which end of the clip loses the extra frames."}),
+            "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": (
+                "0 = keep as many as possible; otherwise also shorten the clip to at most this many frames.")}),
+        }}
+
+    def trim(self, images, drop_from, max_frames):
+        count = images.shape[0] if not max_frames else min(max_frames, images.shape[0])
+        keep = 1 + (count - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR
+        out = images[:keep] if drop_from == "end" else images[images.shape[0] - keep:]
+        return (out, keep)

@@ -1,0 +1,79 @@
+"""Sora DiT Sampler: fills a latent window with the diffusion transformer."""
+
+from __future__ import annotations
+
+import torch
+
+from sora_core.flow import SAMPLERS
+from sora_core.pipeline import sample_window
+
+from . import host, wires
+
+
+class SoraDiTSampler:
+    DESCRIPTION = ("Generates video latents with the Sora diffusion transformer. Frames the latent marks as "
+                   "given (from Animate Image, Extend, Loop, Connect) come back unchanged; the rest are "
+                   "generated to match them and the prompt.")
+    CATEGORY = "Sora/sampling"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("SORA_DIT",),
+            "positive": ("CONDITIONING", {"tooltip": "From Sora Text Encode: what the video shows."}),
+            "negative": ("CONDITIONING", {"tooltip": "From Sora Text Encode: what to steer away from (may be empty)."}),
+            "latent": ("LATENT", {"tooltip": "From Patchify Grid, Animate Image, Extend, Loop, Connect or SDEdit Noise."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed; the same seed and settings give the same video on any device."}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Sampling steps."}),
+            "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01, "tooltip": (
+                "Classifier-free guidance scale; 1 = no guidance (one model pass per step instead of two).")}),
+            "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "round": 0.01, "tooltip": (
+                "Timestep shift towards the noisy end; 0 = auto, growing with the number of tokens "
+                "(bigger or longer videos need more steps at high noise).")}),
+            "sampler": (list(SAMPLERS), {"default": "euler", "tooltip": (
+                "euler: 1 model call per step; heun: 2 (more accurate); dpmpp_2m: 1, second order.")}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+                "Caps every frame's strength: below 1 keeps part of the input latent (SDEdit). "
+                "Leave at 1 after SDEdit Noise, which sets the strength itself.")}),
+        }}
+
+    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, sampler, denoise):
+        config = model.config
+        samples = wires.check_latent(latent, config)
+        strength = wires.strength_of(latent, samples)
+        emb, mask, text = wires.read_conditioning(positive, config, "positive")
+        neg_emb, neg_mask, _ = wires.read_conditioning(negative, config, "negative")
+        if not text.strip():
+            raise ValueError("the positive prompt is empty; describe the video in the Sora Text Encode node "
+                             "connected to 'positive'")
+        noised = bool(latent.get("sora_noised"))
+        if noised and denoise < 1.0:
+            raise ValueError(f"denoise={denoise}: this latent was already noised by Sora SDEdit Noise, which sets "
+                             f"the strength; set denoise to 1")
+        dit = model.load()
+        device = model.device
+        callback = _step_callback(model, strength.clamp(max=denoise), steps)
+        out = sample_window(dit, samples, strength, (emb.to(device), mask.to(device)),
+                            (neg_emb.to(device), neg_mask.to(device)), seed=seed, steps=steps, cfg=cfg,
+                            shift=shift or None, sampler=sampler, denoise=denoise, noised=noised, callback=callback)
+        result = {k: v for k, v in latent.items() if k != "sora_noised"}  # the output is clean latents
+        result["samples"] = out.to(host.intermediate_device())
+        return (result,)
+
+
+def _step_callback(model, strength: torch.Tensor, steps: int):
+    """Progress bar, cancel check and a preview of the first generated latent frame at each step."""
+    bar = host.Progress(steps)
+    preview = host.previewer(model)
+    moving = (strength[0] > 0).nonzero()
+    frame = int(moving[0]) if len(moving) else 0
+
+    def callback(d: dict) -> None:
+        host.check_interrupted()
+        image = preview(d["denoised"][:, :, frame : frame + 1]) if preview else None
+        bar.update(d["i"] + 1, steps, image)
+
+    return callback

@@ -1,0 +1,65 @@
+"""Prompts: Sora Text Encode and Sora Recaption."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from sora_core.recaption import recaption
+
+from . import wires
+
+
+class SoraTextEncode:
+    DESCRIPTION = ("Encodes a prompt with the Sora text encoder into CONDITIONING for the Sora DiT Sampler. "
+                   "Use one for the positive prompt and one (often empty) for the negative prompt.")
+    CATEGORY = "Sora/conditioning"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder": ("SORA_TEXT_ENCODER",),
+            "text": ("STRING", {"multiline": True, "tooltip": (
+                "What the video shows. Detailed captions work best (see Sora Recaption). "
+                "Leave empty for a negative prompt.")}),
+        }}
+
+    def encode(self, text_encoder, text):
+        module = text_encoder.load()
+        with torch.no_grad():
+            emb, mask = module.encode([text])
+        return (wires.conditioning(emb.float(), mask, text),)
+
+
+class SoraRecaption:
+    DESCRIPTION = ("Turns a short prompt into the kind of detailed caption the model was trained on (the Sora "
+                   "report's recaptioning). 'offline' expands it locally; 'llm' asks an OpenAI-compatible chat "
+                   "endpoint (the API key comes from the SORA_LLM_API_KEY or OPENAI_API_KEY environment variable).")
+    CATEGORY = "Sora/conditioning"
+    FUNCTION = "run"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("caption",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "prompt": ("STRING", {"multiline": True, "tooltip": "A short description of the video."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Picks among equally good wordings, so a seed gives the same caption again."}),
+            "backend": (["offline", "llm"], {"default": "offline", "tooltip": (
+                "offline = local expander, no network; llm = an OpenAI-compatible /chat/completions endpoint.")}),
+            "endpoint": ("STRING", {"default": "http://127.0.0.1:8080/v1", "tooltip": (
+                "Base URL of the OpenAI-compatible API (used by the llm backend only).")}),
+            "model": ("STRING", {"default": "", "tooltip": "Model name sent to the endpoint (llm backend only)."}),
+            "timeout": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 600.0, "step": 1.0,
+                                  "tooltip": "Seconds to wait for the endpoint before failing."}),
+        }}
+
+    def run(self, prompt, seed, backend, endpoint, model, timeout):
+        api_key = os.environ.get("SORA_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        caption = recaption(prompt, seed=seed, backend=backend, endpoint=endpoint, model=model, api_key=api_key,
+                            timeout=timeout, fallback=False)
+        return {"ui": {"text": [caption]}, "result": (caption,)}
