@@ -128,5 +128,5 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
         raise ValueError(f"{str(path)!r} does not match its config: {shown}")
     model.load_state_dict(state)
-    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    return model.eval()
+    # Shipped weights may be fp16 to stay small; compute in float32 unless asked otherwise.
+    return model.to(device=device, dtype=dtype or torch.float32).eval()

@@ -145,9 +145,10 @@ def _tiny() -> SoraConfig:
     # the small objects of the synthetic world sharp.
     return SoraConfig(
         name="tiny",
-        vae=VAEConfig(latent_channels=8, base_channels=32, channel_mult=(1, 2, 4), temporal_factor=4),
-        text=TextConfig(vocab_size=4096, dim=192, depth=2, heads=4, max_tokens=96),
-        dit=DiTConfig(latent_channels=8, patch=(1, 2, 2), dim=288, depth=8, heads=4, text_dim=192),
+        vae=VAEConfig(latent_channels=8, base_channels=24, channel_mult=(1, 2, 4), temporal_factor=4,
+                      spatial_only_levels=2),
+        text=TextConfig(vocab_size=4096, dim=128, depth=2, heads=4, max_tokens=96),
+        dit=DiTConfig(latent_channels=8, patch=(1, 2, 2), dim=256, depth=6, heads=4, text_dim=128),
     )
 
 

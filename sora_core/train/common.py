@@ -1,0 +1,160 @@
+"""What both trainers share: distributed setup, EMA, resume state, logging and the loss curve."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None = None) -> Dist:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on CUDA)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def lr_at(step: int, base: float, warmup: int, total: int, final_frac: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to `final_frac` of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class EMA:
+    """Exponential moving average of parameters (fp32), the weights that get shipped."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        # Warm-up: early on, average over fewer steps so EMA weights are not stuck near the init.
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in module.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, module: nn.Module) -> None:
+        module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if hasattr(module, "module") else module
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Training state for --resume (torch format, read back with weights_only=True: no code runs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class Logger:
+    """One progress line on a terminal, JSON lines in a file, a loss-curve PNG at the end."""
+
+    def __init__(self, out_dir: Path, total: int, enabled: bool = True):
+        self.out_dir, self.total, self.enabled = out_dir, total, enabled
+        self.start = time.time()
+        self.history: list[dict] = []
+        if enabled:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.file = open(out_dir / "log.jsonl", "a")
+
+    def log(self, step: int, **values) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time": round(time.time() - self.start, 1), **{k: float(v) for k, v in values.items()}}
+        self.history.append(row)
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        done = step / max(1, self.total)
+        eta = (time.time() - self.start) / max(done, 1e-9) * (1 - done)
+        bar = "#" * int(30 * done) + "-" * (30 - int(30 * done))
+        text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+        sys.stderr.write(f"\r[{bar}] {step}/{self.total} {text} eta {eta / 60:.1f} min ")
+        sys.stderr.flush()
+
+    def close(self, key: str = "loss") -> None:
+        if not self.enabled:
+            return
+        sys.stderr.write("\n")
+        self.file.close()
+        rows = [r for r in self.history if key in r]
+        if len(rows) > 1:
+            plot_curve([r["step"] for r in rows], [r[key] for r in rows], self.out_dir / f"{key}_curve.png", key)
+
+
+def plot_curve(steps, values, path: Path, label: str) -> None:
+    """A loss curve as a PNG drawn with OpenCV (no plotting library needed), with a running mean."""
+    import cv2
+
+    w, h, m = 800, 400, 50
+    img = np.full((h, w, 3), 255, np.uint8)
+    v = np.log10(np.maximum(np.asarray(values, np.float64), 1e-12))
+    s = np.asarray(steps, np.float64)
+    k = max(1, len(v) // 50)
+    smooth = np.convolve(v, np.ones(k) / k, mode="valid")
+    lo, hi = float(v.min()), float(v.max()) if v.max() > v.min() else float(v.min()) + 1
+
+    def pt(x, y):
+        return int(m + (x - s[0]) / max(1e-9, s[-1] - s[0]) * (w - 2 * m)), int(h - m - (y - lo) / (hi - lo) * (h - 2 * m))
+
+    cv2.rectangle(img, (m, m), (w - m, h - m), (0, 0, 0), 1)
+    for i in range(1, len(v)):
+        cv2.line(img, pt(s[i - 1], v[i - 1]), pt(s[i], v[i]), (200, 200, 255), 1, cv2.LINE_AA)
+    for i in range(1, len(smooth)):
+        cv2.line(img, pt(s[i - 1 + k - 1], smooth[i - 1]), pt(s[i + k - 1], smooth[i]), (200, 0, 0), 2, cv2.LINE_AA)
+    cv2.putText(img, f"log10 {label}  [{lo:.2f}, {hi:.2f}]  steps {int(s[0])}-{int(s[-1])}", (m, m - 15),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    cv2.imwrite(tmp, img)
+    os.replace(tmp, path)

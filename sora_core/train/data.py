@@ -1,0 +1,73 @@
+"""Training batches at native aspect ratios: every batch is one bucket (width, height, frames).
+
+Synthetic data is rendered on the fly (a new scene every sample, so no epoch ever repeats);
+a folder of real clips goes through the same buckets with `BucketBatcher`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..data.buckets import BucketBatcher, BucketConfig, collate
+
+
+def synthetic_batches(buckets: BucketConfig, *, seed: int, rank: int = 0, world: int = 1,
+                      bucket_weights: dict | None = None, captions: bool = True) -> Iterator[dict]:
+    """Endless same-bucket batches of synthetic clips with detailed captions and short prompts.
+
+    Each rank draws from its own seed stream, so ranks never render the same scene. Buckets are
+    drawn in proportion to `bucket_weights` (default: the frames of each bucket's size count equally).
+    """
+    from ..data import synthetic
+
+    rng = np.random.default_rng([seed, rank, world])
+    choices = buckets.buckets()
+    weights = np.array([(bucket_weights or {}).get(b.frames, 1.0) for b in choices], dtype=np.float64)
+    weights /= weights.sum()
+    while True:
+        b = choices[rng.choice(len(choices), p=weights)]
+        videos, texts, prompts = [], [], []
+        for _ in range(buckets.batch_size(b)):
+            scene = synthetic.sample_scene(rng, b.width, b.height, b.frames)
+            if captions:
+                frames, truth = synthetic.render_with_truth(scene)
+                texts.append(synthetic.describe(scene, rng, truth))
+                prompts.append(synthetic.short_prompt(scene, rng, truth))
+            else:
+                frames = synthetic.render(scene)
+            videos.append(torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1)
+        yield {"video": torch.stack(videos), "caption": texts, "prompt": prompts}
+
+
+def folder_batches(folder: str, buckets: BucketConfig, *, seed: int, rank: int = 0, world: int = 1,
+                   fps: float | None = None) -> Iterator[dict]:
+    """Endless same-bucket batches from a folder of captioned clips, reshuffled every pass."""
+    from ..data.video_folder import VideoFolderDataset
+
+    dataset = VideoFolderDataset(folder, buckets=buckets, fps=fps)
+    if len(dataset) == 0:
+        raise ValueError(f"no usable clips in {folder!r}")
+    of = dataset.buckets
+    batcher = BucketBatcher(buckets, key=lambda i: of[i], rank=rank, world_size=world, drop_last=True)
+    epoch = 0
+    while True:
+        dataset.set_epoch(epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(dataset)).tolist()
+        for indices in batcher(order):
+            batch = collate([dataset[i] for i in indices])
+            batch.setdefault("prompt", batch["caption"])
+            yield batch
+        epoch += 1
+
+
+def random_crop(video: torch.Tensor, size: int, multiple: int, generator: np.random.Generator) -> torch.Tensor:
+    """A spatial crop of at most `size` px per side (a multiple of `multiple`), for the VAE only:
+    a convolutional VAE learns the same from crops, at a fraction of the cost."""
+    h, w = video.shape[-2:]
+    ch, cw = min(h, size) // multiple * multiple, min(w, size) // multiple * multiple
+    y = int(generator.integers(0, h - ch + 1))
+    x = int(generator.integers(0, w - cw + 1))
+    return video[..., y : y + ch, x : x + cw]

@@ -1,0 +1,188 @@
+"""Train the diffusion transformer (and the small text encoder) on frozen VAE latents.
+
+Each sample gets a condition mask from a mix of tasks (Open-Sora 1.3's recipe), so one model
+learns text-to-video and every temporal capability at once: given frames sit at t=0 and are
+left out of the loss. Captions are dropped 10% of the time so classifier-free guidance has an
+unconditional model to push against.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..checkpoint import SoraModel, load_checkpoint, save_checkpoint
+from ..config import preset
+from ..data.buckets import BucketConfig
+from ..flow import flow_loss, resolution_shift, sample_training_t
+from ..text import tokenize
+from .common import EMA, Logger, cleanup_distributed, load_state, lr_at, save_state, setup_distributed
+
+# Task -> probability. Tasks needing several latent frames fall back to text-to-video for images.
+MASK_MIX = {
+    "t2v": 0.35,
+    "i2v_head": 0.20,  # animate an image (first frame given)
+    "i2v_tail": 0.05,  # the image is the last frame
+    "head": 0.15,  # extend forward: the first k latent frames given
+    "tail": 0.10,  # extend backward: the last k latent frames given
+    "head_tail": 0.15,  # connect / loop: both ends given
+}
+
+
+def condition_mask(latent_t: int, rng: np.random.Generator) -> tuple[str, torch.Tensor]:
+    """Draw a task and its per-frame strength (1 = generate, 0 = given) for a clip of `latent_t` frames."""
+    strength = torch.ones(latent_t)
+    if latent_t < 2:
+        return "t2v", strength
+    tasks = list(MASK_MIX)
+    task = tasks[rng.choice(len(tasks), p=np.array(list(MASK_MIX.values())) / sum(MASK_MIX.values()))]
+    if task == "i2v_head":
+        strength[0] = 0
+    elif task == "i2v_tail":
+        strength[-1] = 0
+    elif task == "head":
+        strength[: rng.integers(1, latent_t)] = 0
+    elif task == "tail":
+        strength[latent_t - rng.integers(1, latent_t) :] = 0
+    elif task == "head_tail" and latent_t >= 3:
+        k_head = int(rng.integers(1, latent_t - 1))
+        k_tail = int(rng.integers(1, latent_t - k_head))
+        strength[:k_head] = 0
+        strength[latent_t - k_tail :] = 0
+    return task, strength
+
+
+class Denoiser(nn.Module):
+    """Text encoder + DiT as one trainable module (what DDP wraps); returns the flow loss."""
+
+    def __init__(self, model: SoraModel):
+        super().__init__()
+        self.text, self.dit = model.text, model.dit
+
+    def forward(self, z, t, strength, noise, ids, mask):
+        ctx = self.text(ids, mask)
+        return flow_loss(lambda x, tt: self.dit(x, tt, ctx, mask), z, t, strength, noise)
+
+
+def pick_texts(batch: dict, rng: np.random.Generator, drop: float, short: float) -> list[str]:
+    """Mostly the detailed caption (the report's recipe), sometimes the short prompt, sometimes nothing."""
+    texts = []
+    for caption, prompt in zip(batch["caption"], batch["prompt"]):
+        u = rng.random()
+        texts.append("" if u < drop else prompt if u < drop + short else caption)
+    return texts
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True)
+    p.add_argument("--vae", required=True, help="trained VAE checkpoint (.safetensors)")
+    p.add_argument("--preset", default="tiny", help="sizes of the text encoder and DiT")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--resolutions", default="64px")
+    p.add_argument("--frames", default="1,9,17")
+    p.add_argument("--frame-weights", default="", help="e.g. '1:1,17:3' to sample some lengths more often")
+    p.add_argument("--tokens-per-batch", type=int, default=2048)
+    p.add_argument("--text-dropout", type=float, default=0.1)
+    p.add_argument("--short-prompts", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", default=None, help="start text encoder + DiT from this checkpoint")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+
+
+def run(args: argparse.Namespace) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = setup_distributed(args.device)
+    out = Path(args.out)
+    vae_model = load_checkpoint(args.vae, parts=("vae",))
+    config = preset(args.preset)
+    config = replace(config, vae=vae_model.config.vae)
+    config.validate()
+    torch.manual_seed(args.seed)
+    model = SoraModel(config)
+    model.vae.load_state_dict(vae_model.vae.state_dict())
+    if args.init:
+        init = load_checkpoint(args.init, parts=("text", "dit"))
+        model.text.load_state_dict(init.text.state_dict())
+        model.dit.load_state_dict(init.dit.state_dict())
+    model.to(d.device)
+    model.vae.requires_grad_(False).eval()
+    model.dit.gradient_checkpointing = args.gradient_checkpointing
+    denoiser = Denoiser(model)
+    ema = EMA(denoiser, args.ema)
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    step = 0
+    state_path = out / "dit_state.pt"
+    if args.resume and state_path.exists():
+        state = load_state(state_path)
+        denoiser.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ema.shadow = state["ema"]
+        step = state["step"]
+    net = DDP(denoiser) if d.world > 1 else denoiser
+    frames = tuple(int(f) for f in args.frames.split(","))
+    weights = {int(k): float(v) for k, v in (kv.split(":") for kv in args.frame_weights.split(",") if kv)}
+    buckets = BucketConfig(resolutions=tuple(args.resolutions.split(",")), frames=frames,
+                           size_multiple=config.pixel_multiple, tokens_per_batch=args.tokens_per_batch,
+                           spatial_stride=config.pixel_multiple, temporal_stride=config.vae.temporal_factor)
+    if args.data == "synthetic":
+        from .data import synthetic_batches
+        batches = synthetic_batches(buckets, seed=args.seed, rank=d.rank, world=d.world, bucket_weights=weights)
+    else:
+        from .data import folder_batches
+        batches = folder_batches(args.data, buckets, seed=args.seed, rank=d.rank, world=d.world)
+    rng = np.random.default_rng([args.seed, d.rank, 11])
+    gen = torch.Generator().manual_seed(args.seed * 1000 + d.rank)
+    log = Logger(out, args.steps, enabled=d.main)
+    use_bf16 = d.device.type == "cuda"
+    while step < args.steps:
+        batch = next(batches)
+        with torch.no_grad():
+            z = model.vae.encode(batch["video"].to(d.device))  # (B, C, T, h, w), normalised
+        b, _, lt, lh, lw = z.shape
+        strength = torch.stack([condition_mask(lt, rng)[1] for _ in range(b)]).to(d.device)
+        ids, mask = tokenize(pick_texts(batch, rng, args.text_dropout, args.short_prompts),
+                             config.text.vocab_size, config.text.max_tokens)
+        tokens = lt * (lh // config.dit.patch[1]) * (lw // config.dit.patch[2])
+        t = sample_training_t(b, shift=resolution_shift(tokens), generator=gen).to(d.device)
+        noise = torch.randn(z.shape, generator=gen).to(d.device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = net(z, t, strength, noise, ids.to(d.device), mask.to(d.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
+        opt.step()
+        ema.update(denoiser, step)
+        step += 1
+        if step % 10 == 0 or step == args.steps:
+            log.log(step, loss=loss.item(), grad_norm=float(grad_norm), lr=opt.param_groups[0]["lr"])
+        if d.main and (step % args.save_every == 0 or step == args.steps):
+            save_state(state_path, {"model": denoiser.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow, "step": step})
+            export(model, denoiser, ema, out / "model.safetensors", step)
+    log.close("loss")
+    cleanup_distributed()
+    return out / "model.safetensors"
+
+
+def export(model: SoraModel, denoiser: Denoiser, ema: EMA, path: Path, step: int) -> None:
+    """Write the EMA weights as a complete model (VAE + text + DiT) in fp16, leaving training weights alone."""
+    live = {k: v.clone() for k, v in denoiser.state_dict().items()}
+    ema.copy_to(denoiser)
+    save_checkpoint(model, path, dtype=torch.float16, extra={"dit_steps": step})
+    denoiser.load_state_dict(live)

@@ -1,0 +1,140 @@
+"""Train the video compression network.
+
+Loss: L1 + MSE on pixels (MSE is what PSNR measures), L1 on spatial and temporal gradients
+(keeps edges sharp and motion crisp, the job a perceptual loss would do; no pretrained
+perceptual network can be downloaded here), and a small KL term that keeps the latent space
+smooth for the DiT. Afterwards the per-channel latent statistics are measured and stored in the
+config, so the DiT sees unit-variance latents.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..checkpoint import SoraModel, load_checkpoint, save_checkpoint
+from ..config import preset
+from ..data.buckets import BucketConfig
+from .common import EMA, Logger, cleanup_distributed, load_state, lr_at, save_state, setup_distributed, unwrap
+from .data import folder_batches, random_crop, synthetic_batches
+
+
+def gradient_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between finite differences along height, width and time of (B, C, T, H, W) videos."""
+    loss = (a.diff(dim=-1) - b.diff(dim=-1)).abs().mean() + (a.diff(dim=-2) - b.diff(dim=-2)).abs().mean()
+    if a.shape[2] > 1:
+        loss = loss + (a.diff(dim=2) - b.diff(dim=2)).abs().mean()
+    return loss
+
+
+def vae_loss(recon, target, mean, logvar, kl_weight: float):
+    l1 = (recon - target).abs().mean()
+    mse = F.mse_loss(recon, target)
+    grad = gradient_l1(recon, target)
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+    total = l1 + mse + 0.5 * grad + kl_weight * kl
+    return total, {"l1": l1.item(), "mse": mse.item(), "grad": grad.item(), "kl": kl.item()}
+
+
+@torch.no_grad()
+def latent_statistics(vae, batches, count: int, device) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of raw (unnormalised) latents over `count` batches."""
+    values = []
+    for _ in range(count):
+        video = next(batches)["video"].to(device)
+        mean, _ = vae.moments(vae.to_chunks(video))
+        values.append(mean.transpose(0, 1).reshape(mean.shape[1], -1))
+    allv = torch.cat(values, dim=1)
+    return allv.mean(1).tolist(), allv.std(1).clamp(min=1e-3).tolist()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder (checkpoints, log, loss curve)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of captioned clips")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--crop", type=int, default=64, help="largest spatial crop, px")
+    p.add_argument("--resolutions", default="64px")
+    p.add_argument("--frames", default="1,5,9")
+    p.add_argument("--tokens-per-batch", type=int, default=2048, help="latent cells per batch")
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = setup_distributed(args.device)
+    out = Path(args.out)
+    config = preset(args.preset)
+    torch.manual_seed(args.seed)
+    model = SoraModel(config, parts=("vae",)).to(d.device)
+    vae = model.vae
+    ema = EMA(vae, args.ema)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    step = 0
+    state_path = out / "vae_state.pt"
+    if args.resume and state_path.exists():
+        state = load_state(state_path)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ema.shadow = state["ema"]
+        step = state["step"]
+    net = DDP(vae) if d.world > 1 else vae
+    frames = tuple(int(f) for f in args.frames.split(","))
+    buckets = BucketConfig(resolutions=tuple(args.resolutions.split(",")), frames=frames,
+                           size_multiple=config.vae.spatial_factor * 2, tokens_per_batch=args.tokens_per_batch,
+                           spatial_stride=config.vae.spatial_factor, temporal_stride=config.vae.temporal_factor)
+    if args.data == "synthetic":
+        batches = synthetic_batches(buckets, seed=args.seed, rank=d.rank, world=d.world, captions=False)
+    else:
+        batches = folder_batches(args.data, buckets, seed=args.seed, rank=d.rank, world=d.world)
+    crop_rng = np.random.default_rng([args.seed, d.rank, 7])
+    log = Logger(out, args.steps, enabled=d.main)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + d.rank)
+    while step < args.steps:
+        video = random_crop(next(batches)["video"], args.crop, config.vae.spatial_factor, crop_rng).to(d.device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+        recon, mean, logvar = net(video, gen)
+        loss, parts = vae_loss(recon, video, mean, logvar, args.kl_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        ema.update(vae, step)
+        step += 1
+        if step % 10 == 0 or step == args.steps:
+            psnr = 10 * np.log10(4.0 / max(parts["mse"], 1e-10))  # signal range [-1, 1] has peak-to-peak 2
+            log.log(step, loss=loss.item(), psnr=psnr, **parts)
+        if d.main and (step % args.save_every == 0 or step == args.steps):
+            save_state(state_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow, "step": step})
+    log.close("loss")
+    path = out / "vae.safetensors"
+    if d.main:
+        ema.copy_to(vae)
+        vae.eval()
+        mean, std = latent_statistics(vae, batches, 8, d.device)
+        final = SoraModel(replace(config, vae=replace(config.vae, latent_mean=tuple(mean), latent_std=tuple(std))), parts=("vae",))
+        final.vae.load_state_dict({k: v for k, v in vae.state_dict().items() if not k.startswith("latent_")}, strict=False)
+        save_checkpoint(final, path)
+        print(f"saved {path} (latent mean {np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()})")
+    cleanup_distributed()
+    return path
+
+
+def load_vae(path: str | Path, device="cpu"):
+    return load_checkpoint(path, device=device, parts=("vae",)).vae

@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny random-weight models (the `micro` preset) for fast, real computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sora_core.checkpoint import SoraModel, save_checkpoint
+from sora_core.config import preset
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Zero-initialised layers make a fresh DiT output exactly 0; jitter them so tests see real signal."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@pytest.fixture(scope="session")
+def micro_model() -> SoraModel:
+    torch.manual_seed(0)
+    model = SoraModel(preset("micro")).eval()
+    perturbed(model.dit)
+    return model
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoint(tmp_path_factory, micro_model) -> str:
+    path = tmp_path_factory.mktemp("ckpt") / "micro.safetensors"
+    save_checkpoint(micro_model, path)
+    return str(path)

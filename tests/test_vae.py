@@ -1,0 +1,131 @@
+"""The video compression network: causality, images as 1-frame videos, chunking, sizes."""
+
+import pytest
+import torch
+
+from sora_core.config import preset
+from sora_core.vae import VideoVAE
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return VideoVAE(preset("micro").vae).eval()
+
+
+def video(frames, h=32, w=48, seed=0):
+    return torch.rand(1, 3, frames, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@torch.no_grad()
+def test_compresses_four_frames_and_eight_pixels_per_latent_cell():
+    v = VideoVAE(preset("tiny").vae).eval()
+    z = v.encode(video(17, 64, 96))
+    assert z.shape == (1, 8, 5, 16, 24)  # tiny preset: 4x spatial, 4x temporal
+    big = VideoVAE(preset("base").vae)
+    assert big.spatial_factor == 8 and big.temporal_factor == 4
+
+
+@torch.no_grad()
+def test_encoding_a_prefix_gives_a_prefix_of_the_latents(vae):
+    x = video(13)
+    full = vae.encode(x)
+    for k in range(3):
+        # equal up to float rounding: the batch of chunks differs, so BLAS may sum in another order
+        assert torch.allclose(vae.encode(x[:, :, : 1 + 4 * k]), full[:, :, : 1 + k], atol=1e-5)
+
+
+@torch.no_grad()
+def test_an_image_is_a_one_frame_video_and_decodes_to_one_frame(vae):
+    img = video(1)
+    z = vae.encode(img)
+    assert z.shape[2] == 1
+    assert vae.decode(z).shape == img.shape
+
+
+@torch.no_grad()
+def test_a_still_image_and_a_still_chunk_share_one_latent(vae):
+    img = video(1)
+    still_chunk = img.expand(-1, -1, 4, -1, -1)
+    assert torch.allclose(vae.encode(img), vae.encode_chunks(still_chunk), atol=1e-6)
+
+
+@torch.no_grad()
+def test_a_chunk_latent_does_not_depend_on_where_it_sits_in_time(vae):
+    x = video(13)
+    full = vae.encode(x)
+    # frames 5..8 are the second chunk after frame 0
+    assert torch.allclose(vae.encode_chunks(x[:, :, 5:9]), full[:, :, 2:3], atol=1e-6)
+
+
+@pytest.mark.parametrize("h,w,frames", [(32, 48, 9), (48, 16, 5), (16, 16, 1), (24, 40, 21)])
+@torch.no_grad()
+def test_odd_and_non_square_sizes_round_trip_in_shape(vae, h, w, frames):
+    x = video(frames, h, w)
+    z = vae.encode(x)
+    assert z.shape == (1, 4, 1 + (frames - 1) // 4, h // 4, w // 4)
+    assert vae.decode(z).shape == x.shape
+
+
+@torch.no_grad()
+def test_chunked_decode_matches_decoding_everything_at_once(vae):
+    z = vae.encode(video(25))
+    whole = vae.decode(z, chunk=z.shape[2])
+    for chunk in (1, 2, 3):
+        assert torch.allclose(vae.decode(z, chunk=chunk), whole, atol=1e-5)
+
+
+@torch.no_grad()
+def test_chunked_encode_matches_encoding_everything_at_once(vae):
+    x = video(25)
+    assert torch.allclose(vae.encode(x, chunk_batch=1), vae.encode(x, chunk_batch=64), atol=1e-6)
+
+
+@torch.no_grad()
+def test_tiled_decode_equals_plain_decode_when_one_tile_covers_the_frame(vae):
+    z = vae.encode(video(5))
+    assert torch.equal(vae.decode(z, tile=64), vae.decode(z))
+
+
+@torch.no_grad()
+def test_tiled_decode_covers_the_frame_and_stays_finite(vae):
+    z = vae.encode(video(5, 64, 96))
+    tiled = vae.decode(z, tile=12, overlap=4)
+    assert tiled.shape == (1, 3, 5, 64, 96)
+    assert torch.isfinite(tiled).all()
+
+
+def test_frame_count_errors_name_the_value_and_nearest_valid_counts(vae):
+    with pytest.raises(ValueError, match=r"frames=11 .*1 \+ 4\*k.*\[9, 13\]"):
+        vae.encode(video(11))
+
+
+def test_size_errors_name_the_dimension_and_nearest_valid_sizes(vae):
+    with pytest.raises(ValueError, match=r"width=50 .*multiple of 4.*\[48, 52\]"):
+        vae.encode(torch.zeros(1, 3, 1, 32, 50))
+
+
+def test_temporal_factor_must_fit_the_downsampling_levels():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="temporal_factor=8"):
+        VideoVAE(replace(preset("micro").vae, temporal_factor=8))
+
+
+def test_one_training_step_lowers_the_reconstruction_loss():
+    from sora_core.train.vae import vae_loss
+
+    torch.manual_seed(0)
+    v = VideoVAE(preset("micro").vae)
+    ramp = torch.linspace(-1, 1, 48)
+    x = (ramp[None, None, None, None, :] * torch.tensor([1.0, -0.5, 0.3])[None, :, None, None, None]).expand(1, 3, 5, 32, 48)
+    opt = torch.optim.Adam(v.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        recon, mean, logvar = v(x, torch.Generator().manual_seed(0))
+        loss, _ = vae_loss(recon, x, mean, logvar, 1e-4)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.9
