@@ -1,0 +1,204 @@
+"""A real ComfyUI server with this pack in custom_nodes runs every shipped workflow.
+
+Skipped unless COMFYUI_PATH points at a ComfyUI checkout whose requirements are installed in
+this Python. The server listens on 127.0.0.1 only, runs on the CPU with its base directory
+and database in a temporary folder. Environment it passes on: PYTHONPATH (e.g. a torchvision
+shim), SORA_MODEL (set to a micro checkpoint when the shipped model does not exist yet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sora_core.pipeline import DEFAULT_MODEL
+
+from .workflow_api import VIRTUAL_NODES, object_info_specs, ui_to_api
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+COMFYUI = os.environ.get("COMFYUI_PATH")
+PACK_NAME = "sora-nodes"
+BOOT_TIMEOUT, PROMPT_TIMEOUT = 180, 600
+
+pytestmark = pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run a real server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path):
+        self.url, self.process, self.log = url, process, log
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, payload: dict):
+        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            pytest.fail(f"POST {path} -> {err.code}: {err.read().decode()[:3000]}")
+
+    def tail(self) -> str:
+        return self.log.read_text()[-4000:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, micro_checkpoint):
+    base = tmp_path_factory.mktemp("comfy")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
+    port = _free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
+    if not DEFAULT_MODEL.is_file():
+        env["SORA_MODEL"] = micro_checkpoint
+    log = base / "server.log"
+    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+               "--base-directory", str(base), "--database-url", "sqlite:///:memory:",
+               "--disable-auto-launch", "--disable-api-nodes", "--preview-method", "auto"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=COMFYUI, env=env, stdout=out, stderr=subprocess.STDOUT)
+    srv = Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.time() + BOOT_TIMEOUT
+        while True:
+            assert process.poll() is None, f"ComfyUI exited during startup:\n{srv.tail()}"
+            try:
+                srv.get("/system_stats")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                assert time.time() < deadline, f"ComfyUI did not answer within {BOOT_TIMEOUT}s:\n{srv.tail()}"
+                time.sleep(1)
+        yield srv
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.get("/object_info")
+
+
+def test_the_pack_imports_and_lists_every_node(server, object_info):
+    from nodes import NODE_CLASS_MAPPINGS
+
+    assert "IMPORT FAILED" not in server.tail()
+    missing = set(NODE_CLASS_MAPPINGS) - set(object_info)
+    assert not missing, f"not in /object_info: {sorted(missing)}\n{server.tail()}"
+    loader = object_info["SoraModelLoader"]
+    assert loader["output"] == ["SORA_DIT", "SORA_TEXT_ENCODER", "SORA_VAE"]
+    assert "sora-tiny.safetensors" in loader["input"]["required"]["ckpt_name"][0]
+
+
+def test_the_web_extension_and_workflows_are_served(server):
+    assert any(PACK_NAME in path and path.endswith("sora_text.js") for path in server.get("/extensions"))
+    templates = server.get("/api/workflow_templates")
+    assert sorted(templates.get(PACK_NAME, [])) == sorted(p.stem for p in WORKFLOWS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_nodes_match_the_servers_node_definitions(path, object_info):
+    for node in json.loads(path.read_text())["nodes"]:
+        if node["type"] in VIRTUAL_NODES:
+            continue
+        info = object_info[node["type"]]
+        assert [o["type"] for o in node["outputs"]] == info["output"], node["type"]
+        known = set(info["input"].get("required", {})) | set(info["input"].get("optional", {}))
+        assert {i["name"] for i in node["inputs"]} <= known, node["type"]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_on_the_server(server, object_info, path):
+    workflow = json.loads(path.read_text())
+    prompt = ui_to_api(workflow, object_info_specs(object_info))
+    queued = server.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4()),
+                                     "extra_data": {"extra_pnginfo": {"workflow": workflow}}})
+    assert not queued.get("node_errors"), queued["node_errors"]
+    prompt_id = queued["prompt_id"]
+    deadline = time.time() + PROMPT_TIMEOUT
+    while not (entry := server.get(f"/history/{prompt_id}").get(prompt_id)) or not entry["status"].get("completed"):
+        if entry and entry["status"].get("status_str") == "error":
+            break
+        assert time.time() < deadline, f"{path.stem} still running after {PROMPT_TIMEOUT}s"
+        time.sleep(0.5)
+    errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "success", json.dumps(errors, indent=1)[:4000]
+    saved = [nid for nid, node in prompt.items() if node["class_type"] in ("SaveAnimatedWEBP", "SaveImage")]
+    for nid in saved:
+        assert entry["outputs"][nid]["images"], f"{path.stem}: node {nid} saved nothing"
+
+
+def _watch(server: Server, prompt: dict, *, interrupt_after_progress: bool = False) -> dict:
+    """Queue `prompt` with a websocket open; collect its progress events, preview images and final event."""
+    import asyncio
+    import struct
+
+    import aiohttp
+
+    async def run():
+        client_id = str(uuid.uuid4())
+        seen = {"progress": [], "previews": 0, "end": None}
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{server.url}/ws?clientId={client_id}") as ws:
+                response = await session.post(f"{server.url}/prompt", json={"prompt": prompt, "client_id": client_id})
+                prompt_id = (await response.json())["prompt_id"]
+                while seen["end"] is None:
+                    msg = await asyncio.wait_for(ws.receive(), PROMPT_TIMEOUT)
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        seen["previews"] += struct.unpack(">I", msg.data[:4])[0] in (1, 2, 4)  # preview events
+                        continue
+                    event = json.loads(msg.data)
+                    data = event.get("data", {})
+                    if data.get("prompt_id", prompt_id) != prompt_id:
+                        continue
+                    if event["type"] == "progress":
+                        seen["progress"].append((data["node"], data["value"], data["max"]))
+                        if interrupt_after_progress and len(seen["progress"]) == 1:
+                            await session.post(f"{server.url}/interrupt", json={})
+                    elif event["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                        seen["end"] = event["type"]
+        return seen
+
+    return asyncio.run(run())
+
+
+def _text_to_video(object_info: dict, *, seed: int, steps: int) -> tuple[dict, str]:
+    prompt = ui_to_api(json.loads((REPO / "workflows" / "text_to_video.json").read_text()), object_info_specs(object_info))
+    sampler = next(k for k, n in prompt.items() if n["class_type"] == "SoraDiTSampler")
+    prompt[sampler]["inputs"].update(seed=seed, steps=steps)  # a new seed: not answered from the cache
+    return prompt, sampler
+
+
+def test_the_sampler_shows_progress_and_previews_every_step(server, object_info):
+    prompt, sampler = _text_to_video(object_info, seed=424242, steps=6)
+    seen = _watch(server, prompt)
+    assert seen["end"] == "execution_success"
+    assert [(v, m) for node, v, m in seen["progress"] if node == sampler] == [(i, 6) for i in range(1, 7)]
+    assert seen["previews"] >= 6
+
+
+def test_cancel_stops_the_sampler(server, object_info):
+    prompt, _ = _text_to_video(object_info, seed=525252, steps=1000)
+    assert _watch(server, prompt, interrupt_after_progress=True)["end"] == "execution_interrupted"

@@ -1,0 +1,382 @@
+"""The ComfyUI nodes, called directly (no ComfyUI), with a random-weight micro checkpoint."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host
+from nodes.latent import SoraPatchifyGrid, SoraTrimFrames, SoraVAEDecode, SoraVAEEncode
+from nodes.loader import SoraModelLoader
+from nodes.sampler import SoraDiTSampler
+from nodes.temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
+from nodes.text import SoraRecaption, SoraTextEncode
+from sora_core.checkpoint import save_checkpoint
+from sora_core.preview import METADATA_KEY, LatentRGB
+
+SIZE, FRAMES = 32, 9  # micro: 8 px per token side, so 4x4 tokens a frame, 3 latent frames
+
+
+@pytest.fixture(scope="module")
+def parts(micro_checkpoint):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SORA_MODEL", micro_checkpoint)
+        return SoraModelLoader().load(host.DEFAULT_MODEL_NAME, "auto", "default")
+
+
+@pytest.fixture(scope="module")
+def dit(parts):
+    return parts[0]
+
+
+@pytest.fixture(scope="module")
+def vae(parts):
+    return parts[2]
+
+
+@pytest.fixture(scope="module")
+def prompts(parts):
+    encode = SoraTextEncode().encode
+    return encode(parts[1], "a red circle moves to the right")[0], encode(parts[1], "")[0]
+
+
+@pytest.fixture(scope="module")
+def clip(vae):
+    """A smooth 9-frame clip (a colour ramp moving right), 32x32."""
+    x = torch.linspace(0, 1, SIZE)
+    frames = torch.stack([torch.stack([(x + t / FRAMES) % 1, x.flip(0), torch.full_like(x, 0.3)], -1) for t in range(FRAMES)])
+    return frames[:, None].expand(FRAMES, SIZE, SIZE, 3).contiguous()
+
+
+def grid(vae, frames=FRAMES, width=SIZE, height=SIZE, batch=1):
+    return SoraPatchifyGrid().make(vae, "custom", 64, width, height, frames, batch)
+
+
+def sample(dit, prompts, latent, seed=0, steps=2, **kw):
+    settings = dict(cfg=3.0, shift=0.0, sampler="euler", denoise=1.0) | kw
+    return SoraDiTSampler().sample(dit, *prompts, latent, seed, steps, **settings)[0]
+
+
+def decode(vae, latent):
+    return SoraVAEDecode().decode(vae, latent, 4, 0)[0]
+
+
+# -- registration ------------------------------------------------------------------------------
+
+def test_every_node_is_registered_with_a_sora_id_display_name_category_and_description():
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        assert node_id.startswith("Sora") and node_id in NODE_DISPLAY_NAME_MAPPINGS
+        assert cls.CATEGORY.startswith("Sora/") and cls.DESCRIPTION
+        assert callable(getattr(cls, cls.FUNCTION))
+
+
+def test_every_constrained_input_has_a_tooltip():
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        for section in cls.INPUT_TYPES().values():
+            for name, spec in section.items():
+                opts = spec[1] if len(spec) > 1 else {}
+                constrained = isinstance(spec[0], list) or "min" in opts or "max" in opts
+                assert not constrained or opts.get("tooltip"), f"{node_id}.{name} needs a tooltip"
+
+
+def test_the_nodes_run_without_comfyui():
+    assert not host.IN_COMFYUI and "comfy" not in sys.modules
+
+
+# -- loader --------------------------------------------------------------------------------------
+
+def test_loader_gives_dit_text_encoder_and_vae_of_one_model(parts):
+    dit, text, vae = parts
+    assert (dit.kind, text.kind, vae.kind) == ("dit", "text", "vae")
+    assert dit.config is vae.config and dit.config.name == "micro"
+    assert SoraModelLoader.RETURN_TYPES == ("SORA_DIT", "SORA_TEXT_ENCODER", "SORA_VAE")
+
+
+def test_loader_lists_the_shipped_default_model():
+    assert SoraModelLoader.INPUT_TYPES()["required"]["ckpt_name"][0][0] == "sora-tiny.safetensors"
+
+
+def test_loader_error_for_a_missing_file_names_the_folder_to_put_it_in(monkeypatch):
+    monkeypatch.delenv("SORA_MODEL", raising=False)
+    with pytest.raises(FileNotFoundError, match="put the .safetensors file in .*models"):
+        SoraModelLoader().load("not-there.safetensors", "auto", "default")
+
+
+def test_loader_dtype_applies_to_the_dit_only(micro_checkpoint, monkeypatch):
+    monkeypatch.setenv("SORA_MODEL", micro_checkpoint)
+    dit, text, vae = SoraModelLoader().load(host.DEFAULT_MODEL_NAME, "bfloat16", "cpu")
+    assert next(dit.module.parameters()).dtype == torch.bfloat16
+    assert next(vae.module.parameters()).dtype == torch.float32 == next(text.module.parameters()).dtype
+
+
+def test_loader_uses_preview_factors_stored_in_the_checkpoint(micro_model, tmp_path, monkeypatch):
+    stored = LatentRGB(factors=[[0.1, 0.2, 0.3]] * 4, bias=[0.0, 0.5, 1.0])
+    path = tmp_path / "with_factors.safetensors"
+    save_checkpoint(micro_model, path, extra={METADATA_KEY: stored.to_json()})
+    monkeypatch.setenv("SORA_MODEL", str(path))
+    dit, _, _ = SoraModelLoader().load(host.DEFAULT_MODEL_NAME, "auto", "default")
+    assert dit.latent_rgb == stored
+
+
+def test_preview_factors_map_every_latent_channel_to_rgb(dit, vae):
+    rgb = dit.latent_rgb
+    assert len(rgb.factors) == vae.config.vae.latent_channels and all(len(row) == 3 for row in rgb.factors)
+    assert len(rgb.bias) == 3
+    assert rgb.apply(torch.zeros(1, 4, 2, 3, 3)).shape == (1, 3, 2, 3, 3)
+
+
+# -- text ------------------------------------------------------------------------------------------
+
+def test_text_encode_gives_core_conditioning_with_a_mask(parts):
+    (cond,) = SoraTextEncode().encode(parts[1], "a red circle")
+    emb, extra = cond[0]
+    assert emb.shape == (1, 4, parts[1].config.text.dim)  # BOS + 3 words
+    assert extra["sora_mask"].shape == (1, 4) and extra["sora_mask"].all()
+
+
+def test_an_empty_negative_prompt_is_fine(dit, vae, prompts):
+    assert prompts[1][0][0].shape[1] == 1
+    sample(dit, prompts, grid(vae)["result"][0])
+
+
+def test_an_empty_positive_prompt_is_refused(dit, vae, prompts):
+    with pytest.raises(ValueError, match="positive prompt is empty"):
+        sample(dit, (prompts[1], prompts[1]), grid(vae)["result"][0])
+
+
+def test_conditioning_from_another_text_encoder_is_refused(dit, vae, prompts):
+    foreign = [[torch.zeros(1, 77, 768), {"pooled_output": torch.zeros(1, 768)}]]
+    with pytest.raises(ValueError, match="must come from a Sora Text Encode"):
+        sample(dit, (foreign, prompts[1]), grid(vae)["result"][0])
+
+
+# -- patchify grid ---------------------------------------------------------------------------------
+
+def test_patchify_grid_makes_an_empty_latent_and_shows_its_token_grid(vae):
+    out = grid(vae, frames=9, width=48, height=32, batch=2)
+    latent = out["result"][0]
+    assert latent["samples"].shape == (2, 4, 3, 8, 12) and latent["sora_strength"].eq(1).all()
+    assert "3x4x6 = 72 tokens" in out["ui"]["text"][0]
+
+
+@pytest.mark.parametrize("ratio,long_side,size", [("16:9", 88, (88, 48)), ("9:16", 88, (48, 88)), ("1:1", 64, (64, 64)),
+                                                  ("4:3", 64, (64, 48)), ("21:9", 112, (112, 48))])
+def test_aspect_presets_pick_width_and_height_from_the_long_side(vae, ratio, long_side, size):
+    latent = SoraPatchifyGrid().make(vae, ratio, long_side, 8, 8, 1, 1)["result"][0]
+    assert latent["samples"].shape[-1] * 4 == size[0] and latent["samples"].shape[-2] * 4 == size[1]
+
+
+@pytest.mark.parametrize("width,height,frames,message", [
+    (36, 32, 9, r"width=36 is not allowed.*multiple of 8.*\[32, 40\]"),
+    (32, 30, 9, r"height=30 is not allowed"),
+    (32, 32, 8, r"frames=8 is not allowed.*1 \+ 4\*k.*\[5, 9\]"),
+])
+def test_patchify_grid_refuses_invalid_sizes_clearly(vae, width, height, frames, message):
+    with pytest.raises(ValueError, match=message):
+        grid(vae, frames=frames, width=width, height=height)
+
+
+def test_an_invalid_long_side_is_refused(vae):
+    with pytest.raises(ValueError, match="long_side=60 is not allowed"):
+        SoraPatchifyGrid().make(vae, "16:9", 60, 8, 8, 1, 1)
+
+
+# -- sampler ---------------------------------------------------------------------------------------
+
+def test_sampler_fills_the_latent_and_keeps_the_dict(dit, vae, prompts):
+    latent = grid(vae)["result"][0]
+    out = sample(dit, prompts, latent)
+    assert out["samples"].shape == latent["samples"].shape and torch.isfinite(out["samples"]).all()
+    assert out["sora_strength"] is latent["sora_strength"] and out["samples"].abs().sum() > 0
+
+
+def test_same_seed_same_video_other_seed_other_video(dit, vae, prompts):
+    latent = grid(vae)["result"][0]
+    a, b, c = (sample(dit, prompts, latent, seed=s)["samples"] for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sampler_reports_progress_every_step(dit, vae, prompts, monkeypatch):
+    updates = []
+
+    class Recording:
+        def __init__(self, total):
+            pass
+
+        def update(self, value, total=None, preview=None):
+            updates.append((value, total))
+
+    monkeypatch.setattr(host, "Progress", Recording)
+    sample(dit, prompts, grid(vae)["result"][0], steps=3)
+    assert updates == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_sampler_checks_for_cancel_every_step(dit, vae, prompts, monkeypatch):
+    class Cancelled(BaseException):
+        pass
+
+    def cancel():
+        raise Cancelled
+
+    monkeypatch.setattr(host, "check_interrupted", cancel)
+    with pytest.raises(Cancelled):
+        sample(dit, prompts, grid(vae)["result"][0])
+
+
+def test_nan_output_is_reported_clearly(parts, vae, prompts):
+    dit = parts[0]
+    broken = host.SoraPart(dit.module, dit.config, "dit")
+    weight = dit.module.out.bias
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+    try:
+        with pytest.raises(FloatingPointError, match="NaN"):
+            sample(broken, prompts, grid(vae)["result"][0])
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+def test_sampler_refuses_a_latent_that_is_not_a_sora_video_latent(dit, prompts):
+    with pytest.raises(ValueError, match="must be a Sora video latent"):
+        sample(dit, prompts, {"samples": torch.zeros(1, 4, 8, 8)})
+
+
+# -- VAE encode / decode -----------------------------------------------------------------------
+
+def test_encode_then_decode_keeps_the_frame_count_and_size(vae, clip):
+    (latent,) = SoraVAEEncode().encode(vae, clip, 8)
+    assert latent["samples"].shape == (1, 4, 3, 8, 8) and "sora_strength" not in latent
+    frames = decode(vae, latent)
+    assert frames.shape == clip.shape and frames.min() >= 0 and frames.max() <= 1
+
+
+def test_encode_refuses_a_frame_count_that_is_not_1_plus_4k(vae, clip):
+    with pytest.raises(ValueError, match=r"frames=8 is not allowed.*Sora Trim Frames"):
+        SoraVAEEncode().encode(vae, clip[:8], 8)
+
+
+def test_encode_refuses_frames_whose_size_is_not_a_multiple_of_8(vae, clip):
+    with pytest.raises(ValueError, match=r"width=30 is not allowed.*Image Scale"):
+        SoraVAEEncode().encode(vae, clip[:, :, :30], 8)
+
+
+def test_decode_puts_a_batch_of_videos_one_after_another(vae):
+    latent = grid(vae, batch=2)["result"][0]
+    assert decode(vae, latent).shape == (2 * FRAMES, SIZE, SIZE, 3)
+
+
+def test_decode_refuses_tiles_smaller_than_8(vae):
+    with pytest.raises(ValueError, match="tile=4 is not allowed"):
+        SoraVAEDecode().decode(vae, grid(vae)["result"][0], 4, 4)
+
+
+# -- temporal conditioning ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("position,given", [("first", 0), ("last", -1)])
+def test_animate_image_gives_the_image_as_first_or_last_frame(dit, vae, prompts, clip, position, given):
+    (latent,) = SoraAnimateImage().build(vae, clip[:1], 9, position)
+    assert latent["sora_strength"][0, given] == 0 and latent["sora_strength"][0].sum() == 2
+    out = sample(dit, prompts, latent)
+    assert torch.equal(out["samples"][:, :, given], latent["samples"][:, :, given])
+    assert decode(vae, out).shape == (9, SIZE, SIZE, 3)
+
+
+def test_extend_forward_output_is_the_source_then_the_new_frames(dit, vae, prompts, clip):
+    (latent,) = SoraExtend().build(vae, clip, "forward", 8, 4)
+    frames = decode(vae, sample(dit, prompts, latent))
+    assert frames.shape[0] == FRAMES + 8 and torch.equal(frames[:FRAMES], clip)
+
+
+def test_extend_backward_output_is_the_new_frames_then_the_source(dit, vae, prompts, clip):
+    (latent,) = SoraExtend().build(vae, clip, "backward", 8, 4)
+    frames = decode(vae, sample(dit, prompts, latent))
+    assert frames.shape[0] == 8 + FRAMES and torch.equal(frames[8:], clip)
+
+
+def test_loop_output_is_the_source_then_the_transition(dit, vae, prompts, clip):
+    (latent,) = SoraLoop().build(vae, clip, 4, 4)
+    frames = decode(vae, sample(dit, prompts, latent))
+    assert frames.shape[0] == FRAMES + 4 and torch.equal(frames[:FRAMES], clip)
+
+
+def test_connect_output_is_first_transition_second(dit, vae, prompts, clip):
+    second = clip.flip(0)
+    (latent,) = SoraConnect().build(vae, clip, second, 8, 4)
+    frames = decode(vae, sample(dit, prompts, latent))
+    assert frames.shape[0] == FRAMES + 8 + FRAMES
+    assert torch.equal(frames[:FRAMES], clip) and torch.equal(frames[-FRAMES:], second)
+
+
+def test_connect_refuses_clips_of_different_sizes(vae, clip):
+    with pytest.raises(ValueError, match="same frame size"):
+        SoraConnect().build(vae, clip, clip[:, :24], 8, 4)
+
+
+def test_extend_refuses_new_frames_that_are_not_a_multiple_of_4(vae, clip):
+    with pytest.raises(ValueError, match="new_frames=6 is not allowed: use a multiple of 4"):
+        SoraExtend().build(vae, clip, "forward", 6, 4)
+
+
+def test_extend_refuses_more_context_than_the_clip_has(vae, clip):
+    with pytest.raises(ValueError, match="video has 9 frames"):
+        SoraExtend().build(vae, clip, "forward", 8, 12)
+
+
+# -- SDEdit ----------------------------------------------------------------------------------------
+
+def test_sdedit_strength_0_returns_the_input(dit, vae, prompts, clip):
+    (latent,) = SoraVAEEncode().encode(vae, clip, 8)
+    (noised,) = SoraSDEditNoise().noise(latent, 0.0, 5)
+    assert torch.equal(sample(dit, prompts, noised)["samples"], latent["samples"])
+
+
+def test_sdedit_noises_every_frame_to_the_strength_with_its_own_seed(vae, clip):
+    (latent,) = SoraVAEEncode().encode(vae, clip, 8)
+    a, b, c = (SoraSDEditNoise().noise(latent, 0.5, s)[0] for s in (1, 1, 2))
+    assert a["sora_noised"] and a["sora_strength"].eq(0.5).all()
+    assert torch.equal(a["samples"], b["samples"]) and not torch.equal(a["samples"], c["samples"])
+
+
+def test_sdedit_keeps_given_frames_given(vae, clip):
+    (window,) = SoraExtend().build(vae, clip, "forward", 8, 4)
+    (noised,) = SoraSDEditNoise().noise(window, 0.7, 1)
+    assert noised["sora_strength"][0].tolist() == pytest.approx([0, 0, 0.7, 0.7])
+    assert torch.equal(noised["samples"][:, :, :2], window["samples"][:, :, :2]) and "sora_splice" in noised
+
+
+def test_sdedit_output_is_sampled_clean_and_only_once_noised(dit, vae, prompts, clip):
+    (latent,) = SoraVAEEncode().encode(vae, clip, 8)
+    (noised,) = SoraSDEditNoise().noise(latent, 0.5, 1)
+    out = sample(dit, prompts, noised)
+    assert "sora_noised" not in out
+    with pytest.raises(ValueError, match="already noised"):
+        SoraSDEditNoise().noise(noised, 0.5, 1)
+    with pytest.raises(ValueError, match="set denoise to 1"):
+        sample(dit, prompts, noised, denoise=0.5)
+
+
+# -- glue ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("count,drop_from,max_frames,kept", [(12, "end", 0, slice(0, 9)), (12, "start", 0, slice(3, 12)),
+                                                             (12, "end", 6, slice(0, 5)), (1, "end", 0, slice(0, 1))])
+def test_trim_frames_keeps_the_longest_valid_length(count, drop_from, max_frames, kept):
+    frames = torch.rand(count, 8, 8, 3)
+    images, n = SoraTrimFrames().trim(frames, drop_from, max_frames)
+    assert torch.equal(images, frames[kept]) and n == images.shape[0]
+
+
+# -- recaption ------------------------------------------------------------------------------------------
+
+def test_recaption_offline_writes_a_longer_caption_and_shows_it():
+    out = SoraRecaption().run("a red ball bouncing", 0, "offline", "", "", 5.0)
+    caption = out["result"][0]
+    assert out["ui"]["text"] == [caption] and len(caption.split()) > 4
+
+
+def test_recaption_reports_an_unreachable_endpoint():
+    with pytest.raises(Exception, match="127.0.0.1:9"):
+        SoraRecaption().run("a red ball", 0, "llm", "http://127.0.0.1:9/v1", "some-model", 2.0)
