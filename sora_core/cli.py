@@ -1,20 +1,197 @@
-"""Subcommands of `python -m sora_core`."""
+"""Subcommands of `python -m sora_core`: generate / animate / extend / loop / connect / edit,
+train, eval, and the recaptioning tools."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 
-def _train(args: argparse.Namespace) -> int:
-    if args.what == "vae":
-        from .train import vae as trainer
-    else:
-        from .train import dit as trainer
-    trainer.run(args)
+def _progress(label: str):
+    def show(done: int, total: int) -> None:
+        bar = "#" * int(30 * done / total)
+        sys.stderr.write(f"\r{label} [{bar:<30}] {done}/{total}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _pipeline(args):
+    from .pipeline import Pipeline
+
+    return Pipeline.load(args.model)
+
+
+def _load_frames(path: str, multiple: int, width: int | None = None, height: int | None = None,
+                 max_frames: int | None = None):
+    """A clip or image as (T, H, W, 3) float frames, resized to a size the model accepts."""
+    import torch
+
+    from .data.video_folder import resize_cover
+    from .io import read_video
+
+    import numpy as np
+
+    frames, _ = read_video(path, max_frames=max_frames)
+    h, w = frames.shape[1:3]
+    tw = width or max(multiple, w // multiple * multiple)
+    th = height or max(multiple, h // multiple * multiple)
+    if (tw, th) != (w, h):
+        frames = np.stack([resize_cover(f, tw, th) for f in frames])
+    return torch.from_numpy(frames).float() / 255.0
+
+
+def _save(frames, path: str, fps: float) -> None:
+    from .io import write_video
+
+    out = write_video(path, (frames.clamp(0, 1) * 255).round().byte().numpy(), fps)
+    print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]})")
+
+
+def _sampling(args) -> dict:
+    return dict(seed=args.seed, steps=args.steps, cfg=args.cfg, sampler=args.sampler, shift=args.shift)
+
+
+def _prompt(args) -> str:
+    if args.no_recaption:
+        return args.prompt
+    from .recaption import recaption
+
+    caption = recaption(args.prompt, seed=args.seed)
+    print(f"caption: {caption}", file=sys.stderr)
+    return caption
+
+
+def _generate(args) -> int:
+    pipe = _pipeline(args)
+    frames = pipe.generate(_prompt(args), args.width, args.height, args.frames, negative=args.negative,
+                           progress=_progress("sampling"), **_sampling(args))
+    _save(frames, args.output, args.fps)
     return 0
 
 
+def _animate(args) -> int:
+    pipe = _pipeline(args)
+    image = _load_frames(args.image, pipe.config.pixel_multiple, args.width, args.height, max_frames=1)
+    frames = pipe.animate(image, _prompt(args), args.frames, negative=args.negative,
+                          progress=_progress("sampling"), **_sampling(args))
+    _save(frames, args.output, args.fps)
+    return 0
+
+
+def _extend(args) -> int:
+    pipe = _pipeline(args)
+    video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
+    frames = pipe.extend(video, _prompt(args), args.new_frames, args.context_frames, args.direction,
+                         negative=args.negative, progress=_progress("sampling"), **_sampling(args))
+    _save(frames, args.output, args.fps)
+    return 0
+
+
+def _loop(args) -> int:
+    pipe = _pipeline(args)
+    video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
+    frames = pipe.loop(video, _prompt(args), args.transition_frames, args.context_frames, negative=args.negative,
+                       progress=_progress("sampling"), **_sampling(args))
+    _save(frames, args.output, args.fps)
+    return 0
+
+
+def _connect(args) -> int:
+    pipe = _pipeline(args)
+    first = _load_frames(args.first, pipe.config.pixel_multiple, args.width, args.height)
+    second = _load_frames(args.second, pipe.config.pixel_multiple, first.shape[2], first.shape[1])
+    frames = pipe.connect(first, second, _prompt(args), args.transition_frames, args.context_frames,
+                          negative=args.negative, progress=_progress("sampling"), **_sampling(args))
+    _save(frames, args.output, args.fps)
+    return 0
+
+
+def _edit(args) -> int:
+    pipe = _pipeline(args)
+    video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
+    tf = pipe.config.vae.temporal_factor
+    video = video[: 1 + (video.shape[0] - 1) // tf * tf]  # the longest valid 1 + 4k prefix
+    frames = pipe.edit(video, _prompt(args), args.strength, negative=args.negative,
+                       progress=_progress("sampling"), **_sampling(args))
+    _save(frames, args.output, args.fps)
+    return 0
+
+
+def _train(args) -> int:
+    from .train import dit, vae
+
+    (vae if args.what == "vae" else dit).run(args)
+    return 0
+
+
+def _eval(args) -> int:
+    from .eval import run
+
+    return run.run(args)
+
+
+def _common(p: argparse.ArgumentParser, prompt: bool = True) -> None:
+    if prompt:
+        p.add_argument("prompt", help="what to show; short prompts are expanded into detailed captions")
+    p.add_argument("-o", "--output", required=True, help="output file: .mp4, .webm, .gif, .webp or .png")
+    p.add_argument("--model", default=None, help="checkpoint (default: the shipped model, or $SORA_MODEL)")
+    p.add_argument("--negative", default="", help="negative prompt for classifier-free guidance")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--shift", type=float, default=None, help="schedule shift (default: by video size)")
+    p.add_argument("--sampler", default="euler", choices=["euler", "heun", "dpmpp_2m"])
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--no-recaption", action="store_true", help="use the prompt as written")
+
+
 def add_commands(sub) -> None:
+    p = sub.add_parser("generate", help="text to video (--frames 1: text to image)")
+    _common(p)
+    p.add_argument("--frames", type=int, default=17, help="1 + 4k frames")
+    p.set_defaults(func=_generate, width=64, height=64)
+
+    p = sub.add_parser("animate", help="image to video: the image becomes the first frame")
+    p.add_argument("image")
+    _common(p)
+    p.add_argument("--frames", type=int, default=17)
+    p.set_defaults(func=_animate)
+
+    p = sub.add_parser("extend", help="extend a clip forward or backward in time")
+    p.add_argument("video")
+    _common(p)
+    p.add_argument("--direction", choices=["forward", "backward"], default="forward")
+    p.add_argument("--new-frames", type=int, default=16, help="multiple of 4")
+    p.add_argument("--context-frames", type=int, default=8, help="multiple of 4")
+    p.set_defaults(func=_extend)
+
+    p = sub.add_parser("loop", help="append a transition back to the start: a seamless infinite loop")
+    p.add_argument("video")
+    _common(p)
+    p.add_argument("--transition-frames", type=int, default=8)
+    p.add_argument("--context-frames", type=int, default=8)
+    p.set_defaults(func=_loop)
+
+    p = sub.add_parser("connect", help="first clip + generated transition + second clip")
+    p.add_argument("first")
+    p.add_argument("second")
+    _common(p)
+    p.add_argument("--transition-frames", type=int, default=16)
+    p.add_argument("--context-frames", type=int, default=8)
+    p.set_defaults(func=_connect)
+
+    p = sub.add_parser("edit", help="video-to-video editing with SDEdit")
+    p.add_argument("video")
+    _common(p)
+    p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 ignores it")
+    p.set_defaults(func=_edit)
+
     train = sub.add_parser("train", help="train the VAE or the DiT (torchrun for several GPUs/processes)")
     which = train.add_subparsers(dest="what", required=True)
     from .train import dit, vae
@@ -22,3 +199,13 @@ def add_commands(sub) -> None:
     vae.add_arguments(which.add_parser("vae", help="train the 3D VAE"))
     dit.add_arguments(which.add_parser("dit", help="train the text encoder + DiT on a trained VAE"))
     train.set_defaults(func=_train)
+
+    from .eval import run
+
+    ev = sub.add_parser("eval", help="evaluate a model; the last output line is a JSON report")
+    run.add_arguments(ev)
+    ev.set_defaults(func=_eval)
+
+    from .recaption import add_cli
+
+    add_cli(sub)

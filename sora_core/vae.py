@@ -26,24 +26,6 @@ from .patch import check_frame_count, check_pixel_size
 Progress = Callable[[int, int], None]
 
 
-class ChannelRMSNorm(nn.Module):
-    """RMS norm over channels at each (t, h, w): no statistics across time, so it stays causal."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-
-    def forward(self, x):
-        return F.normalize(x, dim=1) * (x.shape[1] ** 0.5) * self.weight[None, :, None, None, None]
-
-
-class ChunkConv3d(nn.Conv3d):
-    """Encoder conv: 'same' padding by edge replication, inside one chunk."""
-
-    def __init__(self, cin, cout, kernel=(3, 3, 3), stride=(1, 1, 1)):
-        super().__init__(cin, cout, kernel, stride, padding=tuple(k // 2 for k in kernel), padding_mode="replicate")
-
-
 class CausalConv3d(nn.Module):
     """Decoder conv: pads time on the left only; in streaming mode the pad is the previous chunk's tail."""
 
@@ -66,104 +48,67 @@ class CausalConv3d(nn.Module):
         return self.conv(x)
 
 
-class ResBlock(nn.Module):
-    def __init__(self, cin, cout, conv, kernel):
-        super().__init__()
-        self.norm1 = ChannelRMSNorm(cin)
-        self.conv1 = conv(cin, cout, kernel)
-        self.norm2 = ChannelRMSNorm(cout)
-        self.conv2 = conv(cout, cout, kernel)
-        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.skip(x) + h
-
-
-def _temporal_downs(config: VAEConfig) -> int:
-    return config.temporal_factor.bit_length() - 1
+def _levels(c: VAEConfig) -> list[int]:
+    return [c.base_channels * m for m in c.channel_mult]
 
 
 class Encoder(nn.Module):
-    """(N, 3, tf, H, W) chunks -> (N, 2*latent, 1, H/s, W/s) posterior moments."""
+    """(N, 3, tf, H, W) chunks -> (N, 2*latent, H/s, W/s) posterior moments.
+
+    The chunk's frames are stacked as channels (a 4x1x1 spacetime patch) and a plain conv stack
+    compresses space: no cross-chunk context, so a chunk's latent is the same wherever it sits.
+    Plain conv + SiLU stacks (no norms) train fastest at this size; measured against a residual
+    + norm design, which stalled near 15 dB on the synthetic world while this one kept improving.
+    """
 
     def __init__(self, c: VAEConfig):
         super().__init__()
-        chans = [c.base_channels * m for m in c.channel_mult]
-        t_len, t_downs = c.temporal_factor, _temporal_downs(c)
-        self.conv_in = ChunkConv3d(c.in_channels, chans[0], (1, 3, 3))
-        blocks = []
+        chans = _levels(c)
+        layers = [nn.Conv2d(c.in_channels * c.temporal_factor, chans[0], 3, padding=1), nn.SiLU()]
         cin = chans[0]
         for level, ch in enumerate(chans):
-            kt = 3 if t_len > 1 and level >= c.spatial_only_levels else 1
             for _ in range(c.num_res_blocks):
-                blocks.append(ResBlock(cin, ch, ChunkConv3d, (kt, 3, 3)))
+                layers += [nn.Conv2d(cin, ch, 3, padding=1), nn.SiLU()]
                 cin = ch
             if level < len(chans) - 1:
-                st = 2 if level < t_downs else 1
-                # Strided conv whose time kernel equals its stride: merges frame pairs without padding.
-                blocks.append(nn.Conv3d(ch, ch, (st, 3, 3), stride=(st, 2, 2), padding=(0, 1, 1)))
-                t_len //= st
-        blocks.append(ResBlock(cin, cin, ChunkConv3d, (1, 3, 3)))
-        self.blocks = nn.Sequential(*blocks)
-        self.norm_out = ChannelRMSNorm(cin)
-        self.conv_out = nn.Conv3d(cin, 2 * c.latent_channels, (1, 3, 3), padding=(0, 1, 1))
-        # Start with a narrow posterior (std ~0.05): with the usual std 1 the decoder first sees
-        # mostly noise and reconstruction stalls until the KL/reconstruction balance shifts.
-        with torch.no_grad():
-            self.conv_out.bias[c.latent_channels :].fill_(-6.0)
+                layers += [nn.Conv2d(ch, ch, 3, stride=2, padding=1), nn.SiLU()]
+        layers.append(nn.Conv2d(cin, 2 * c.latent_channels, 3, padding=1))
+        self.net = nn.Sequential(*layers)
 
-    def forward(self, x):
-        h = self.blocks(self.conv_in(x))
-        return self.conv_out(F.silu(self.norm_out(h)))
-
-
-class TimeUpsample(nn.Module):
-    """Doubles the frame count: a causal conv makes 2x channels, then channels become frames."""
-
-    def __init__(self, ch):
-        super().__init__()
-        self.conv = CausalConv3d(ch, 2 * ch, (3, 3, 3))
-
-    def forward(self, x):
-        return rearrange(self.conv(x), "b (r c) t h w -> b c (t r) h w", r=2)
+    def forward(self, chunks):
+        return self.net(rearrange(chunks, "n c f h w -> n (f c) h w"))
 
 
 class SpaceUpsample(nn.Module):
-    def __init__(self, ch):
-        super().__init__()
-        self.conv = nn.Conv3d(ch, ch, (1, 3, 3), padding=(0, 1, 1))
-
     def forward(self, x):
         b = x.shape[0]
         x = F.interpolate(rearrange(x, "b c t h w -> (b t) c h w"), scale_factor=2.0, mode="nearest")
-        return self.conv(rearrange(x, "(b t) c h w -> b c t h w", b=b))
+        return rearrange(x, "(b t) c h w -> b c t h w", b=b)
 
 
 class Decoder(nn.Module):
-    """(B, latent, T, h, w) -> (B, 3, T*tf, h*s, w*s); time is upsampled first, at low resolution."""
+    """(B, latent, T, h, w) -> (B, 3, T*tf, h*s, w*s).
+
+    The lowest `temporal_levels` resolutions use causal 3x3x3 convs over the latent sequence (so
+    motion is smooth across chunks); the last conv makes tf frames' worth of channels per latent
+    frame, which become frames (depth-to-time).
+    """
 
     def __init__(self, c: VAEConfig):
         super().__init__()
-        chans = [c.base_channels * m for m in c.channel_mult][::-1]
-        levels = len(chans)
-        self.conv_in = CausalConv3d(c.latent_channels, chans[0], (3, 3, 3))
-        blocks = [ResBlock(chans[0], chans[0], CausalConv3d, (3, 3, 3))]
-        cin = chans[0]
+        chans = _levels(c)[::-1]
+        self.tf = c.temporal_factor
+        layers = []
+        cin = c.latent_channels
         for i, ch in enumerate(chans):
-            level = levels - 1 - i  # the encoder's level number at this resolution
-            kt = 3 if level >= c.spatial_only_levels else 1
+            kt = 3 if i < c.temporal_levels else 1
             for _ in range(c.num_res_blocks + 1):
-                blocks.append(ResBlock(cin, ch, CausalConv3d, (kt, 3, 3)))
+                layers += [CausalConv3d(cin, ch, (kt, 3, 3)), nn.SiLU()]
                 cin = ch
-            if i < levels - 1:
-                if i < _temporal_downs(c):
-                    blocks.append(TimeUpsample(ch))
-                blocks.append(SpaceUpsample(ch))
-        self.blocks = nn.Sequential(*blocks)
-        self.norm_out = ChannelRMSNorm(cin)
-        self.conv_out = CausalConv3d(cin, c.in_channels, (1, 3, 3))
+            if i < len(chans) - 1:
+                layers.append(SpaceUpsample())
+        layers.append(CausalConv3d(cin, c.in_channels * c.temporal_factor, (1, 3, 3)))
+        self.net = nn.Sequential(*layers)
 
     def set_streaming(self, on: bool) -> None:
         for m in self.modules():
@@ -171,8 +116,7 @@ class Decoder(nn.Module):
                 m.streaming, m.cache = on, None
 
     def forward(self, z):
-        h = self.blocks(self.conv_in(z))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return rearrange(self.net(z), "b (f c) t h w -> b c (t f) h w", f=self.tf)
 
 
 def _blend_ramp(n: int, overlap: int, at_start: bool, at_end: bool, device) -> torch.Tensor:
@@ -261,7 +205,7 @@ class VideoVAE(nn.Module):
         """Posterior mean and log-variance (N, C, h, w) for (N, 3, tf, H, W) chunks, `chunk_batch` at a time."""
         means, logvars = [], []
         for i in range(0, chunks.shape[0], chunk_batch):
-            m, lv = self.encoder(chunks[i : i + chunk_batch]).squeeze(2).chunk(2, dim=1)
+            m, lv = self.encoder(chunks[i : i + chunk_batch]).chunk(2, dim=1)
             means.append(m)
             logvars.append(lv.clamp(-30.0, 20.0))
             if progress:

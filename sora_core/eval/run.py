@@ -1,0 +1,187 @@
+"""`python -m sora_core eval`: measure a model on held-out synthetic prompts and real clips.
+
+Prints progress, then as its last line one JSON object with the metrics (see `evaluate`), and
+writes a contact sheet per capability so a person can look at what the numbers describe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import conditioning as cond
+from ..data.synthetic import Scene, SyntheticClips
+from ..pipeline import Pipeline
+from ..recaption import recaption
+from .detector import analyse_clip, score_against
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of frames in [0, 1]."""
+    mse = float((a.float() - b.float()).pow(2).mean())
+    return 10 * np.log10(1.0 / max(mse, 1e-10))
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    return (frames.clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def seam_ratio(frames: torch.Tensor, before: int, after: int | None = None) -> float:
+    """|frame[after] - frame[before]| over the median consecutive-frame difference of the clip:
+    1 means the join is as smooth as any other cut between frames; a visible jump is >> 1."""
+    after = before + 1 if after is None else after
+    diffs = (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3))
+    jump = (frames[after] - frames[before]).abs().mean()
+    return float(jump / diffs.median().clamp(min=1e-4))
+
+
+def border_colour(frame: torch.Tensor) -> torch.Tensor:
+    """Median colour of the frame's border pixels: the static background the camera sees."""
+    edge = torch.cat([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
+    return edge.median(dim=0).values
+
+
+def heldout(n: int, width: int, height: int, frames: int, seed: int, **options) -> list[dict]:
+    clips = SyntheticClips((width, height, frames), seed=seed, split="heldout", **options)
+    return [clips.item(i) for i in range(n)]
+
+
+def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: int = 64, frames: int = 17,
+             steps: int = 20, cfg: float = 5.0, seed: int = 0, sheet: Path | None = None,
+             log=print) -> dict:
+    """Every metric of the report card; `sheet` is where the contact sheets go (None: nowhere)."""
+    sampling = dict(steps=steps, cfg=cfg)
+    rows: dict[str, list] = {}
+    metrics: dict[str, float] = {}
+
+    def gen(prompt: str, i: int) -> torch.Tensor:
+        return pipe.generate(recaption(prompt, seed=seed + i), width, height, frames, seed=seed + i, **sampling)
+
+    # Text-to-video adherence, on short prompts expanded the way users' prompts are.
+    scores = {k: [] for k in ("color_ok", "shape_ok", "direction_ok", "count_ok")}
+    start = time.time()
+    for i, item in enumerate(heldout(n_prompts, width, height, frames, seed, occlusion=False)):
+        video = gen(item["prompt"], i)
+        if i == 0:
+            metrics["seconds_per_clip_cpu"] = round(time.time() - start, 2)
+        result = score_against(Scene.from_dict(item["scene"]), analyse_clip(to_uint8(video)))
+        for k in scores:
+            scores[k].append(result[k])
+        rows.setdefault("text_to_video", []).append((item["prompt"], video))
+        log(f"t2v {i + 1}/{n_prompts}: {item['prompt']!r} -> {result}")
+    for k, v in scores.items():
+        metrics[k.replace("_ok", "_acc")] = float(np.mean(v))
+
+    permanence = []
+    for i, item in enumerate(heldout(max(4, n_prompts // 2), width, height, 33, seed + 1, occlusion=True)):
+        video = pipe.generate(recaption(item["prompt"], seed=seed + i), width, height, 33, seed=seed + i, **sampling)
+        permanence.append(score_against(Scene.from_dict(item["scene"]), analyse_clip(to_uint8(video)))["permanence_ok"])
+        rows.setdefault("occlusion", []).append((item["prompt"], video))
+    metrics["permanence_acc"] = float(np.mean(permanence))
+    log(f"permanence {metrics['permanence_acc']:.2f}")
+
+    sources = heldout(4, width, height, frames, seed + 2)
+    first_psnr, loop_r, ext_r, conn_r, drift = [], [], [], [], []
+    for i, item in enumerate(sources):
+        real = (item["video"].permute(1, 2, 3, 0) + 1) / 2  # (T, H, W, 3) in [0, 1]
+        prompt = item["caption"]
+        animated = pipe.animate(real[:1], prompt, frames, seed=seed + i, **sampling)
+        first_psnr.append(psnr(animated[0], real[0]))
+        looped = pipe.loop(real, prompt, transition_frames=8, context_frames=8, seed=seed + i, **sampling)
+        # the loop's seam is its last frame followed by its first
+        wrapped = torch.cat([looped, looped[:1]])
+        loop_r.append(seam_ratio(wrapped, len(looped) - 1))
+        extended = pipe.extend(real, prompt, new_frames=16, context_frames=8, seed=seed + i, **sampling)
+        ext_r.append(seam_ratio(extended, len(real) - 1))
+        other = (sources[(i + 1) % len(sources)]["video"].permute(1, 2, 3, 0) + 1) / 2
+        joined = pipe.connect(real, other, prompt, transition_frames=16, context_frames=8, seed=seed + i, **sampling)
+        conn_r.append(max(seam_ratio(joined, len(real) - 1), seam_ratio(joined, len(joined) - len(other) - 1)))
+        chain = real
+        for k in range(4):
+            chain = pipe.extend(chain, prompt, new_frames=16, context_frames=8, seed=seed + 10 * i + k, **sampling)
+        drift.append(float((border_colour(chain[-1]) - border_colour(real[0])).abs().mean() * 255))
+        for name, clip in (("animate", animated), ("loop", looped), ("extend", extended), ("connect", joined),
+                           ("extend_x4", chain)):
+            rows.setdefault(name, []).append((prompt[:60], clip))
+        log(f"capabilities {i + 1}/{len(sources)}")
+    metrics.update(
+        i2v_first_frame_psnr=float(np.mean(first_psnr)),
+        loop_seam_ratio=float(np.mean(loop_r)),
+        extend_seam_ratio=float(np.mean(ext_r)),
+        connect_seam_ratio=float(np.mean(conn_r)),
+        extend_drift=float(np.mean(drift)),
+    )
+
+    metrics["vae_psnr_synthetic"] = vae_psnr(pipe, [s["video"] for s in heldout(8, width, height, frames, seed + 3)])
+    metrics["vae_psnr_real"] = vae_psnr(pipe, real_clips(frames, width * height))
+    if sheet is not None:
+        write_sheets(rows, sheet)
+    return {k: round(v, 4) for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def vae_psnr(pipe: Pipeline, videos: list[torch.Tensor]) -> float:
+    """Mean reconstruction PSNR (dB, frames in [0, 1]) of (3, T, H, W) videos in [-1, 1]."""
+    if not videos:
+        return float("nan")
+    vae = pipe.model.vae
+    values = []
+    for v in videos:
+        x = v[None].to(pipe.device)
+        recon = vae.decode(vae.encode(x))
+        values.append(psnr((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2))
+    return float(np.mean(values))
+
+
+def real_clips(frames: int, area: int, limit: int = 8) -> list[torch.Tensor]:
+    """Real footage (the animated WebPs of comfyui-workflow-templates-media-video, when installed),
+    resized to about `area` pixels at its own aspect ratio."""
+    from ..data.real_clips import find_template_clips
+    from ..data.video_folder import frames_to_tensor, resize_cover
+    from ..io import read_video
+
+    out = []
+    for path in find_template_clips(min_frames=frames)[::7][:limit]:
+        clip, _ = read_video(path, max_frames=frames)
+        if len(clip) < frames:
+            continue
+        h, w = clip.shape[1:3]
+        scale = (area / (w * h)) ** 0.5
+        tw, th = max(8, int(w * scale) // 8 * 8), max(8, int(h * scale) // 8 * 8)
+        out.append(frames_to_tensor(np.stack([resize_cover(f, tw, th) for f in clip])))
+    return out
+
+
+def write_sheets(rows: dict[str, list], folder: Path) -> None:
+    from ..io import contact_sheet
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, clips in rows.items():
+        contact_sheet([(label, to_uint8(c)) for label, c in clips[:6]], folder / f"{name}.png")
+        contact_sheet([(label, to_uint8(c)) for label, c in clips[:6]], folder / f"{name}.gif")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    p.add_argument("--prompts", type=int, default=16, help="held-out prompts for text-to-video adherence")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sheets", default="eval_sheets", help="folder for the contact sheets")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    pipe = Pipeline.load(args.model)
+    metrics = evaluate(pipe, n_prompts=args.prompts, width=args.width, height=args.height, frames=args.frames,
+                       steps=args.steps, cfg=args.cfg, seed=args.seed, sheet=Path(args.sheets))
+    print(json.dumps(metrics, sort_keys=True))
+    return 0
