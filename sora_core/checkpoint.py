@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 
 from .config import SoraConfig
 from .dit import DiT
+from .fsutil import atomic_write
 from .text import HashTextEncoder
 from .vae import VideoVAE
 
@@ -41,18 +41,6 @@ class SoraModel(nn.Module):
         return tuple(p for p in ("vae", "text", "dit") if getattr(self, p) is not None)
 
 
-def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(model: SoraModel, path: str | os.PathLike, *, dtype: torch.dtype | None = None,
                     extra: dict | None = None) -> None:
     """Write every part of `model` to a .safetensors file (written to a temp file, then renamed)."""
@@ -68,7 +56,7 @@ def save_checkpoint(model: SoraModel, path: str | os.PathLike, *, dtype: torch.d
     metadata = {"format": FORMAT, "config": model.config.to_json(), "parts": ",".join(model.parts)}
     if extra:
         metadata["extra"] = json.dumps(extra, sort_keys=True)
-    _atomic_save(tensors, path, metadata)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

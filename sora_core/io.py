@@ -34,6 +34,8 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from .fsutil import atomic_write
+
 __all__ = [
     "VideoInfo",
     "probe_video",
@@ -510,22 +512,14 @@ def write_video(path: str | os.PathLike, frames, fps: float, *, quality: int = 9
 
 
 def _atomic_write(p: Path, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp)`` on a temp file next to ``p`` (same extension, so encoders
-    pick the right format), then rename it over ``p``; remove it on any failure."""
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}")
-    os.close(fd)
-    try:
+    """`fsutil.atomic_write`, refusing an empty result (an encoder that silently wrote nothing)."""
+
+    def checked(tmp: str) -> None:
         write(tmp)
         if os.path.getsize(tmp) == 0:
             raise ValueError(f"writing {str(p)!r} produced an empty file")
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_write(p, checked)
 
 
 # --------------------------------------------------------------------------- contact sheets

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import cv2
 import numpy as np
 
 from .data.prompt_parser import parse_prompt
+from .fsutil import atomic_write
 from .data.synthetic import describe, sample_scene
 
 log = logging.getLogger(__name__)
@@ -188,16 +188,7 @@ def _frame_urls(path: Path, frames: int, max_side: int) -> list[str]:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see half a caption."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text.strip() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text.strip() + "\n", encoding="utf-8"))
 
 
 def caption_folder(folder: str | os.PathLike, endpoint: str, model: str | None = None, *,

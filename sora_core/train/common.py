@@ -6,7 +6,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from ..fsutil import atomic_write
 
 
 @dataclass
@@ -80,17 +81,9 @@ class EMA:
         module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    return module.module if hasattr(module, "module") else module
-
-
 def save_state(path: Path, state: dict) -> None:
     """Training state for --resume (torch format, read back with weights_only=True: no code runs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: Path) -> dict:
@@ -154,7 +147,4 @@ def plot_curve(steps, values, path: Path, label: str) -> None:
         cv2.line(img, pt(s[i - 1 + k - 1], smooth[i - 1]), pt(s[i + k - 1], smooth[i]), (200, 0, 0), 2, cv2.LINE_AA)
     cv2.putText(img, f"log10 {label}  [{lo:.2f}, {hi:.2f}]  steps {int(s[0])}-{int(s[-1])}", (m, m - 15),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    cv2.imwrite(tmp, img)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: cv2.imwrite(tmp, img))
