@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import conditioning as cond
 from ..data.synthetic import Scene, SyntheticClips
 from ..pipeline import Pipeline
 from ..recaption import recaption
@@ -162,8 +161,11 @@ def write_sheets(rows: dict[str, list], folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, clips in rows.items():
-        contact_sheet([(label, to_uint8(c)) for label, c in clips[:6]], folder / f"{name}.png")
-        contact_sheet([(label, to_uint8(c)) for label, c in clips[:6]], folder / f"{name}.gif")
+        sheet = [(label, to_uint8(c)) for label, c in clips[:6]]
+        contact_sheet(sheet, folder / f"{name}.png")
+        contact_sheet(sheet, folder / f"{name}.gif")
+    overview = [(name.replace("_", " "), to_uint8(clips[0][1])) for name, clips in rows.items()]
+    contact_sheet(overview, folder / "overview.gif")  # one row per capability
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from ..checkpoint import SoraModel, load_checkpoint, save_checkpoint
 from ..config import preset
 from ..data.buckets import BucketConfig
 from ..flow import flow_loss, resolution_shift, sample_training_t
+from ..preview import METADATA_KEY, fit_latent_rgb
 from ..text import tokenize
 from .common import EMA, Logger, cleanup_distributed, load_state, lr_at, save_state, setup_distributed
 
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> Path:
         model.dit.load_state_dict(init.dit.state_dict())
     model.to(d.device)
     model.vae.requires_grad_(False).eval()
+    preview = fit_latent_rgb(model.vae)  # latent -> RGB factors for live previews, stored with the model
     model.dit.gradient_checkpointing = args.gradient_checkpointing
     denoiser = Denoiser(model)
     ema = EMA(denoiser, args.ema)
@@ -174,15 +176,30 @@ def run(args: argparse.Namespace) -> Path:
             log.log(step, loss=loss.item(), grad_norm=float(grad_norm), lr=opt.param_groups[0]["lr"])
         if d.main and (step % args.save_every == 0 or step == args.steps):
             save_state(state_path, {"model": denoiser.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow, "step": step})
-            export(model, denoiser, ema, out / "model.safetensors", step)
+            export(model, denoiser, ema, out / "model.safetensors", {"dit_steps": step, METADATA_KEY: preview.to_json()})
     log.close("loss")
+    if d.world > 1:
+        check_ranks_agree(denoiser, d)
     cleanup_distributed()
     return out / "model.safetensors"
 
 
-def export(model: SoraModel, denoiser: Denoiser, ema: EMA, path: Path, step: int) -> None:
+def check_ranks_agree(module: nn.Module, d) -> None:
+    """DDP must leave every rank with the same weights; a cheap checksum proves it."""
+    import torch.distributed as dist
+
+    total = torch.stack([p.detach().double().sum() for p in module.parameters()]).sum().reshape(1).to(d.device)
+    sums = [torch.zeros_like(total) for _ in range(d.world)]
+    dist.all_gather(sums, total)
+    if any(not torch.equal(s, sums[0]) for s in sums):
+        raise RuntimeError(f"DDP ranks diverged: parameter checksums {[s.item() for s in sums]}")
+    if d.main:
+        print(f"ddp: {d.world} ranks, identical weights (checksum {sums[0].item():.6f})")
+
+
+def export(model: SoraModel, denoiser: Denoiser, ema: EMA, path: Path, extra: dict) -> None:
     """Write the EMA weights as a complete model (VAE + text + DiT) in fp16, leaving training weights alone."""
     live = {k: v.clone() for k, v in denoiser.state_dict().items()}
     ema.copy_to(denoiser)
-    save_checkpoint(model, path, dtype=torch.float16, extra={"dit_steps": step})
+    save_checkpoint(model, path, dtype=torch.float16, extra=extra)
     denoiser.load_state_dict(live)

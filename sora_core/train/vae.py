@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..checkpoint import SoraModel, load_checkpoint, save_checkpoint
 from ..config import preset
 from ..data.buckets import BucketConfig
-from .common import EMA, Logger, cleanup_distributed, load_state, lr_at, save_state, setup_distributed, unwrap
+from .common import EMA, Logger, cleanup_distributed, load_state, lr_at, save_state, setup_distributed
 from .data import folder_batches, random_crop, synthetic_batches
 
 
@@ -70,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", default=None, help="start from the VAE of this checkpoint (e.g. the shipped model)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
 
@@ -79,10 +80,14 @@ def run(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     d = setup_distributed(args.device)
     out = Path(args.out)
-    config = preset(args.preset)
     torch.manual_seed(args.seed)
-    model = SoraModel(config, parts=("vae",)).to(d.device)
-    vae = model.vae
+    if args.init:
+        model = load_checkpoint(args.init, parts=("vae",)).train()
+        config = model.config
+    else:
+        config = preset(args.preset)
+        model = SoraModel(config, parts=("vae",))
+    vae = model.vae.to(d.device)
     ema = EMA(vae, args.ema)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = 0
