@@ -1,0 +1,110 @@
+"""One conditioning mechanism: the window layouts, the splice plans, and their errors."""
+
+import pytest
+import torch
+
+from sora_core import conditioning as cond
+from sora_core.config import preset
+from sora_core.vae import VideoVAE
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return VideoVAE(preset("micro").vae).eval()
+
+
+def clip(frames, seed=0, h=16, w=24):
+    return torch.rand(frames, h, w, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def given(window):
+    return (window.strength[0] == 0).tolist()
+
+
+@torch.no_grad()
+def test_animate_image_gives_the_first_latent_frame(vae):
+    w = cond.animate_image(vae, clip(1), 17)
+    assert given(w) == [True, False, False, False, False]
+    assert torch.allclose(w.samples[:, :, :1], cond.encode_frames(vae, clip(1)))
+
+
+@torch.no_grad()
+def test_an_image_can_be_the_last_frame_instead(vae):
+    assert given(cond.animate_image(vae, clip(1), 9, at="last")) == [False, False, True]
+
+
+@torch.no_grad()
+def test_extend_forward_gives_the_sources_last_chunks_at_the_start(vae):
+    video = clip(17)
+    w = cond.extend_forward(vae, video, new_frames=8, context_frames=8)
+    assert given(w) == [True, True, True, False, False]
+    # the given latents are those the source's own last 9 frames have
+    assert torch.allclose(w.samples[:, :, :3], cond.encode_frames(vae, video[-9:]), atol=1e-6)
+    decoded = torch.zeros(1 + 4 * 4, 16, 24, 3)
+    out = w.splice.apply(decoded)
+    assert out.shape[0] == 17 + 8 and torch.equal(out[:17], video)
+
+
+@torch.no_grad()
+def test_extend_backward_gives_the_sources_first_chunks_at_the_end(vae):
+    video = clip(17)
+    w = cond.extend_backward(vae, video, new_frames=8, context_frames=8)
+    assert given(w) == [False, False, False, True, True]
+    whole = cond.encode_frames(vae, video[:9])  # frames 1..8 are chunks 1 and 2 of the video itself
+    assert torch.allclose(cond.encode_chunk_frames(vae, video[1:9]), whole[:, :, 1:], atol=1e-6)
+    out = w.splice.apply(torch.zeros(1 + 4 * 4, 16, 24, 3))
+    assert out.shape[0] == 8 + 17 and torch.equal(out[8:], video)
+
+
+@torch.no_grad()
+def test_connect_gives_both_ends_and_splices_a_transition_between_the_clips(vae):
+    a, b = clip(9, 1), clip(13, 2)
+    w = cond.connect(vae, a, b, transition_frames=12, context_frames=4)
+    assert given(w) == [True, True, False, False, False, True]
+    out = w.splice.apply(torch.zeros(1 + 4 * 5, 16, 24, 3))
+    assert out.shape[0] == 9 + 12 + 13
+    assert torch.equal(out[:9], a) and torch.equal(out[-13:], b)
+
+
+@torch.no_grad()
+def test_loop_leads_back_into_the_clips_own_start(vae):
+    video = clip(9)
+    w = cond.loop(vae, video, transition_frames=8, context_frames=4)
+    assert given(w)[-1] and given(w)[0]
+    assert torch.allclose(w.samples[:, :, -1:], cond.encode_chunk_frames(vae, video[:4]), atol=1e-6)
+    out = w.splice.apply(torch.zeros(1 + 4 * 4, 16, 24, 3))
+    assert out.shape[0] == 9 + 8 and torch.equal(out[:9], video)
+
+
+def test_sdedit_sets_every_frame_to_the_strength():
+    w = cond.sdedit(torch.zeros(1, 4, 3, 4, 4), 0.4)
+    assert torch.allclose(w.strength, torch.full((1, 3), 0.4))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_sdedit_strength_outside_zero_one_is_refused(bad):
+    with pytest.raises(ValueError, match=f"strength={bad}"):
+        cond.sdedit(torch.zeros(1, 4, 3, 4, 4), bad)
+
+
+def test_timings_must_be_whole_chunks_of_four_frames(vae):
+    with pytest.raises(ValueError, match=r"new_frames=6 .*multiple of 4"):
+        cond.extend_forward(vae, clip(17), new_frames=6, context_frames=8)
+    with pytest.raises(ValueError, match=r"context_frames=0"):
+        cond.extend_backward(vae, clip(17), new_frames=8, context_frames=0)
+
+
+def test_a_clip_too_short_for_its_context_is_refused(vae):
+    with pytest.raises(ValueError, match=r"video has 5 frames.*needs at least 9"):
+        cond.extend_forward(vae, clip(5), new_frames=4, context_frames=8)
+
+
+def test_connect_refuses_clips_of_different_sizes(vae):
+    with pytest.raises(ValueError, match=r"same frame size.*\(16, 24\).*\(24, 16\)"):
+        cond.connect(vae, clip(9), clip(9, h=24, w=16), transition_frames=4, context_frames=4)
+
+
+def test_frames_must_be_height_width_channels(vae):
+    with pytest.raises(ValueError, match="video must be frames of shape"):
+        cond.extend_forward(vae, torch.zeros(9, 3, 16, 24), 4, 4)

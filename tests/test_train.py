@@ -1,0 +1,117 @@
+"""Training: the condition-mask mix, caption choice, a loss that falls, and multi-process DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sora_core.checkpoint import SoraModel, load_checkpoint, save_checkpoint
+from sora_core.config import preset
+from sora_core.flow import sample_training_t
+from sora_core.text import tokenize
+from sora_core.train.dit import MASK_MIX, Denoiser, condition_mask, pick_texts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_mask_mix_covers_every_task_with_valid_masks():
+    rng = np.random.default_rng(0)
+    seen = {}
+    for _ in range(2000):
+        task, s = condition_mask(5, rng)
+        seen[task] = seen.get(task, 0) + 1
+        assert set(s.unique().tolist()) <= {0.0, 1.0}
+        assert s.max() == 1.0  # something is always generated
+        if task == "i2v_head":
+            assert s.tolist() == [0, 1, 1, 1, 1]
+        if task == "tail":
+            assert s[-1] == 0 and s[0] == 1
+    assert set(seen) == set(MASK_MIX)
+    assert abs(seen["t2v"] / 2000 - MASK_MIX["t2v"]) < 0.05
+
+
+def test_images_are_always_text_to_image():
+    task, s = condition_mask(1, np.random.default_rng(0))
+    assert task == "t2v" and s.tolist() == [1.0]
+
+
+def test_captions_are_mostly_detailed_sometimes_short_sometimes_dropped():
+    batch = {"caption": ["long"] * 3000, "prompt": ["short"] * 3000}
+    texts = pick_texts(batch, np.random.default_rng(0), drop=0.1, short=0.2)
+    share = {t: texts.count(t) / 3000 for t in ("", "short", "long")}
+    assert abs(share[""] - 0.1) < 0.02 and abs(share["short"] - 0.2) < 0.03 and abs(share["long"] - 0.7) < 0.03
+
+
+def test_training_steps_lower_the_flow_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = SoraModel(preset("micro"))
+    den = Denoiser(model)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 4, 3, 4, 4, generator=g)
+    noise = torch.randn(z.shape, generator=g)
+    t = sample_training_t(4, generator=g)
+    strength = torch.ones(4, 3)
+    strength[0, 0] = 0
+    ids, mask = tokenize(["a red circle"] * 4, 512, 32)
+    opt = torch.optim.Adam(den.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(15):
+        loss = den(z, t, strength, noise, ids, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def micro_vae(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vae") / "vae.safetensors"
+    save_checkpoint(SoraModel(preset("micro"), parts=("vae",)), path)
+    return path
+
+
+def _cli(args, env=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_dit_writes_a_loadable_model_log_and_loss_curve_and_resumes(tmp_path, micro_vae):
+    out = tmp_path / "run"
+    args = ["-m", "sora_core", "train", "dit", "--vae", str(micro_vae), "--preset", "micro", "--out", str(out),
+            "--frames", "1,5", "--tokens-per-batch", "128", "--save-every", "4", "--threads", "1"]
+    r = _cli(args + ["--steps", "4"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = load_checkpoint(out / "model.safetensors")
+    assert model.parts == ("vae", "text", "dit")
+    r = _cli(args + ["--steps", "6", "--resume"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert max(steps) == 6  # resumed at step 4, not from scratch
+    assert torch.load(out / "dit_state.pt", weights_only=True)["step"] == 6
+
+
+def test_two_process_ddp_on_cpu_trains_in_step(tmp_path, micro_vae):
+    out = tmp_path / "ddp"
+    r = _cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sora_core", "train", "dit",
+              "--vae", str(micro_vae), "--preset", "micro", "--out", str(out), "--frames", "1,5",
+              "--tokens-per-batch", "128", "--steps", "3", "--save-every", "3", "--device", "cpu", "--threads", "1"])
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert (out / "model.safetensors").exists()
+    assert "ddp: 2 ranks, identical weights" in r.stdout  # the trainer compares checksums across ranks
+    assert torch.load(out / "dit_state.pt", weights_only=True)["step"] == 3
+
+
+def test_the_loss_curve_is_a_png(tmp_path):
+    import cv2
+
+    from sora_core.train.common import plot_curve
+
+    plot_curve(list(range(1, 101)), [1 / s for s in range(1, 101)], tmp_path / "curve.png", "loss")
+    img = cv2.imread(str(tmp_path / "curve.png"))
+    assert img is not None and img.shape == (400, 800, 3) and img.std() > 5
