@@ -81,13 +81,21 @@ class EMA:
         module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
 
 
-def save_state(path: Path, state: dict) -> None:
-    """Training state for --resume (torch format, read back with weights_only=True: no code runs)."""
+def save_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimizer, ema: EMA, step: int) -> None:
+    """Everything --resume needs (torch format, read back with weights_only=True: no code runs)."""
+    state = {"model": module.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow, "step": step}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def resume_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimizer, ema: EMA) -> int:
+    """Restore what `save_training_state` wrote; returns the step to continue from (0: no state)."""
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    ema.shadow = state["ema"]
+    return state["step"]
 
 
 class Logger:

@@ -23,7 +23,8 @@ from ..data.buckets import BucketConfig
 from ..flow import flow_loss, resolution_shift, sample_training_t
 from ..preview import METADATA_KEY, fit_latent_rgb
 from ..text import tokenize
-from .common import EMA, Logger, cleanup_distributed, load_state, lr_at, save_state, setup_distributed
+from .common import (EMA, Logger, cleanup_distributed, lr_at, resume_training_state, save_training_state,
+                     setup_distributed)
 
 # Task -> probability. Tasks needing several latent frames fall back to text-to-video for images.
 MASK_MIX = {
@@ -127,14 +128,8 @@ def run(args: argparse.Namespace) -> Path:
     denoiser = Denoiser(model)
     ema = EMA(denoiser, args.ema)
     opt = torch.optim.AdamW(denoiser.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    step = 0
     state_path = out / "dit_state.pt"
-    if args.resume and state_path.exists():
-        state = load_state(state_path)
-        denoiser.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        ema.shadow = state["ema"]
-        step = state["step"]
+    step = resume_training_state(state_path, denoiser, opt, ema) if args.resume else 0
     net = DDP(denoiser) if d.world > 1 else denoiser
     frames = tuple(int(f) for f in args.frames.split(","))
     weights = {int(k): float(v) for k, v in (kv.split(":") for kv in args.frame_weights.split(",") if kv)}
@@ -175,7 +170,7 @@ def run(args: argparse.Namespace) -> Path:
         if step % 10 == 0 or step == args.steps:
             log.log(step, loss=loss.item(), grad_norm=float(grad_norm), lr=opt.param_groups[0]["lr"])
         if d.main and (step % args.save_every == 0 or step == args.steps):
-            save_state(state_path, {"model": denoiser.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow, "step": step})
+            save_training_state(state_path, denoiser, opt, ema, step)
             export(model, denoiser, ema, out / "model.safetensors", {"dit_steps": step, METADATA_KEY: preview.to_json()})
     log.close("loss")
     if d.world > 1:

@@ -21,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..checkpoint import SoraModel, load_checkpoint, save_checkpoint
 from ..config import preset
 from ..data.buckets import BucketConfig
-from .common import EMA, Logger, cleanup_distributed, load_state, lr_at, save_state, setup_distributed
+from .common import (EMA, Logger, cleanup_distributed, lr_at, resume_training_state, save_training_state,
+                     setup_distributed)
 from .data import folder_batches, random_crop, synthetic_batches
 
 
@@ -90,14 +91,8 @@ def run(args: argparse.Namespace) -> Path:
     vae = model.vae.to(d.device)
     ema = EMA(vae, args.ema)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    step = 0
     state_path = out / "vae_state.pt"
-    if args.resume and state_path.exists():
-        state = load_state(state_path)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        ema.shadow = state["ema"]
-        step = state["step"]
+    step = resume_training_state(state_path, vae, opt, ema) if args.resume else 0
     net = DDP(vae) if d.world > 1 else vae
     frames = tuple(int(f) for f in args.frames.split(","))
     buckets = BucketConfig(resolutions=tuple(args.resolutions.split(",")), frames=frames,
@@ -126,7 +121,7 @@ def run(args: argparse.Namespace) -> Path:
             psnr = 10 * np.log10(4.0 / max(parts["mse"], 1e-10))  # signal range [-1, 1] has peak-to-peak 2
             log.log(step, loss=loss.item(), psnr=psnr, **parts)
         if d.main and (step % args.save_every == 0 or step == args.steps):
-            save_state(state_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow, "step": step})
+            save_training_state(state_path, vae, opt, ema, step)
     log.close("loss")
     path = out / "vae.safetensors"
     if d.main:
