@@ -49,6 +49,9 @@ def setup_distributed(device: str | None = None) -> Dist:
 
 def cleanup_distributed() -> None:
     if dist.is_initialized():
+        # Every rank reaches this point before any tears down its connections; without it a fast
+        # rank's exit can abort a slower one mid-collective (gloo raises "connection closed").
+        dist.barrier()
         dist.destroy_process_group()
 
 
