@@ -46,10 +46,6 @@ class Window:
     strength: torch.Tensor  # (B, T)
     splice: Splice | None = None
 
-    @property
-    def new_latent_frames(self) -> int:
-        return int((self.strength[0] > 0).sum())
-
 
 def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
     """(T, H, W, 3) in [0, 1] -> (1, 3, T, H, W) in [-1, 1]."""

@@ -169,14 +169,3 @@ def get_sampler(name: str):
         raise ValueError(f"sampler={name!r} is not available; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name]
 
-
-def guided(model_cond: Model, model_uncond: Model | None, cfg: float) -> Model:
-    """Classifier-free guidance: v = v_uncond + cfg * (v_cond - v_uncond); cfg = 1 skips the second pass."""
-    if model_uncond is None or cfg == 1.0:
-        return model_cond
-
-    def model(x, t):
-        v_c, v_u = model_cond(x, t), model_uncond(x, t)
-        return v_u + cfg * (v_c - v_u)
-
-    return model

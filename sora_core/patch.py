@@ -43,10 +43,6 @@ def latent_frames(frames: int, temporal_factor: int) -> int:
     return 1 + (frames - 1) // temporal_factor
 
 
-def pixel_frames(latent_t: int, temporal_factor: int) -> int:
-    return 1 + (latent_t - 1) * temporal_factor
-
-
 def check_latent_grid(t: int, h: int, w: int, patch: tuple[int, int, int]) -> None:
     for name, value, p in (("latent frames", t, patch[0]), ("latent height", h, patch[1]), ("latent width", w, patch[2])):
         if value < p or value % p:

@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> Path:
         vae.eval()
         mean, std = latent_statistics(vae, batches, 8, d.device)
         final = SoraModel(replace(config, vae=replace(config.vae, latent_mean=tuple(mean), latent_std=tuple(std))), parts=("vae",))
-        final.vae.load_state_dict({k: v for k, v in vae.state_dict().items() if not k.startswith("latent_")}, strict=False)
+        final.vae.load_state_dict({**vae.state_dict(), "latent_mean": final.vae.latent_mean,
+                                   "latent_std": final.vae.latent_std})
         save_checkpoint(final, path)
         print(f"saved {path} (latent mean {np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()})")
     cleanup_distributed()
