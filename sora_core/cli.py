@@ -46,12 +46,13 @@ def _load_frames(path: str, multiple: int, width: int | None = None, height: int
 def _save(frames, path: str, fps: float) -> None:
     from .io import write_video
 
-    out = write_video(path, (frames.clamp(0, 1) * 255).round().byte().numpy(), fps)
+    out = write_video(path, frames, fps)
     print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]})")
 
 
 def _sampling(args) -> dict:
-    return dict(seed=args.seed, steps=args.steps, cfg=args.cfg, sampler=args.sampler, shift=args.shift)
+    return dict(negative=args.negative, progress=_progress("sampling"), seed=args.seed, steps=args.steps,
+                cfg=args.cfg, sampler=args.sampler, shift=args.shift)
 
 
 def _prompt(args) -> str:
@@ -66,8 +67,7 @@ def _prompt(args) -> str:
 
 def _generate(args) -> int:
     pipe = _pipeline(args)
-    frames = pipe.generate(_prompt(args), args.width, args.height, args.frames, negative=args.negative,
-                           progress=_progress("sampling"), **_sampling(args))
+    frames = pipe.generate(_prompt(args), args.width, args.height, args.frames, **_sampling(args))
     _save(frames, args.output, args.fps)
     return 0
 
@@ -75,8 +75,7 @@ def _generate(args) -> int:
 def _animate(args) -> int:
     pipe = _pipeline(args)
     image = _load_frames(args.image, pipe.config.pixel_multiple, args.width, args.height, max_frames=1)
-    frames = pipe.animate(image, _prompt(args), args.frames, negative=args.negative,
-                          progress=_progress("sampling"), **_sampling(args))
+    frames = pipe.animate(image, _prompt(args), args.frames, **_sampling(args))
     _save(frames, args.output, args.fps)
     return 0
 
@@ -84,8 +83,7 @@ def _animate(args) -> int:
 def _extend(args) -> int:
     pipe = _pipeline(args)
     video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
-    frames = pipe.extend(video, _prompt(args), args.new_frames, args.context_frames, args.direction,
-                         negative=args.negative, progress=_progress("sampling"), **_sampling(args))
+    frames = pipe.extend(video, _prompt(args), args.new_frames, args.context_frames, args.direction, **_sampling(args))
     _save(frames, args.output, args.fps)
     return 0
 
@@ -93,8 +91,7 @@ def _extend(args) -> int:
 def _loop(args) -> int:
     pipe = _pipeline(args)
     video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
-    frames = pipe.loop(video, _prompt(args), args.transition_frames, args.context_frames, negative=args.negative,
-                       progress=_progress("sampling"), **_sampling(args))
+    frames = pipe.loop(video, _prompt(args), args.transition_frames, args.context_frames, **_sampling(args))
     _save(frames, args.output, args.fps)
     return 0
 
@@ -103,8 +100,7 @@ def _connect(args) -> int:
     pipe = _pipeline(args)
     first = _load_frames(args.first, pipe.config.pixel_multiple, args.width, args.height)
     second = _load_frames(args.second, pipe.config.pixel_multiple, first.shape[2], first.shape[1])
-    frames = pipe.connect(first, second, _prompt(args), args.transition_frames, args.context_frames,
-                          negative=args.negative, progress=_progress("sampling"), **_sampling(args))
+    frames = pipe.connect(first, second, _prompt(args), args.transition_frames, args.context_frames, **_sampling(args))
     _save(frames, args.output, args.fps)
     return 0
 
@@ -114,8 +110,7 @@ def _edit(args) -> int:
     video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
     tf = pipe.config.vae.temporal_factor
     video = video[: 1 + (video.shape[0] - 1) // tf * tf]  # the longest valid 1 + 4k prefix
-    frames = pipe.edit(video, _prompt(args), args.strength, negative=args.negative,
-                       progress=_progress("sampling"), **_sampling(args))
+    frames = pipe.edit(video, _prompt(args), args.strength, **_sampling(args))
     _save(frames, args.output, args.fps)
     return 0
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data.synthetic import Scene, SyntheticClips
+from ..io import to_uint8_frames as to_uint8
 from ..pipeline import Pipeline
 from ..recaption import recaption
 from .detector import analyse_clip, score_against
@@ -24,10 +25,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of frames in [0, 1]."""
     mse = float((a.float() - b.float()).pow(2).mean())
     return 10 * np.log10(1.0 / max(mse, 1e-10))
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    return (frames.clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
 def seam_ratio(frames: torch.Tensor, before: int, after: int | None = None) -> float:
