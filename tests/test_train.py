@@ -96,6 +96,31 @@ def test_train_dit_writes_a_loadable_model_log_and_loss_curve_and_resumes(tmp_pa
     assert torch.load(out / "dit_state.pt", weights_only=True)["step"] == 6
 
 
+def test_train_vae_then_decoder_only_keeps_the_encoder_and_its_latents(tmp_path):
+    base = ["-m", "sora_core", "train", "vae", "--preset", "micro", "--frames", "1,5", "--crop", "16",
+            "--tokens-per-batch", "64", "--steps", "3", "--threads", "1"]
+    r = _cli(base + ["--out", str(tmp_path / "a")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = load_checkpoint(tmp_path / "a" / "vae.safetensors", parts=("vae",))
+    assert first.config.vae.latent_std is not None  # statistics measured after training
+
+    r = _cli(base + ["--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "vae.safetensors"),
+                     "--decoder-only", "--lr", "1e-2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    second = load_checkpoint(tmp_path / "b" / "vae.safetensors", parts=("vae",))
+    for name, value in first.vae.encoder.state_dict().items():
+        assert torch.equal(value, second.vae.encoder.state_dict()[name]), name
+    assert second.config.vae.latent_mean == first.config.vae.latent_mean
+    assert second.config.vae.latent_std == first.config.vae.latent_std
+    changed = [n for n, v in first.vae.decoder.state_dict().items() if not torch.equal(v, second.vae.decoder.state_dict()[n])]
+    assert changed, "the decoder did not train"
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    assert torch.equal(first.vae.encode(video), second.vae.encode(video))
+
+    r = _cli(base + ["--out", str(tmp_path / "c"), "--decoder-only"])
+    assert r.returncode != 0 and "--decoder-only needs --init" in r.stderr
+
+
 def test_two_process_ddp_on_cpu_trains_in_step(tmp_path, micro_vae):
     out = tmp_path / "ddp"
     r = _cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sora_core", "train", "dit",

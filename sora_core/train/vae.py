@@ -72,6 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", default=None, help="start from the VAE of this checkpoint (e.g. the shipped model)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="with --init: train only the decoder, so the latents (and a DiT trained on them) stay valid")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
 
@@ -82,6 +84,8 @@ def run(args: argparse.Namespace) -> Path:
     d = setup_distributed(args.device)
     out = Path(args.out)
     torch.manual_seed(args.seed)
+    if args.decoder_only and not args.init:
+        raise ValueError("--decoder-only needs --init: a checkpoint whose encoder (and latents) to keep")
     if args.init:
         model = load_checkpoint(args.init, parts=("vae",)).train()
         config = model.config
@@ -89,8 +93,10 @@ def run(args: argparse.Namespace) -> Path:
         config = preset(args.preset)
         model = SoraModel(config, parts=("vae",))
     vae = model.vae.to(d.device)
+    if args.decoder_only:
+        vae.encoder.requires_grad_(False)
     ema = EMA(vae, args.ema)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     state_path = out / "vae_state.pt"
     step = resume_training_state(state_path, vae, opt, ema) if args.resume else 0
     net = DDP(vae) if d.world > 1 else vae
@@ -113,7 +119,7 @@ def run(args: argparse.Namespace) -> Path:
         loss, parts = vae_loss(recon, video, mean, logvar, args.kl_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in vae.parameters() if p.requires_grad], 1.0)
         opt.step()
         ema.update(vae, step)
         step += 1
@@ -127,7 +133,10 @@ def run(args: argparse.Namespace) -> Path:
     if d.main:
         ema.copy_to(vae)
         vae.eval()
-        mean, std = latent_statistics(vae, batches, 8, d.device)
+        if args.decoder_only:  # same encoder, same latents: keep the statistics a DiT was trained with
+            mean, std = list(config.vae.latent_mean), list(config.vae.latent_std)
+        else:
+            mean, std = latent_statistics(vae, batches, 8, d.device)
         final = SoraModel(replace(config, vae=replace(config.vae, latent_mean=tuple(mean), latent_std=tuple(std))), parts=("vae",))
         final.vae.load_state_dict({**vae.state_dict(), "latent_mean": final.vae.latent_mean,
                                    "latent_std": final.vae.latent_std})
