@@ -21,6 +21,13 @@ def _frames_input(tooltip: str):
     return ("IMAGE", {"tooltip": tooltip})
 
 
+BLEND = {"optional": {"blend_frames": ("INT", {
+    "default": cond.SEAM_BLEND, "min": 0, "max": 64, "tooltip": (
+        "Source frames next to each join that crossfade into the model's re-drawn version of them, "
+        "hiding the small jump where original pixels meet generated ones. 0 = hard cut: the source "
+        "frames come back exactly.")})}}
+
+
 def _chunk_input(default: int, tooltip: str):
     return ("INT", {"default": default, "min": 4, "max": 4096, "step": 4, "tooltip": f"{tooltip} {wires.CHUNK_TOOLTIP}"})
 
@@ -62,12 +69,12 @@ class SoraExtend:
                 "forward = continue after the last frame; backward = generate what came before the first frame.")}),
             "new_frames": _chunk_input(16, "Frames to generate."),
             "context_frames": _chunk_input(8, "Frames of the clip the model sees (its end, or its start going backward)."),
-        }}
+        }, **BLEND}
 
-    def build(self, vae, video, direction, new_frames, context_frames):
+    def build(self, vae, video, direction, new_frames, context_frames, blend_frames=cond.SEAM_BLEND):
         wires.check_frames("video", video, vae.config, any_count=True)
         builder = cond.extend_forward if direction == "forward" else cond.extend_backward
-        return (wires.window_latent(builder(vae.load(), video, new_frames, context_frames)),)
+        return (wires.window_latent(builder(vae.load(), video, new_frames, context_frames, blend_frames)),)
 
 
 class SoraLoop:
@@ -84,11 +91,11 @@ class SoraLoop:
             "video": _frames_input("The clip to loop (frames of one video)."),
             "transition_frames": _chunk_input(8, "Frames generated between the end and the start."),
             "context_frames": _chunk_input(8, "Frames of the end and of the start the model sees."),
-        }}
+        }, **BLEND}
 
-    def build(self, vae, video, transition_frames, context_frames):
+    def build(self, vae, video, transition_frames, context_frames, blend_frames=cond.SEAM_BLEND):
         wires.check_frames("video", video, vae.config, any_count=True)
-        return (wires.window_latent(cond.loop(vae.load(), video, transition_frames, context_frames)),)
+        return (wires.window_latent(cond.loop(vae.load(), video, transition_frames, context_frames, blend_frames)),)
 
 
 class SoraConnect:
@@ -105,12 +112,13 @@ class SoraConnect:
             "second": _frames_input("The clip that plays after the transition; same width and height as first."),
             "transition_frames": _chunk_input(16, "Frames generated between the clips."),
             "context_frames": _chunk_input(8, "Frames of each clip the model sees (end of first, start of second)."),
-        }}
+        }, **BLEND}
 
-    def build(self, vae, first, second, transition_frames, context_frames):
+    def build(self, vae, first, second, transition_frames, context_frames, blend_frames=cond.SEAM_BLEND):
         wires.check_frames("first", first, vae.config, any_count=True)
         wires.check_frames("second", second, vae.config, any_count=True)
-        return (wires.window_latent(cond.connect(vae.load(), first, second, transition_frames, context_frames)),)
+        window = cond.connect(vae.load(), first, second, transition_frames, context_frames, blend_frames)
+        return (wires.window_latent(window),)
 
 
 class SoraSDEditNoise:

@@ -4,7 +4,8 @@ A `Window` is the latent grid the sampler fills: `samples` (B, C, T, h, w) holds
 latents, `strength` (B, T) says per latent frame how much is generated (0 = given and kept
 exactly, 1 = generated from noise, between = SDEdit-style partial noise). A `Splice` says how
 the decoded window joins the source clips' own pixels, so the output is the source frames
-untouched plus only the new ones.
+untouched plus only the new ones, except a short crossfade at each join that hides the VAE's
+reconstruction error there (`SEAM_BLEND` frames; 0 gives a hard cut).
 
 Timing is in whole chunks of the VAE's `temporal_factor` (4) frames: a chunk's latent does not
 depend on where it sits in time (see `vae`), so the latents of "the last 8 frames of clip A"
@@ -24,20 +25,53 @@ from .vae import VideoVAE
 
 @dataclass
 class Splice:
-    """Output = before + decoded[keep_start:keep_stop] + after."""
+    """Output = before + decoded[keep_start:keep_stop] + after.
+
+    The source clips' pixels and the decoded frames never match exactly (the VAE is lossy), so a
+    hard cut between them would show a small jump at every join. With `blend` > 0 the `blend`
+    source frames next to each join crossfade into their own decoded versions (linear weights
+    1/(blend+1) .. blend/(blend+1) towards the join); every other source frame is untouched.
+    `wrap` (a loop) also blends the clip's first frames, which follow the transition on repeat.
+    """
 
     keep_start: int
     keep_stop: int | None
     before: torch.Tensor | None = None
     after: torch.Tensor | None = None
+    blend: int = 0
+    wrap: bool = False
 
     def apply(self, decoded: torch.Tensor) -> torch.Tensor:
-        parts = [decoded[self.keep_start : self.keep_stop]]
+        stop = decoded.shape[0] if self.keep_stop is None else self.keep_stop
+        parts = [decoded[self.keep_start : stop]]
+        # decoded[keep_start - j] is the source's before[-j]; decoded[stop + j] is the after clip's
+        # (for a loop: the clip's own) frame j.
+        ahead = decoded[stop:]
         if self.before is not None:
-            parts.insert(0, self.before.to(decoded))
+            b = self.before.to(decoded)
+            k = min(self.blend, self.keep_start, b.shape[0])
+            if k:
+                b = torch.cat([b[:-k], _crossfade(b[-k:], decoded[self.keep_start - k : self.keep_start], True)])
+            if self.wrap:
+                k2 = min(self.blend, ahead.shape[0], b.shape[0] - k)  # never into the frames blended above
+                if k2:
+                    b = torch.cat([_crossfade(b[:k2], ahead[:k2], False), b[k2:]])
+            parts.insert(0, b)
         if self.after is not None:
-            parts.append(self.after.to(decoded))
+            a = self.after.to(decoded)
+            k = min(self.blend, ahead.shape[0], a.shape[0])
+            if k:
+                a = torch.cat([_crossfade(a[:k], ahead[:k], False), a[k:]])
+            parts.append(a)
         return torch.cat(parts, dim=0)
+
+
+def _crossfade(source: torch.Tensor, decoded: torch.Tensor, towards_end: bool) -> torch.Tensor:
+    """Blend k source frames into their decoded versions, most strongly at the join's side."""
+    k = source.shape[0]
+    w = torch.arange(1, k + 1, dtype=source.dtype, device=source.device) / (k + 1)
+    w = (w if towards_end else w.flip(0)).view(-1, *([1] * (source.dim() - 1)))
+    return source * (1 - w) + decoded * w
 
 
 @dataclass
@@ -55,6 +89,16 @@ def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
 def video_to_frames(video: torch.Tensor) -> torch.Tensor:
     """(B, 3, T, H, W) in [-1, 1] -> (B*T, H, W, 3) in [0, 1]."""
     return ((video.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).reshape(-1, *video.shape[3:], 3)
+
+
+# Source frames that crossfade into their decoded versions at each join (see `Splice`).
+SEAM_BLEND = 4
+
+
+def _check_blend(blend_frames: int) -> int:
+    if isinstance(blend_frames, bool) or not isinstance(blend_frames, int) or blend_frames < 0:
+        raise ValueError(f"blend_frames={blend_frames!r} is not allowed: use an integer >= 0 (0 = hard cut)")
+    return blend_frames
 
 
 def _check_frames(name: str, frames: torch.Tensor) -> None:
@@ -117,7 +161,8 @@ def animate_image(vae: VideoVAE, image: torch.Tensor, frames: int, *, at: str = 
     return Window(samples, strength)
 
 
-def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int) -> Window:
+def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int,
+                   blend_frames: int = SEAM_BLEND) -> Window:
     """Continue `video` for `new_frames` frames, seeing its last `context_frames` (+1 anchor frame)."""
     _check_frames("video", video)
     tf = vae.temporal_factor
@@ -130,10 +175,12 @@ def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_
         )
     ctx = encode_frames(vae, video[-(tf * m + 1) :])
     samples, strength = _window([(ctx, 0.0), (n, 1.0)], ctx)
-    return Window(samples, strength, Splice(keep_start=1 + tf * m, keep_stop=None, before=video))
+    return Window(samples, strength, Splice(keep_start=1 + tf * m, keep_stop=None, before=video,
+                                             blend=_check_blend(blend_frames)))
 
 
-def extend_backward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int) -> Window:
+def extend_backward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int,
+                    blend_frames: int = SEAM_BLEND) -> Window:
     """Generate `new_frames` frames that lead into `video`, seeing its first `context_frames`."""
     _check_frames("video", video)
     tf = vae.temporal_factor
@@ -144,10 +191,12 @@ def extend_backward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context
     ctx = encode_chunk_frames(vae, video[: tf * m])
     # Latent 0 is a lone frame; it is generated and then dropped so exactly `new_frames` are new.
     samples, strength = _window([(1 + n, 1.0), (ctx, 0.0)], ctx)
-    return Window(samples, strength, Splice(keep_start=1, keep_stop=1 + tf * n, after=video))
+    return Window(samples, strength, Splice(keep_start=1, keep_stop=1 + tf * n, after=video,
+                                             blend=_check_blend(blend_frames)))
 
 
-def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition_frames: int, context_frames: int) -> Window:
+def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition_frames: int, context_frames: int,
+            blend_frames: int = SEAM_BLEND) -> Window:
     """A generated transition of `transition_frames` from the end of `first` into the start of `second`."""
     _check_frames("first", first)
     _check_frames("second", second)
@@ -166,14 +215,17 @@ def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition
     tail = encode_chunk_frames(vae, second[: tf * m])
     samples, strength = _window([(head, 0.0), (n, 1.0), (tail, 0.0)], head)
     start = 1 + tf * m
-    return Window(samples, strength, Splice(keep_start=start, keep_stop=start + tf * n, before=first, after=second))
+    return Window(samples, strength, Splice(keep_start=start, keep_stop=start + tf * n, before=first, after=second,
+                                             blend=_check_blend(blend_frames)))
 
 
-def loop(vae: VideoVAE, video: torch.Tensor, transition_frames: int, context_frames: int) -> Window:
+def loop(vae: VideoVAE, video: torch.Tensor, transition_frames: int, context_frames: int,
+         blend_frames: int = SEAM_BLEND) -> Window:
     """A seamless loop: `video` followed by a generated transition from its end back to its start.
     Played on repeat, the last output frame leads straight into the first."""
-    window = connect(vae, video, video, transition_frames, context_frames)
+    window = connect(vae, video, video, transition_frames, context_frames, blend_frames)
     window.splice.after = None  # the loop's next frame is the video's own first frame
+    window.splice.wrap = True
     return window
 
 

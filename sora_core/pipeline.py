@@ -179,21 +179,26 @@ class Pipeline:
         return self.run(cond.animate_image(self.model.vae, image.to(self.device), frames), prompt, **kw)
 
     def extend(self, video: torch.Tensor, prompt: str, new_frames: int = 16, context_frames: int = 8,
-               direction: str = "forward", **kw) -> torch.Tensor:
-        """Extend a clip forward (what happens next) or backward (what led up to it) in time."""
+               direction: str = "forward", blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
+        """Extend a clip forward (what happens next) or backward (what led up to it) in time;
+        `blend_frames` of the clip crossfade at the join (0: the clip comes back bit-identical)."""
         builders = {"forward": cond.extend_forward, "backward": cond.extend_backward}
         if direction not in builders:
             raise ValueError(f"direction={direction!r} is not allowed; use 'forward' or 'backward'")
-        return self.run(builders[direction](self.model.vae, video.to(self.device), new_frames, context_frames), prompt, **kw)
+        return self.run(builders[direction](self.model.vae, video.to(self.device), new_frames, context_frames,
+                                            blend_frames), prompt, **kw)
 
-    def loop(self, video: torch.Tensor, prompt: str, transition_frames: int = 8, context_frames: int = 8, **kw) -> torch.Tensor:
+    def loop(self, video: torch.Tensor, prompt: str, transition_frames: int = 8, context_frames: int = 8,
+             blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
         """Append a generated transition back to the start: the result plays as a seamless infinite loop."""
-        return self.run(cond.loop(self.model.vae, video.to(self.device), transition_frames, context_frames), prompt, **kw)
+        window = cond.loop(self.model.vae, video.to(self.device), transition_frames, context_frames, blend_frames)
+        return self.run(window, prompt, **kw)
 
     def connect(self, first: torch.Tensor, second: torch.Tensor, prompt: str, transition_frames: int = 16,
-                context_frames: int = 8, **kw) -> torch.Tensor:
+                context_frames: int = 8, blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
         """first + a generated transition + second."""
-        window = cond.connect(self.model.vae, first.to(self.device), second.to(self.device), transition_frames, context_frames)
+        window = cond.connect(self.model.vae, first.to(self.device), second.to(self.device), transition_frames,
+                              context_frames, blend_frames)
         return self.run(window, prompt, **kw)
 
     def edit(self, video: torch.Tensor, prompt: str, strength: float = 0.6, **kw) -> torch.Tensor:

@@ -41,9 +41,14 @@ def test_extend_forward_gives_the_sources_last_chunks_at_the_start(vae):
     assert given(w) == [True, True, True, False, False]
     # the given latents are those the source's own last 9 frames have
     assert torch.allclose(w.samples[:, :, :3], cond.encode_frames(vae, video[-9:]), atol=1e-6)
-    decoded = torch.zeros(1 + 4 * 4, 16, 24, 3)
+    decoded = clip(1 + 4 * 4, seed=5)
     out = w.splice.apply(decoded)
-    assert out.shape[0] == 17 + 8 and torch.equal(out[:17], video)
+    assert out.shape[0] == 17 + 8 and torch.equal(out[:13], video[:13])  # untouched up to the crossfade
+    weights = torch.tensor([1, 2, 3, 4]).view(4, 1, 1, 1) / 5  # decoded[5:9] re-creates video[13:17]
+    assert torch.allclose(out[13:17], video[13:] * (1 - weights) + decoded[5:9] * weights)
+    assert torch.equal(out[17:], decoded[9:])
+    hard = cond.extend_forward(vae, video, new_frames=8, context_frames=8, blend_frames=0).splice.apply(decoded)
+    assert torch.equal(hard[:17], video) and torch.equal(hard[17:], decoded[9:])
 
 
 @torch.no_grad()
@@ -53,8 +58,11 @@ def test_extend_backward_gives_the_sources_first_chunks_at_the_end(vae):
     assert given(w) == [False, False, False, True, True]
     whole = cond.encode_frames(vae, video[:9])  # frames 1..8 are chunks 1 and 2 of the video itself
     assert torch.allclose(cond.encode_chunk_frames(vae, video[1:9]), whole[:, :, 1:], atol=1e-6)
-    out = w.splice.apply(torch.zeros(1 + 4 * 4, 16, 24, 3))
-    assert out.shape[0] == 8 + 17 and torch.equal(out[8:], video)
+    decoded = clip(1 + 4 * 4, seed=5)
+    out = w.splice.apply(decoded)
+    assert out.shape[0] == 8 + 17 and torch.equal(out[12:], video[4:]) and torch.equal(out[:8], decoded[1:9])
+    weights = torch.tensor([4, 3, 2, 1]).view(4, 1, 1, 1) / 5  # strongest right after the join
+    assert torch.allclose(out[8:12], video[:4] * (1 - weights) + decoded[9:13] * weights)
 
 
 @torch.no_grad()
@@ -62,9 +70,12 @@ def test_connect_gives_both_ends_and_splices_a_transition_between_the_clips(vae)
     a, b = clip(9, 1), clip(13, 2)
     w = cond.connect(vae, a, b, transition_frames=12, context_frames=4)
     assert given(w) == [True, True, False, False, False, True]
-    out = w.splice.apply(torch.zeros(1 + 4 * 5, 16, 24, 3))
+    out = cond.connect(vae, a, b, 12, 4, blend_frames=0).splice.apply(torch.zeros(1 + 4 * 5, 16, 24, 3))
     assert out.shape[0] == 9 + 12 + 13
     assert torch.equal(out[:9], a) and torch.equal(out[-13:], b)
+    blended = w.splice.apply(torch.zeros(1 + 4 * 5, 16, 24, 3))
+    assert torch.equal(blended[:5], a[:5]) and torch.equal(blended[-9:], b[4:])
+    assert not torch.equal(blended[5:9], a[5:]) and not torch.equal(blended[21:25], b[:4])
 
 
 @torch.no_grad()
@@ -73,8 +84,21 @@ def test_loop_leads_back_into_the_clips_own_start(vae):
     w = cond.loop(vae, video, transition_frames=8, context_frames=4)
     assert given(w)[-1] and given(w)[0]
     assert torch.allclose(w.samples[:, :, -1:], cond.encode_chunk_frames(vae, video[:4]), atol=1e-6)
-    out = w.splice.apply(torch.zeros(1 + 4 * 4, 16, 24, 3))
-    assert out.shape[0] == 9 + 8 and torch.equal(out[:9], video)
+    decoded = clip(1 + 4 * 4, seed=5)
+    out = w.splice.apply(decoded)
+    assert out.shape[0] == 9 + 8 and torch.equal(out[4:5], video[4:5])
+    # both ends of the clip crossfade: its end into the transition, its start (which follows
+    # the transition on repeat) out of the decoded frames that lead into it
+    up = torch.tensor([1, 2, 3, 4]).view(4, 1, 1, 1) / 5
+    assert torch.allclose(out[5:9], video[5:] * (1 - up) + decoded[1:5] * up)
+    assert torch.allclose(out[:4], video[:4] * (1 - up.flip(0)) + decoded[13:17] * up.flip(0))
+    assert torch.equal(out[9:], decoded[5:13])
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True])
+def test_a_bad_blend_is_refused(vae, bad):
+    with pytest.raises(ValueError, match=f"blend_frames={bad!r}"):
+        cond.extend_forward(vae, clip(17), new_frames=8, context_frames=8, blend_frames=bad)
 
 
 def test_sdedit_sets_every_frame_to_the_strength():

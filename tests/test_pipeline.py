@@ -66,10 +66,11 @@ def test_extend_loop_connect_keep_the_source_frames(pipe):
     back = pipe.extend(video, "x", new_frames=4, context_frames=4, direction="backward", **KW)
     looped = pipe.loop(video, "x", transition_frames=4, context_frames=4, **KW)
     joined = pipe.connect(video, video.flip(0), "x", transition_frames=4, context_frames=4, **KW)
-    assert torch.equal(fwd[:9], video) and fwd.shape[0] == 13
-    assert torch.equal(back[4:], video) and back.shape[0] == 13
-    assert torch.equal(looped[:9], video) and looped.shape[0] == 13
-    assert torch.equal(joined[:9], video) and torch.equal(joined[-9:], video.flip(0)) and joined.shape[0] == 22
+    # untouched except the 4 frames next to each join, which crossfade (tested in test_conditioning)
+    assert torch.equal(fwd[:5], video[:5]) and fwd.shape[0] == 13
+    assert torch.equal(back[8:], video[4:]) and back.shape[0] == 13
+    assert torch.equal(looped[4:5], video[4:5]) and looped.shape[0] == 13
+    assert torch.equal(joined[:5], video[:5]) and torch.equal(joined[-5:], video.flip(0)[4:]) and joined.shape[0] == 22
 
 
 def test_an_empty_prompt_is_refused(pipe):
