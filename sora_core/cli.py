@@ -80,10 +80,15 @@ def _animate(args) -> int:
     return 0
 
 
+def _joins(args) -> dict:
+    return {} if args.blend_frames is None else {"blend_frames": args.blend_frames}
+
+
 def _extend(args) -> int:
     pipe = _pipeline(args)
     video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
-    frames = pipe.extend(video, _prompt(args), args.new_frames, args.context_frames, args.direction, **_sampling(args))
+    frames = pipe.extend(video, _prompt(args), args.new_frames, args.context_frames, args.direction,
+                         **_joins(args), **_sampling(args))
     _save(frames, args.output, args.fps)
     return 0
 
@@ -91,7 +96,8 @@ def _extend(args) -> int:
 def _loop(args) -> int:
     pipe = _pipeline(args)
     video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
-    frames = pipe.loop(video, _prompt(args), args.transition_frames, args.context_frames, **_sampling(args))
+    frames = pipe.loop(video, _prompt(args), args.transition_frames, args.context_frames, **_joins(args),
+                       **_sampling(args))
     _save(frames, args.output, args.fps)
     return 0
 
@@ -100,7 +106,8 @@ def _connect(args) -> int:
     pipe = _pipeline(args)
     first = _load_frames(args.first, pipe.config.pixel_multiple, args.width, args.height)
     second = _load_frames(args.second, pipe.config.pixel_multiple, first.shape[2], first.shape[1])
-    frames = pipe.connect(first, second, _prompt(args), args.transition_frames, args.context_frames, **_sampling(args))
+    frames = pipe.connect(first, second, _prompt(args), args.transition_frames, args.context_frames,
+                          **_joins(args), **_sampling(args))
     _save(frames, args.output, args.fps)
     return 0
 
@@ -163,6 +170,8 @@ def add_commands(sub) -> None:
     p.add_argument("--direction", choices=["forward", "backward"], default="forward")
     p.add_argument("--new-frames", type=int, default=16, help="multiple of 4")
     p.add_argument("--context-frames", type=int, default=8, help="multiple of 4")
+    p.add_argument("--blend-frames", type=int, default=None,
+                   help="source frames crossfaded into the new ones at each join (default 4; 0: hard cut)")
     p.set_defaults(func=_extend)
 
     p = sub.add_parser("loop", help="append a transition back to the start: a seamless infinite loop")
@@ -170,6 +179,8 @@ def add_commands(sub) -> None:
     _common(p)
     p.add_argument("--transition-frames", type=int, default=8)
     p.add_argument("--context-frames", type=int, default=8)
+    p.add_argument("--blend-frames", type=int, default=None,
+                   help="source frames crossfaded into the new ones at each join (default 4; 0: hard cut)")
     p.set_defaults(func=_loop)
 
     p = sub.add_parser("connect", help="first clip + generated transition + second clip")
@@ -178,6 +189,8 @@ def add_commands(sub) -> None:
     _common(p)
     p.add_argument("--transition-frames", type=int, default=16)
     p.add_argument("--context-frames", type=int, default=8)
+    p.add_argument("--blend-frames", type=int, default=None,
+                   help="source frames crossfaded into the new ones at each join (default 4; 0: hard cut)")
     p.set_defaults(func=_connect)
 
     p = sub.add_parser("edit", help="video-to-video editing with SDEdit")

@@ -286,19 +286,22 @@ def test_animate_image_gives_the_image_as_first_or_last_frame(dit, vae, prompts,
 
 
 def test_extend_forward_output_is_the_source_then_the_new_frames(dit, vae, prompts, clip):
-    (latent,) = SoraExtend().build(vae, clip, "forward", 8, 4)
+    (latent,) = SoraExtend().build(vae, clip, "forward", 8, 4, blend_frames=0)  # hard cut: the source exactly
     frames = decode(vae, sample(dit, prompts, latent))
     assert frames.shape[0] == FRAMES + 8 and torch.equal(frames[:FRAMES], clip)
+    (latent,) = SoraExtend().build(vae, clip, "forward", 8, 4)  # default: 4 frames crossfade at the join
+    blended = decode(vae, sample(dit, prompts, latent))
+    assert torch.equal(blended[:FRAMES - 4], clip[:-4]) and not torch.equal(blended[FRAMES - 4 : FRAMES], clip[-4:])
 
 
 def test_extend_backward_output_is_the_new_frames_then_the_source(dit, vae, prompts, clip):
     (latent,) = SoraExtend().build(vae, clip, "backward", 8, 4)
     frames = decode(vae, sample(dit, prompts, latent))
-    assert frames.shape[0] == 8 + FRAMES and torch.equal(frames[8:], clip)
+    assert frames.shape[0] == 8 + FRAMES and torch.equal(frames[12:], clip[4:])
 
 
 def test_loop_output_is_the_source_then_the_transition(dit, vae, prompts, clip):
-    (latent,) = SoraLoop().build(vae, clip, 4, 4)
+    (latent,) = SoraLoop().build(vae, clip, 4, 4, blend_frames=0)
     frames = decode(vae, sample(dit, prompts, latent))
     assert frames.shape[0] == FRAMES + 4 and torch.equal(frames[:FRAMES], clip)
 
@@ -308,7 +311,7 @@ def test_connect_output_is_first_transition_second(dit, vae, prompts, clip):
     (latent,) = SoraConnect().build(vae, clip, second, 8, 4)
     frames = decode(vae, sample(dit, prompts, latent))
     assert frames.shape[0] == FRAMES + 8 + FRAMES
-    assert torch.equal(frames[:FRAMES], clip) and torch.equal(frames[-FRAMES:], second)
+    assert torch.equal(frames[:FRAMES - 4], clip[:-4]) and torch.equal(frames[-FRAMES + 4:], second[4:])
 
 
 def test_connect_refuses_clips_of_different_sizes(vae, clip):
