@@ -152,6 +152,12 @@ def _common(p: argparse.ArgumentParser, prompt: bool = True) -> None:
     p.add_argument("--no-recaption", action="store_true", help="use the prompt as written")
 
 
+def _blend_option(p: argparse.ArgumentParser) -> None:
+    """For the commands that join new frames onto a source clip (read back by `_joins`)."""
+    p.add_argument("--blend-frames", type=int, default=None,
+                   help="source frames crossfaded into the new ones at each join (default 4; 0: hard cut)")
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("generate", help="text to video (--frames 1: text to image)")
     _common(p)
@@ -170,8 +176,7 @@ def add_commands(sub) -> None:
     p.add_argument("--direction", choices=["forward", "backward"], default="forward")
     p.add_argument("--new-frames", type=int, default=16, help="multiple of 4")
     p.add_argument("--context-frames", type=int, default=8, help="multiple of 4")
-    p.add_argument("--blend-frames", type=int, default=None,
-                   help="source frames crossfaded into the new ones at each join (default 4; 0: hard cut)")
+    _blend_option(p)
     p.set_defaults(func=_extend)
 
     p = sub.add_parser("loop", help="append a transition back to the start: a seamless infinite loop")
@@ -179,8 +184,7 @@ def add_commands(sub) -> None:
     _common(p)
     p.add_argument("--transition-frames", type=int, default=8)
     p.add_argument("--context-frames", type=int, default=8)
-    p.add_argument("--blend-frames", type=int, default=None,
-                   help="source frames crossfaded into the new ones at each join (default 4; 0: hard cut)")
+    _blend_option(p)
     p.set_defaults(func=_loop)
 
     p = sub.add_parser("connect", help="first clip + generated transition + second clip")
@@ -189,8 +193,7 @@ def add_commands(sub) -> None:
     _common(p)
     p.add_argument("--transition-frames", type=int, default=16)
     p.add_argument("--context-frames", type=int, default=8)
-    p.add_argument("--blend-frames", type=int, default=None,
-                   help="source frames crossfaded into the new ones at each join (default 4; 0: hard cut)")
+    _blend_option(p)
     p.set_defaults(func=_connect)
 
     p = sub.add_parser("edit", help="video-to-video editing with SDEdit")

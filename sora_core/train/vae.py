@@ -95,8 +95,9 @@ def run(args: argparse.Namespace) -> Path:
     vae = model.vae.to(d.device)
     if args.decoder_only:
         vae.encoder.requires_grad_(False)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
     ema = EMA(vae, args.ema)
-    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     state_path = out / "vae_state.pt"
     step = resume_training_state(state_path, vae, opt, ema) if args.resume else 0
     net = DDP(vae) if d.world > 1 else vae
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> Path:
         loss, parts = vae_loss(recon, video, mean, logvar, args.kl_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in vae.parameters() if p.requires_grad], 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         ema.update(vae, step)
         step += 1
