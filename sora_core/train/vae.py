@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (checkpoints, log, loss curve)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of captioned clips")
+    p.add_argument("--real-fraction", type=float, default=0.0,
+                   help="share of batches cut from real footage (the training split of "
+                        "comfyui-workflow-templates-media-video; its evaluation clips are never used)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> Path:
     d = setup_distributed(args.device)
     out = Path(args.out)
     torch.manual_seed(args.seed)
+    if not 0.0 <= args.real_fraction <= 1.0:
+        raise ValueError(f"--real-fraction={args.real_fraction} is not allowed: use a share between 0 and 1")
     if args.decoder_only and not args.init:
         raise ValueError("--decoder-only needs --init: a checkpoint whose encoder (and latents) to keep")
     if args.init:
@@ -110,10 +115,14 @@ def run(args: argparse.Namespace) -> Path:
     else:
         batches = folder_batches(args.data, buckets, seed=args.seed, rank=d.rank, world=d.world)
     crop_rng = np.random.default_rng([args.seed, d.rank, 7])
+    real = real_clip_bank() if args.real_fraction > 0 else None
     log = Logger(out, args.steps, enabled=d.main)
     gen = torch.Generator().manual_seed(args.seed * 1000 + d.rank)
     while step < args.steps:
-        video = random_crop(next(batches)["video"], args.crop, config.vae.spatial_factor, crop_rng).to(d.device)
+        video = random_crop(next(batches)["video"], args.crop, config.vae.spatial_factor, crop_rng)
+        if real is not None and crop_rng.random() < args.real_fraction:
+            video = real.batch(crop_rng, *video.shape[:1], *video.shape[2:])
+        video = video.to(d.device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
         recon, mean, logvar = net(video, gen)
@@ -145,6 +154,16 @@ def run(args: argparse.Namespace) -> Path:
         print(f"saved {path} (latent mean {np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()})")
     cleanup_distributed()
     return path
+
+
+def real_clip_bank():
+    from ..data.real_clips import RealClipBank, split_template_clips
+
+    train, _ = split_template_clips()
+    if not train:
+        raise ValueError("--real-fraction needs the comfyui-workflow-templates-media-video package "
+                         "(pip install comfyui-workflow-templates-media-video); it is not installed")
+    return RealClipBank(train)
 
 
 def load_vae(path: str | Path, device="cpu"):
