@@ -15,11 +15,13 @@ from ..data.buckets import BucketBatcher, BucketConfig, collate
 
 
 def synthetic_batches(buckets: BucketConfig, *, seed: int, rank: int = 0, world: int = 1,
-                      bucket_weights: dict | None = None, captions: bool = True) -> Iterator[dict]:
+                      bucket_weights: dict | None = None, captions: bool = True,
+                      scene_options: dict | None = None) -> Iterator[dict]:
     """Endless same-bucket batches of synthetic clips with detailed captions and short prompts.
 
     Each rank draws from its own seed stream, so ranks never render the same scene. Buckets are
     drawn in proportion to `bucket_weights` (default: the frames of each bucket's size count equally).
+    `scene_options` go to `sample_scene` (e.g. one object and four motions for a quick probe).
     """
     from ..data import synthetic
 
@@ -31,7 +33,7 @@ def synthetic_batches(buckets: BucketConfig, *, seed: int, rank: int = 0, world:
         b = choices[rng.choice(len(choices), p=weights)]
         videos, texts, prompts = [], [], []
         for _ in range(buckets.batch_size(b)):
-            scene = synthetic.sample_scene(rng, b.width, b.height, b.frames)
+            scene = synthetic.sample_scene(rng, b.width, b.height, b.frames, **(scene_options or {}))
             if captions:
                 frames, truth = synthetic.render_with_truth(scene)
                 texts.append(synthetic.describe(scene, rng, truth))

@@ -9,6 +9,7 @@ unconditional model to push against.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,6 +104,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--scene", default="", help="JSON options for the synthetic world's sample_scene, e.g. "
+                   "'{\"n_objects\": 1, \"camera\": \"still\"}' for a quick probe")
+    p.add_argument("--dit", default="", help="JSON overrides of the preset's DiT config, e.g. '{\"depth\": 4}'")
+    p.add_argument("--shift", type=float, default=None,
+                   help="timestep shift for training (default: by token count, as at inference)")
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -112,7 +118,9 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     vae_model = load_checkpoint(args.vae, parts=("vae",))
     config = preset(args.preset)
-    config = replace(config, vae=vae_model.config.vae)
+    dit_options = json.loads(args.dit) if args.dit else {}
+    config = replace(config, vae=vae_model.config.vae,
+                     dit=replace(config.dit, latent_channels=vae_model.config.vae.latent_channels, **dit_options))
     config.validate()
     torch.manual_seed(args.seed)
     model = SoraModel(config)
@@ -138,7 +146,8 @@ def run(args: argparse.Namespace) -> Path:
                            spatial_stride=config.pixel_multiple, temporal_stride=config.vae.temporal_factor)
     if args.data == "synthetic":
         from .data import synthetic_batches
-        batches = synthetic_batches(buckets, seed=args.seed, rank=d.rank, world=d.world, bucket_weights=weights)
+        batches = synthetic_batches(buckets, seed=args.seed, rank=d.rank, world=d.world, bucket_weights=weights,
+                                    scene_options=json.loads(args.scene) if args.scene else None)
     else:
         from .data import folder_batches
         batches = folder_batches(args.data, buckets, seed=args.seed, rank=d.rank, world=d.world)
@@ -155,7 +164,8 @@ def run(args: argparse.Namespace) -> Path:
         ids, mask = tokenize(pick_texts(batch, rng, args.text_dropout, args.short_prompts),
                              config.text.vocab_size, config.text.max_tokens)
         tokens = lt * (lh // config.dit.patch[1]) * (lw // config.dit.patch[2])
-        t = sample_training_t(b, shift=resolution_shift(tokens), generator=gen).to(d.device)
+        shift = args.shift if args.shift is not None else resolution_shift(tokens)
+        t = sample_training_t(b, shift=shift, generator=gen).to(d.device)
         noise = torch.randn(z.shape, generator=gen).to(d.device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
