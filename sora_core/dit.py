@@ -28,6 +28,19 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def position_features(grid: tuple[int, int, int], device=None, bands: int = 8) -> torch.Tensor:
+    """(N, 6 * bands) sinusoidal features of each token's latent frame index and its height / width
+    position as a fraction of the frame (token centres), in `patchify` order."""
+    t, h, w = grid
+    pos = grid_positions(grid, device).double()  # (N, 3)
+    frac = (pos[:, 1:] + 0.5) / torch.tensor([h, w], device=device, dtype=torch.float64)  # (N, 2) in (0, 1)
+    k = torch.arange(bands, device=device, dtype=torch.float64)
+    time_freqs = 1.0 / (64.0 ** (k / bands))  # periods from 2*pi to ~400 latent frames
+    space_freqs = math.pi * 2.0 ** (k / 2)  # periods from 2 frames down to ~1/6 of a frame
+    angles = torch.cat([pos[:, :1] * time_freqs, frac[:, :1] * space_freqs, frac[:, 1:] * space_freqs], dim=1)
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -113,6 +126,7 @@ class DiT(nn.Module):
         pt, ph, pw = config.patch
         self.patch_dim = config.latent_channels * pt * ph * pw
         self.x_embed = nn.Linear(self.patch_dim, d)
+        self.pos_embed = nn.Linear(6 * 8, d) if config.abs_pos else None
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.t_mod = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.text_proj = nn.Sequential(nn.Linear(config.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
@@ -145,6 +159,8 @@ class DiT(nn.Module):
         pt, ph, pw = self.config.patch
         grid = (frames // pt, height // ph, width // pw)
         tokens = self.x_embed(patchify(x, self.config.patch))  # (B, N, D)
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed(position_features(grid, x.device).to(tokens.dtype))  # (B, N, D)
         d = tokens.shape[-1]
         if t.shape != (b, frames):
             raise ValueError(f"timesteps must be per latent frame, shape {(b, frames)}; got {tuple(t.shape)}")
