@@ -73,7 +73,7 @@ def timed(fn, device) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--real", action="store_true", help="CUDA bf16 at the 1.3B config and 32,760 tokens")
-    p.add_argument("--repeats", type=int, default=None, help="timed forwards of each (default 5 real, 3 small)")
+    p.add_argument("--repeats", type=int, default=None, help="timed forwards of each (default 5)")
     args = p.parse_args()
     torch.manual_seed(0)
     if args.real:
@@ -82,7 +82,7 @@ def main() -> None:
         device, dtype, repeats = torch.device("cuda"), torch.bfloat16, args.repeats or 5
         config, latent = WanDiTConfig.released("wan2.1-t2v-1.3B"), (16, 21, 60, 104)  # 832x480x81 pixels
     else:
-        device, dtype, repeats = torch.device("cpu"), torch.float32, args.repeats or 3
+        device, dtype, repeats = torch.device("cpu"), torch.float32, args.repeats or 5
         config, latent = WanDiTConfig(dim=512, layers=4, heads=4, ffn_dim=1536, text_dim=512), (16, 5, 16, 16)
     with torch.device("meta"):
         ours = WanDiT(config)

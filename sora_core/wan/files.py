@@ -40,7 +40,7 @@ FORMATS = ("safetensors files with F32, F16, BF16 or F8_E4M3 / F8_E5M2 weights "
 FAMILIES = ("Wan 2.1 / 2.2 diffusion models in the original Wan layout (1.3B / 14B text-to-video, "
             "2.2 TI2V-5B), Wan 2.1 / 2.2 VAEs, umt5-xxl text encoders, sora-nodes checkpoints")
 KINDS = {"diffusion_model": "diffusion model", "vae": "VAE", "text_encoder": "text encoder",
-         "checkpoint": "sora-nodes checkpoint"}
+         "checkpoint": "checkpoint"}
 MAX_HEADER = 100 * 1024 * 1024  # real headers are a few MB; a bigger "length" means it is not safetensors
 WAN_HEAD_DIM = 128  # every Wan release; heads are not stored in the file
 
@@ -299,7 +299,7 @@ def _sora_checkpoint(header: Header) -> Identity:
     dit, vae = config.get("dit", {}), config.get("vae", {})
     summary = dict(parts=parts, dit_dim=dit.get("dim"), dit_depth=dit.get("depth"), heads=dit.get("heads"),
                    latent_channels=vae.get("latent_channels"), patch=tuple(dit.get("patch", ())))
-    return Identity("sora-nodes", "checkpoint", f"sora-nodes ({parts})", True, "this project's own model", "", summary)
+    return Identity("sora-nodes", "checkpoint", parts, True, "this project's own model", "", summary)
 
 
 def open_component(path, kind: str) -> tuple[Header, Identity]:
@@ -343,8 +343,7 @@ def quantization(header: Header, ident: Identity) -> Quant:
     foreign = [k for k in rel if k.endswith(FOREIGN_QUANT)]
     if foreign:
         raise ValueError(f"{path!r} is quantised with a scheme sora_core does not read (bitsandbytes / GPTQ / AWQ "
-                         f"style tensors such as {foreign[0]!r}); use a {FORMATS.split(' with ')[0]} release with "
-                         f"{FORMATS.split(' with ')[1]}")
+                         f"style tensors such as {foreign[0]!r}); sora_core reads {FORMATS}")
     if "_quantization_metadata" in header.metadata:
         layers = json.loads(header.metadata["_quantization_metadata"]).get("layers", {})
         quant = Quant("comfy_quant", aux={k for r, k in rel.items() if r.endswith(SCALE_SUFFIXES)})
@@ -437,7 +436,7 @@ def load_into(module: nn.Module, header: Header, ident: Identity, *, device="cpu
     stored = {r: k for r, k in stored.items() if r not in ignored}
     expected = {name: tuple(t.shape) for name, t in module.state_dict(keep_vars=True).items()}
     problems = []
-    wrong = [f"{r}: the file has shape {list(header.tensors[k].shape)}, the {ident.variant} model needs "
+    wrong = [f"{r}: the file has shape {list(header.tensors[k].shape)}, this {ident.variant} model needs "
              f"{list(expected[r])}" for r, k in stored.items() if r in expected and header.tensors[k].shape != expected[r]]
     if wrong:
         problems.append(f"{len(wrong)} tensor(s) of the wrong shape: " + "; ".join(wrong[:5]))
@@ -461,16 +460,16 @@ def load_into(module: nn.Module, header: Header, ident: Identity, *, device="cpu
             problems.append(f"{k} has shape {list(header.tensors[k].shape)}; only per-tensor (one-element) "
                             f"weight scales are known")
     if problems:
-        raise ValueError(f"{path!r} does not fit the {ident.label()} it was identified as: " + " | ".join(problems))
+        raise ValueError(f"{path!r} does not fit {ident.label()}, which its keys identify: " + " | ".join(problems))
 
     data = _map(header.path, header.size)
     state = {}
     for r, k in stored.items():
         info = header.tensors[k]
-        t = _view(data, info, quant.containers[r] if info.dtype == "U8" else DTYPES[info.dtype])
+        t = _view(data, info, quant.containers[r] if info.dtype == "U8" else DTYPES[info.dtype]).to(device)
         if dtype is not None and t.dtype not in FP8 and t.dtype != dtype:
-            t = t.to(dtype)
-        state[r] = t.to(device)
+            t = t.to(dtype)  # on the device: a 14B fp32 file is cast tensor by tensor, never held twice
+        state[r] = t
     module.requires_grad_(False)
     module.load_state_dict(state, strict=True, assign=True)
     for layer, k in quant.scales.items():
