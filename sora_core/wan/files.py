@@ -27,6 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import FORMAT as CHECKPOINT_FORMAT
+from ..checkpoint import read_metadata
+
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
@@ -271,9 +274,7 @@ OTHER_FAMILIES = (  # a key only that family has -> (family, note)
 
 def identify_all(header: Header) -> list[Identity]:
     """Every component found in the file, most specific first (a checkpoint may hold several)."""
-    from ..checkpoint import FORMAT
-
-    if header.metadata.get("format") == FORMAT:
+    if header.metadata.get("format") == CHECKPOINT_FORMAT:
         return [_sora_checkpoint(header)]
     names = header.tensors.keys()
     found = []
@@ -291,8 +292,6 @@ def identify_all(header: Header) -> list[Identity]:
 
 
 def _sora_checkpoint(header: Header) -> Identity:
-    from ..checkpoint import read_metadata
-
     meta = read_metadata(header.path)
     config = json.loads(meta["config"])
     parts = meta.get("parts", "vae,text,dit")
