@@ -1,5 +1,5 @@
 """Subcommands of `python -m sora_core`: generate / animate / extend / loop / connect / edit,
-train, eval, and the recaptioning tools."""
+train, eval, the recaptioning tools and inspect."""
 
 from __future__ import annotations
 
@@ -219,3 +219,18 @@ def add_commands(sub) -> None:
     from .recaption import add_cli
 
     add_cli(sub)
+
+    p = sub.add_parser("inspect", help="what a model file is (family, variant, parameters, dtype), from its header")
+    p.add_argument("file", help=".safetensors file (GGUF and pickles are named and refused, never opened)")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(func=_inspect)
+
+
+def _inspect(args) -> int:
+    import json
+
+    from .wan.files import describe, format_description
+
+    info = describe(args.file)
+    print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_description(info))
+    return 0
