@@ -5,6 +5,7 @@ from . import host
 from .latent import SoraPatchifyGrid, SoraTrimFrames, SoraVAEDecode, SoraVAEEncode
 from .loader import SoraModelLoader
 from .sampler import SoraDiTSampler
+from .save import SoraSaveImage, SoraSaveVideo
 from .temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
 from .text import SoraRecaption, SoraTextEncode
 
@@ -24,6 +25,8 @@ NODE_CLASS_MAPPINGS = {
     "SoraConnect": SoraConnect,
     "SoraSDEditNoise": SoraSDEditNoise,
     "SoraTrimFrames": SoraTrimFrames,
+    "SoraSaveVideo": SoraSaveVideo,
+    "SoraSaveImage": SoraSaveImage,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -40,4 +43,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SoraConnect": "Sora Connect Clips",
     "SoraSDEditNoise": "Sora SDEdit Noise",
     "SoraTrimFrames": "Sora Trim Frames to 1+4k",
+    "SoraSaveVideo": "Sora Save Video (Content Credentials)",
+    "SoraSaveImage": "Sora Save Image (Content Credentials)",
 }

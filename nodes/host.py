@@ -1,8 +1,8 @@
 """The one adapter between the Sora nodes and the ComfyUI host.
 
 Everything the nodes need from ComfyUI goes through here: devices and model offloading
-(ModelPatcher + load_models_gpu), progress bars, cancel checks, latent previews and the
-`sora` model folder. Outside ComfyUI (tests, scripts) the imports fail and each function
+(ModelPatcher + load_models_gpu), progress bars, cancel checks, latent previews, the
+`sora` model folder and the output / input folders the save nodes use. Outside ComfyUI (tests, scripts) the imports fail and each function
 falls back to plain torch on the CPU with no progress display, so the nodes still run.
 """
 
@@ -87,6 +87,7 @@ class SoraPart:
     kind: str
     latent_rgb: LatentRGB | None = None
     patcher: object = None
+    path: str | None = None  # the checkpoint file, for the save nodes' C2PA manifest
 
     def load(self) -> nn.Module:
         """The network, on its compute device (ComfyUI may first offload other models to make room)."""
@@ -101,13 +102,13 @@ class SoraPart:
 
 
 def host_part(module: nn.Module, config: SoraConfig, kind: str, *, prefer_cpu: bool = False,
-              latent_rgb: LatentRGB | None = None) -> SoraPart:
+              latent_rgb: LatentRGB | None = None, path: str | None = None) -> SoraPart:
     load, offload = devices(kind, prefer_cpu)
     module = module.to(offload).eval()
     patcher = None
     if IN_COMFYUI:
         patcher = comfy.model_patcher.ModelPatcher(_Holder(module), load_device=load, offload_device=offload)
-    return SoraPart(module, config, kind, latent_rgb, patcher)
+    return SoraPart(module, config, kind, latent_rgb, patcher, path)
 
 
 # -- progress, cancel, previews -----------------------------------------------------------------
@@ -198,3 +199,31 @@ def model_path(name: str) -> Path:
             return candidate
     folders = " or ".join(repr(str(d)) for d in model_dirs())
     raise FileNotFoundError(f"Sora checkpoint {name!r} was not found; put the .safetensors file in {folders}")
+
+
+# -- output and input files ---------------------------------------------------------------------
+
+OUTPUT_DIR = Path("output")  # outside ComfyUI only
+
+
+def output_file(prefix: str, width: int, height: int, ext: str) -> tuple[Path, dict]:
+    """A new file in ComfyUI's output folder, named like core's save nodes name theirs
+    (`prefix_00001_.ext`, %date%-style prefixes included), and its entry for the node's UI preview."""
+    if IN_COMFYUI:
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            prefix, folder_paths.get_output_directory(), width, height)
+    else:
+        subfolder, name = os.path.split(os.path.normpath(prefix))
+        folder = OUTPUT_DIR / subfolder
+        folder.mkdir(parents=True, exist_ok=True)
+        taken = [p.name[len(name) + 1:].split("_")[0] for p in folder.glob(f"{name}_*_.*")]
+        counter = 1 + max((int(t) for t in taken if t.isdigit()), default=0)
+    file = f"{name}_{counter:05}_{ext}"
+    return Path(folder) / file, {"filename": file, "subfolder": subfolder, "type": "output"}
+
+
+def input_file(name: str) -> Path:
+    """A file named like LoadImage names them: in ComfyUI's input folder, or `name [output]` / `[temp]`."""
+    if IN_COMFYUI:
+        return Path(folder_paths.get_annotated_filepath(name))
+    return Path(name)

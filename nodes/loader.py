@@ -62,7 +62,7 @@ class SoraModelLoader:
         prefer_cpu = device == "cpu"
         dit_device, _ = host.devices("dit", prefer_cpu)
         dit_dtype = host.auto_dtype(dit_device) if dtype == "auto" else DTYPES[dtype]
-        kw = {"prefer_cpu": prefer_cpu, "latent_rgb": rgb}
+        kw = {"prefer_cpu": prefer_cpu, "latent_rgb": rgb, "path": str(path)}
         return (
             host.host_part(model.dit.to(dit_dtype), model.config, "dit", **kw),
             host.host_part(model.text, model.config, "text", **kw),

@@ -21,6 +21,7 @@ def _progress(label: str):
 def _pipeline(args):
     from .pipeline import Pipeline
 
+    args.provenance = _provenance(args)  # first: strict provenance fails before any work
     return Pipeline.load(args.model)
 
 
@@ -43,10 +44,10 @@ def _load_frames(path: str, multiple: int, width: int | None = None, height: int
     return torch.from_numpy(frames).float() / 255.0
 
 
-def _save(frames, path: str, fps: float) -> None:
+def _save(frames, path: str, fps: float, provenance=None) -> None:
     from .io import write_video
 
-    out = write_video(path, frames, fps)
+    out = write_video(path, frames, fps, provenance=provenance)
     print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]})")
 
 
@@ -68,7 +69,7 @@ def _prompt(args) -> str:
 def _generate(args) -> int:
     pipe = _pipeline(args)
     frames = pipe.generate(_prompt(args), args.width, args.height, args.frames, **_sampling(args))
-    _save(frames, args.output, args.fps)
+    _save(frames, args.output, args.fps, args.provenance)
     return 0
 
 
@@ -76,7 +77,7 @@ def _animate(args) -> int:
     pipe = _pipeline(args)
     image = _load_frames(args.image, pipe.config.pixel_multiple, args.width, args.height, max_frames=1)
     frames = pipe.animate(image, _prompt(args), args.frames, **_sampling(args))
-    _save(frames, args.output, args.fps)
+    _save(frames, args.output, args.fps, args.provenance)
     return 0
 
 
@@ -89,7 +90,7 @@ def _extend(args) -> int:
     video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
     frames = pipe.extend(video, _prompt(args), args.new_frames, args.context_frames, args.direction,
                          **_joins(args), **_sampling(args))
-    _save(frames, args.output, args.fps)
+    _save(frames, args.output, args.fps, args.provenance)
     return 0
 
 
@@ -98,7 +99,7 @@ def _loop(args) -> int:
     video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
     frames = pipe.loop(video, _prompt(args), args.transition_frames, args.context_frames, **_joins(args),
                        **_sampling(args))
-    _save(frames, args.output, args.fps)
+    _save(frames, args.output, args.fps, args.provenance)
     return 0
 
 
@@ -108,7 +109,7 @@ def _connect(args) -> int:
     second = _load_frames(args.second, pipe.config.pixel_multiple, first.shape[2], first.shape[1])
     frames = pipe.connect(first, second, _prompt(args), args.transition_frames, args.context_frames,
                           **_joins(args), **_sampling(args))
-    _save(frames, args.output, args.fps)
+    _save(frames, args.output, args.fps, args.provenance)
     return 0
 
 
@@ -118,7 +119,7 @@ def _edit(args) -> int:
     tf = pipe.config.vae.temporal_factor
     video = video[: 1 + (video.shape[0] - 1) // tf * tf]  # the longest valid 1 + 4k prefix
     frames = pipe.edit(video, _prompt(args), args.strength, **_sampling(args))
-    _save(frames, args.output, args.fps)
+    _save(frames, args.output, args.fps, args.provenance)
     return 0
 
 
@@ -150,6 +151,40 @@ def _common(p: argparse.ArgumentParser, prompt: bool = True) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--no-recaption", action="store_true", help="use the prompt as written")
+    _provenance_options(p)
+
+
+# -- provenance: a C2PA manifest on every output (sora_core.provenance) --------------------------
+
+_SOURCES = ("image", "video", "first", "second")  # the input-file arguments, in command order
+
+
+def _provenance_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("provenance (C2PA Content Credentials: the output says it is AI-generated)")
+    g.add_argument("--no-provenance", action="store_true", help="write no C2PA manifest")
+    g.add_argument("--provenance-strict", action="store_true",
+                   help="fail before any work if the output cannot be signed (c2pa missing, signer broken, "
+                        "format such as .webm); by default it is written unsigned with a warning")
+    g.add_argument("--include-prompt", action="store_true", help="record the prompt in the manifest (default: not)")
+    g.add_argument("--c2pa-cert", default=None,
+                   help="your PEM certificate chain, signer first (default: $SORA_C2PA_CERT, else a local signer "
+                        "made on first use in ~/.config/sora-nodes/c2pa, shown as untrusted by validators)")
+    g.add_argument("--c2pa-key", default=None, help="the PEM private key of --c2pa-cert (default: $SORA_C2PA_KEY)")
+
+
+def _provenance(args):
+    """The manifest for args.output (None with --no-provenance), checked now, before any work."""
+    if args.no_provenance:
+        return None
+    from .pipeline import default_model_path
+    from .provenance import Provenance
+
+    prov = Provenance(args.command, model=args.model or default_model_path(), prompt=args.prompt,
+                      include_prompt=args.include_prompt,
+                      sources=[getattr(args, a) for a in _SOURCES if getattr(args, a, None)],
+                      cert=args.c2pa_cert, key=args.c2pa_key, strict=args.provenance_strict)
+    prov.check(args.output)
+    return prov
 
 
 def _blend_option(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,17 @@ def perturbed(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch
     return model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_config(tmp_path_factory):
+    """Tests never touch the user's config folder, where the local C2PA signer is made, nor their certificate."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+    patch.delenv("SORA_C2PA_CERT", raising=False)
+    patch.delenv("SORA_C2PA_KEY", raising=False)
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def micro_model() -> SoraModel:
     torch.manual_seed(0)
