@@ -147,7 +147,7 @@ def test_a_context_mask_equals_trimming_the_padding(tiny_file):
     with torch.no_grad():
         masked = dit(x, t, context, mask)
         trimmed = dit(x[1:], t[1:], context[1:, :4])
-    assert torch.allclose(masked[1:], trimmed, atol=1e-6)
+    assert torch.allclose(masked[1:], trimmed, rtol=1e-5, atol=1e-5)  # float rounding differs with batch size
     with pytest.raises(ValueError, match="context has shape"):
         dit(x, t, torch.randn(2, 513, TINY.text_dim))
 
