@@ -164,7 +164,7 @@ def tiled_apply(fn, x: torch.Tensor, tile: int, overlap: int, scale: float) -> t
             weight = torch.zeros(shape[-2:], dtype=part.dtype, device=part.device)
         ph, pw = part.shape[-2:]
         oy, ox = int(y * scale), int(x0 * scale)
-        wt = blend.to(part.dtype)
+        wt = blend.to(part.device, part.dtype)
         out[..., oy : oy + ph, ox : ox + pw] += part * wt
         weight[oy : oy + ph, ox : ox + pw] += wt
     return out / weight
