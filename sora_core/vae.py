@@ -129,36 +129,44 @@ def _blend_ramp(n: int, overlap: int, at_start: bool, at_end: bool, device) -> t
     return w
 
 
+def tile_windows(h: int, w: int, tile: int, overlap: int, scale: float, device=None):
+    """Yield (y, x, blend) for the overlapping (tile x tile) windows covering an (h, w) grid: each
+    window's top-left corner and its linear-ramp blend weights in output space (`scale` = output
+    size / input size); summed over windows, the weights are positive everywhere."""
+    stride = tile - overlap
+
+    def starts(n):
+        if n <= tile:
+            return [0]
+        return sorted(set(range(0, n - tile, stride)) | {n - tile})
+
+    o_over = int(overlap * scale)
+    ph, pw = int(min(tile, h) * scale), int(min(tile, w) * scale)
+    for y in starts(h):
+        for x in starts(w):
+            wy = _blend_ramp(ph, o_over, y == 0, y + tile >= h, device)
+            wx = _blend_ramp(pw, o_over, x == 0, x + tile >= w, device)
+            yield y, x, wy[:, None] * wx[None, :]
+
+
 def tiled_apply(fn, x: torch.Tensor, tile: int, overlap: int, scale: float) -> torch.Tensor:
     """Apply a spatially equivariant `fn` to overlapping (tile x tile) windows of x's last two dims
     and blend the results with linear ramps; `scale` = output size / input size."""
     h, w = x.shape[-2:]
     if h <= tile and w <= tile:
         return fn(x)
-    stride = tile - overlap
-
-    def starts(n):
-        if n <= tile:
-            return [0]
-        s = list(range(0, n - tile, stride)) + [n - tile]
-        return sorted(set(s))
-
     out = weight = None
-    o_over = int(overlap * scale)
-    for y in starts(h):
-        for x0 in starts(w):
-            part = fn(x[..., y : y + tile, x0 : x0 + tile])
-            if out is None:
-                shape = (*part.shape[:-2], int(h * scale), int(w * scale))
-                out = torch.zeros(shape, dtype=part.dtype, device=part.device)
-                weight = torch.zeros(shape[-2:], dtype=part.dtype, device=part.device)
-            ph, pw = part.shape[-2:]
-            oy, ox = int(y * scale), int(x0 * scale)
-            wy = _blend_ramp(ph, o_over, y == 0, y + tile >= h, part.device)
-            wx = _blend_ramp(pw, o_over, x0 == 0, x0 + tile >= w, part.device)
-            wt = (wy[:, None] * wx[None, :]).to(part.dtype)
-            out[..., oy : oy + ph, ox : ox + pw] += part * wt
-            weight[oy : oy + ph, ox : ox + pw] += wt
+    for y, x0, blend in tile_windows(h, w, tile, overlap, scale, x.device):
+        part = fn(x[..., y : y + tile, x0 : x0 + tile])
+        if out is None:
+            shape = (*part.shape[:-2], int(h * scale), int(w * scale))
+            out = torch.zeros(shape, dtype=part.dtype, device=part.device)
+            weight = torch.zeros(shape[-2:], dtype=part.dtype, device=part.device)
+        ph, pw = part.shape[-2:]
+        oy, ox = int(y * scale), int(x0 * scale)
+        wt = blend.to(part.device, part.dtype)
+        out[..., oy : oy + ph, ox : ox + pw] += part * wt
+        weight[oy : oy + ph, ox : ox + pw] += wt
     return out / weight
 
 
