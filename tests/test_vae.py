@@ -21,7 +21,7 @@ def video(frames, h=32, w=48, seed=0):
 def test_compresses_four_frames_and_eight_pixels_per_latent_cell():
     v = VideoVAE(preset("tiny").vae).eval()
     z = v.encode(video(17, 64, 96))
-    assert z.shape == (1, 8, 5, 16, 24)  # tiny preset: 4x spatial, 4x temporal
+    assert z.shape == (1, v.config.latent_channels, 5, 16, 24)  # tiny preset: 4x spatial, 4x temporal
     big = VideoVAE(preset("base").vae)
     assert big.spatial_factor == 8 and big.temporal_factor == 4
 
