@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 from .config import DiTConfig
-from .patch import apply_rope, grid_positions, patchify, rope_tables, unpatchify
+from .patch import grid_positions, interleaved_tables, patchify, rope_tables, rotate_pairs, unpatchify
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -48,12 +48,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return F.rms_norm(x.float(), x.shape[-1:], self.weight.float(), self.eps).type_as(x)
 
 
 def modulate(x, shift, scale):
-    return x * (1 + scale) + shift
+    return torch.addcmul(shift, x, 1 + scale)
 
 
 class SelfAttention(nn.Module):
@@ -68,7 +67,7 @@ class SelfAttention(nn.Module):
     def forward(self, x, cos, sin):
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
-        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        q, k = rotate_pairs(self.q_norm(q), cos, sin), rotate_pairs(self.k_norm(k), cos, sin)
         return self.proj(attention(q, k, v).transpose(1, 2).reshape(b, n, d))  # (B, N, D)
 
 
@@ -167,7 +166,8 @@ class DiT(nn.Module):
         t_patch = t.view(b, grid[0], pt).amax(-1)  # a token spanning several frames takes the noisiest
         temb = self.t_embed(timestep_embedding(t_patch, 256).to(tokens.dtype))  # (B, Tp, D)
         mod = self.t_mod(temb).view(b, grid[0], 6, d)  # (B, Tp, 6, D)
-        cos, sin = rope_tables(grid_positions(grid, x.device), d // self.config.heads, self.config.rope_theta)
+        cos, sin = interleaved_tables(*rope_tables(grid_positions(grid, x.device), d // self.config.heads,
+                                                   self.config.rope_theta))
         ctx = self.text_proj(text.to(tokens.dtype))  # (B, L, D)
         h = tokens.view(b, grid[0], grid[1] * grid[2], d)  # (B, Tp, S, D)
         for block in self.blocks:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sora_core.patch import apply_rope, grid_positions, patchify, rope_tables, unpatchify
+from sora_core.patch import (apply_rope, grid_positions, interleaved_tables, patchify, rope_tables, rotate_pairs,
+                             unpatchify)
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 1, 8, 8), (1, 4, 5, 6, 14), (1, 8, 33, 2, 4), (1, 3, 2, 16, 4)])
@@ -54,3 +55,10 @@ def test_rope_makes_attention_scores_depend_only_on_relative_position():
 
     assert torch.allclose(score([1, 2, 3], [0, 0, 1]), score([4, 7, 5], [3, 5, 3]), atol=1e-4)
     assert not torch.allclose(score([1, 2, 3], [0, 0, 1]), score([1, 2, 3], [0, 1, 1]), atol=1e-4)
+
+
+def test_the_fast_pairwise_rotation_equals_rope():
+    pos = grid_positions((3, 4, 5))
+    cos, sin = rope_tables(pos, 24)
+    x = torch.randn(2, 3, pos.shape[0], 24)
+    assert torch.allclose(rotate_pairs(x, *interleaved_tables(cos, sin)), apply_rope(x, cos, sin), atol=1e-6)
