@@ -182,6 +182,15 @@ class BucketConfig:
                 best = (w, h)
         return Bucket(best[0], best[1], fits[-1])
 
+    def resolution_of(self, bucket: Bucket) -> int:
+        """The configured resolution a bucket was made from (nearest by area)."""
+        return min(self._res, key=lambda r: abs(math.log(bucket.width * bucket.height / r**2)))
+
+    def weight(self, bucket: Bucket, weights: dict) -> float:
+        """How often to draw `bucket`: weights keyed by frame count (17) and / or resolution ('32px'),
+        multiplied; missing keys count 1."""
+        return float(weights.get(bucket.frames, 1.0)) * float(weights.get(f"{self.resolution_of(bucket)}px", 1.0))
+
     # ------------------------------------------------------------- batching
 
     def tokens(self, bucket: Bucket) -> int:

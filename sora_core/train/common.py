@@ -47,6 +47,24 @@ def setup_distributed(device: str | None = None) -> Dist:
     return Dist(rank, world, local, dev)
 
 
+def use_bfloat16(precision: str, device: torch.device) -> bool:
+    """Whether to train under bf16 autocast: asked for, or `auto` where bf16 matmuls are native
+    (CUDA; x86 CPUs with AVX512-BF16 or AMX, where they run ~3x faster than fp32)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and _cpu_has_bf16()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def cleanup_distributed() -> None:
     if dist.is_initialized():
         # Every rank reaches this point before any tears down its connections; without it a fast

@@ -6,7 +6,8 @@ a folder of real clips goes through the same buckets with `BucketBatcher`.
 
 from __future__ import annotations
 
-from typing import Iterator
+import os
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -20,14 +21,14 @@ def synthetic_batches(buckets: BucketConfig, *, seed: int, rank: int = 0, world:
     """Endless same-bucket batches of synthetic clips with detailed captions and short prompts.
 
     Each rank draws from its own seed stream, so ranks never render the same scene. Buckets are
-    drawn in proportion to `bucket_weights` (default: the frames of each bucket's size count equally).
+    drawn in proportion to `bucket_weights` (see `BucketConfig.weight`; default: all equally).
     `scene_options` go to `sample_scene` (e.g. one object and four motions for a quick probe).
     """
     from ..data import synthetic
 
     rng = np.random.default_rng([seed, rank, world])
     choices = buckets.buckets()
-    weights = np.array([(bucket_weights or {}).get(b.frames, 1.0) for b in choices], dtype=np.float64)
+    weights = np.array([buckets.weight(b, bucket_weights or {}) for b in choices], dtype=np.float64)
     weights /= weights.sum()
     while True:
         b = choices[rng.choice(len(choices), p=weights)]
@@ -73,3 +74,31 @@ def random_crop(video: torch.Tensor, size: int, multiple: int, generator: np.ran
     y = int(generator.integers(0, h - ch + 1))
     x = int(generator.integers(0, w - cw + 1))
     return video[..., y : y + ch, x : x + cw]
+
+
+class _WorkerBatches(torch.utils.data.IterableDataset):
+    def __init__(self, make: Callable[[int, int], Iterator[dict]]):
+        self.make = make
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        return self.make(info.id, info.num_workers) if info else self.make(0, 1)
+
+
+def _unpin_worker(_: int) -> None:
+    # A trainer pinned to some cores would otherwise keep its data workers on those same cores: move
+    # them to the other cores (or, if it has them all, leave them where they are).
+    if hasattr(os, "sched_setaffinity"):
+        others = set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0)
+        if others:
+            os.sched_setaffinity(0, others)
+
+
+def prefetched(make: Callable[[int, int], Iterator[dict]], workers: int) -> Iterator[dict]:
+    """Batches from `make(worker, workers)` rendered in `workers` background processes (0: inline),
+    so the training step never waits on rendering; each worker must draw its own stream."""
+    if workers <= 0:
+        return make(0, 1)
+    loader = torch.utils.data.DataLoader(_WorkerBatches(make), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4, persistent_workers=True, worker_init_fn=_unpin_worker)
+    return iter(loader)

@@ -25,7 +25,8 @@ from ..flow import flow_loss, resolution_shift, sample_training_t
 from ..preview import METADATA_KEY, fit_latent_rgb
 from ..text import tokenize
 from .common import (EMA, Logger, cleanup_distributed, lr_at, resume_training_state, save_training_state,
-                     setup_distributed)
+                     setup_distributed, use_bfloat16)
+from .data import folder_batches, prefetched, synthetic_batches
 
 # Task -> probability. Tasks needing several latent frames fall back to text-to-video for images.
 MASK_MIX = {
@@ -92,7 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--resolutions", default="64px")
     p.add_argument("--frames", default="1,9,17")
-    p.add_argument("--frame-weights", default="", help="e.g. '1:1,17:3' to sample some lengths more often")
+    p.add_argument("--bucket-weights", default="",
+                   help="how often to draw buckets, by frame count and/or resolution (multiplied), "
+                        "e.g. '1:1,17:3,32px:2'")
     p.add_argument("--tokens-per-batch", type=int, default=2048)
     p.add_argument("--text-dropout", type=float, default=0.1)
     p.add_argument("--short-prompts", type=float, default=0.1)
@@ -103,10 +106,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None, help="start text encoder + DiT from this checkpoint")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data-workers", type=int, default=0,
+                   help="processes rendering / decoding batches in the background (0: in the training loop)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--scene", default="", help="JSON options for the synthetic world's sample_scene, e.g. "
                    "'{\"n_objects\": 1, \"camera\": \"still\"}' for a quick probe")
     p.add_argument("--dit", default="", help="JSON overrides of the preset's DiT config, e.g. '{\"depth\": 4}'")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="bf16 autocast (fp32 master weights); auto = bf16 on CUDA and on CPUs with native bf16 "
+                        "matmuls (AVX512-BF16 / AMX), else fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the DiT (minutes to compile; faster steps)")
     p.add_argument("--shift", type=float, default=None,
                    help="timestep shift for training (default: by token count, as at inference)")
 
@@ -134,31 +143,49 @@ def run(args: argparse.Namespace) -> Path:
     preview = fit_latent_rgb(model.vae)  # latent -> RGB factors for live previews, stored with the model
     model.dit.gradient_checkpointing = args.gradient_checkpointing
     denoiser = Denoiser(model)
+    if args.compile:
+        model.dit.compile(dynamic=True)  # in place: parameter names (checkpoints, EMA) stay the same
     ema = EMA(denoiser, args.ema)
-    opt = torch.optim.AdamW(denoiser.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01, fused=True)
     state_path = out / "dit_state.pt"
     step = resume_training_state(state_path, denoiser, opt, ema) if args.resume else 0
     net = DDP(denoiser) if d.world > 1 else denoiser
     frames = tuple(int(f) for f in args.frames.split(","))
-    weights = {int(k): float(v) for k, v in (kv.split(":") for kv in args.frame_weights.split(",") if kv)}
+    weights = parse_bucket_weights(args.bucket_weights)
     buckets = BucketConfig(resolutions=tuple(args.resolutions.split(",")), frames=frames,
                            size_multiple=config.pixel_multiple, tokens_per_batch=args.tokens_per_batch,
                            spatial_stride=config.pixel_multiple, temporal_stride=config.vae.temporal_factor)
-    if args.data == "synthetic":
-        from .data import synthetic_batches
-        batches = synthetic_batches(buckets, seed=args.seed, rank=d.rank, world=d.world, bucket_weights=weights,
-                                    scene_options=json.loads(args.scene) if args.scene else None)
-    else:
-        from .data import folder_batches
-        batches = folder_batches(args.data, buckets, seed=args.seed, rank=d.rank, world=d.world)
+    scene = json.loads(args.scene) if args.scene else None
+
+    # On the CPU the background workers also run the frozen VAE encoder, so the training process does
+    # nothing but the DiT; on a GPU the encoder stays in the training process.
+    encode_in_workers = args.data_workers > 0 and d.device.type == "cpu"
+
+    def make_batches(worker: int, workers: int):
+        rank, world = d.rank * workers + worker, d.world * workers
+        if args.data == "synthetic":
+            source = synthetic_batches(buckets, seed=args.seed, rank=rank, world=world, bucket_weights=weights,
+                                       scene_options=scene)
+        else:
+            source = folder_batches(args.data, buckets, seed=args.seed, rank=rank, world=world)
+        for batch in source:
+            if encode_in_workers:
+                with torch.no_grad():
+                    batch["latents"] = model.vae.encode(batch.pop("video"))
+            yield batch
+
+    batches = prefetched(make_batches, args.data_workers)
     rng = np.random.default_rng([args.seed, d.rank, 11])
     gen = torch.Generator().manual_seed(args.seed * 1000 + d.rank)
     log = Logger(out, args.steps, enabled=d.main)
-    use_bf16 = d.device.type == "cuda"
+    use_bf16 = use_bfloat16(args.precision, d.device)
     while step < args.steps:
         batch = next(batches)
-        with torch.no_grad():
-            z = model.vae.encode(batch["video"].to(d.device))  # (B, C, T, h, w), normalised
+        if "latents" in batch:
+            z = batch["latents"].to(d.device)
+        else:
+            with torch.no_grad():
+                z = model.vae.encode(batch["video"].to(d.device))  # (B, C, T, h, w), normalised
         b, _, lt, lh, lw = z.shape
         strength = torch.stack([condition_mask(lt, rng)[1] for _ in range(b)]).to(d.device)
         ids, mask = tokenize(pick_texts(batch, rng, args.text_dropout, args.short_prompts),
@@ -187,6 +214,22 @@ def run(args: argparse.Namespace) -> Path:
         check_ranks_agree(denoiser, d)
     cleanup_distributed()
     return out / "model.safetensors"
+
+
+def parse_bucket_weights(text: str) -> dict:
+    """'1:1,17:3,32px:2' -> {1: 1.0, 17: 3.0, '32px': 2.0}."""
+    out: dict = {}
+    for item in filter(None, (kv.strip() for kv in text.split(","))):
+        key, sep, value = item.partition(":")
+        try:
+            out[key if key.endswith("px") else int(key)] = float(value)
+        except ValueError:
+            raise ValueError(f"--bucket-weights entry {item!r} is not allowed: use FRAMES:WEIGHT or RESpx:WEIGHT, "
+                             f"e.g. '17:3' or '32px:2'") from None
+        if not sep or out[key if key.endswith("px") else int(key)] < 0:
+            raise ValueError(f"--bucket-weights entry {item!r} is not allowed: use FRAMES:WEIGHT or RESpx:WEIGHT "
+                             f"with a weight >= 0")
+    return out
 
 
 def check_ranks_agree(module: nn.Module, d) -> None:
