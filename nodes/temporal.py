@@ -28,12 +28,20 @@ BLEND = {"optional": {"blend_frames": ("INT", {
         "frames come back exactly.")})}}
 
 
+HOLD = {"optional": {"blend_frames": ("INT", {
+    "default": cond.SEAM_BLEND, "min": 0, "max": 64, "tooltip": (
+        "Generated frames next to the image that crossfade from the still into the model's frames, hiding "
+        "the small jump where the exact image meets the generated video. The image itself always comes "
+        "back exactly; 0 = hard cut.")})}}
+
+
 def _chunk_input(default: int, tooltip: str):
     return ("INT", {"default": default, "min": 4, "max": 4096, "step": 4, "tooltip": f"{tooltip} {wires.CHUNK_TOOLTIP}"})
 
 
 class SoraAnimateImage:
-    DESCRIPTION = "Image-to-video: the image becomes the first (or last) frame of a generated video."
+    DESCRIPTION = ("Image-to-video: the image becomes the first (or last) frame of a generated video, exactly "
+                   "as given; Sora VAE Decode puts it back after decoding.")
     CATEGORY = CATEGORY
     FUNCTION = "build"
     RETURN_TYPES = ("LATENT",)
@@ -46,11 +54,12 @@ class SoraAnimateImage:
             "frames": ("INT", {"default": 17, "min": 5, "max": 4097, "step": 4, "tooltip": wires.FRAMES_TOOLTIP}),
             "position": (["first", "last"], {"default": "first", "tooltip": (
                 "first = the video starts from the image; last = the video ends on it.")}),
-        }}
+        }, **HOLD}
 
-    def build(self, vae, image, frames, position):
+    def build(self, vae, image, frames, position, blend_frames=cond.SEAM_BLEND):
         wires.check_frames("image", image[:1], vae.config)
-        return (wires.window_latent(cond.animate_image(vae.load(), image[:1], frames, at=position)),)
+        window = cond.animate_image(vae.load(), image[:1], frames, at=position, blend_frames=blend_frames)
+        return (wires.window_latent(window),)
 
 
 class SoraExtend:

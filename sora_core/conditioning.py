@@ -148,17 +148,30 @@ def empty_window(batch: int, channels: int, latent_t: int, latent_h: int, latent
     return Window(torch.zeros(batch, channels, latent_t, latent_h, latent_w), torch.ones(batch, latent_t))
 
 
-def animate_image(vae: VideoVAE, image: torch.Tensor, frames: int, *, at: str = "first") -> Window:
-    """Image-to-video: the image is the first (or last) frame of a `frames`-long video."""
+def animate_image(vae: VideoVAE, image: torch.Tensor, frames: int, *, at: str = "first",
+                  blend_frames: int = SEAM_BLEND) -> Window:
+    """Image-to-video: the image is the first (or last) frame of a `frames`-long video.
+
+    The output's first (last) frame is the image exactly; the decoder's version of it differs (the
+    VAE is lossy), so the next `blend_frames` frames crossfade from the still into the generated ones.
+    """
     _check_frames("image", image)
     if at not in ("first", "last"):
         raise ValueError(f"at={at!r} is not allowed; use 'first' or 'last'")
     tf = vae.temporal_factor
     new = _check_chunks("frames - 1", frames - 1, tf)
+    k = min(_check_blend(blend_frames), frames - 1)
     z = encode_frames(vae, image[:1])  # a still image's latent is also a still chunk's latent
     parts = [(z, 0.0), (new, 1.0)] if at == "first" else [(new, 1.0), (z, 0.0)]
     samples, strength = _window(parts, z)
-    return Window(samples, strength)
+    # The image held for 1 + k frames is the source clip: its k frames next to the join crossfade
+    # into the generated frames there, and the frame at the far end is the image untouched.
+    held = image[:1].expand(1 + k, *image.shape[1:])
+    if at == "first":
+        splice = Splice(keep_start=1 + k, keep_stop=None, before=held, blend=k)
+    else:
+        splice = Splice(keep_start=0, keep_stop=frames - 1 - k, after=held, blend=k)
+    return Window(samples, strength, splice)
 
 
 def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int,

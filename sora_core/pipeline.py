@@ -173,10 +173,13 @@ class Pipeline:
         """Text to video (frames=1: text to image)."""
         return self.run(self.empty_window(width, height, frames), prompt, **kw)
 
-    def animate(self, image: torch.Tensor, prompt: str, frames: int = 17, **kw) -> torch.Tensor:
-        """Image to video: `image` (1, H, W, 3) becomes the first frame."""
+    def animate(self, image: torch.Tensor, prompt: str, frames: int = 17, at: str = "first",
+                blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
+        """Image to video: `image` (1, H, W, 3) is exactly the first (or last) frame; the next
+        `blend_frames` frames crossfade from it into the generated ones."""
         self._check_size(image.shape[2], image.shape[1], frames)
-        return self.run(cond.animate_image(self.model.vae, image.to(self.device), frames), prompt, **kw)
+        window = cond.animate_image(self.model.vae, image.to(self.device), frames, at=at, blend_frames=blend_frames)
+        return self.run(window, prompt, **kw)
 
     def extend(self, video: torch.Tensor, prompt: str, new_frames: int = 16, context_frames: int = 8,
                direction: str = "forward", blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:

@@ -282,7 +282,9 @@ def test_animate_image_gives_the_image_as_first_or_last_frame(dit, vae, prompts,
     assert latent["sora_strength"][0, given] == 0 and latent["sora_strength"][0].sum() == 2
     out = sample(dit, prompts, latent)
     assert torch.equal(out["samples"][:, :, given], latent["samples"][:, :, given])
-    assert decode(vae, out).shape == (9, SIZE, SIZE, 3)
+    frames = decode(vae, out)
+    assert frames.shape == (9, SIZE, SIZE, 3)
+    assert torch.equal(frames[given], clip[0])  # the image itself, not the VAE's version of it
 
 
 def test_extend_forward_output_is_the_source_then_the_new_frames(dit, vae, prompts, clip):

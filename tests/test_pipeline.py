@@ -73,6 +73,13 @@ def test_extend_loop_connect_keep_the_source_frames(pipe):
     assert torch.equal(joined[:5], video[:5]) and torch.equal(joined[-5:], video.flip(0)[4:]) and joined.shape[0] == 22
 
 
+@pytest.mark.parametrize("at,index", [("first", 0), ("last", -1)])
+def test_animate_gives_back_the_image_exactly(pipe, at, index):
+    image = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(2))
+    video = pipe.animate(image, "x", 9, at=at, **KW)
+    assert video.shape == (9, 16, 16, 3) and torch.equal(video[index], image[0])
+
+
 def test_an_empty_prompt_is_refused(pipe):
     with pytest.raises(ValueError, match="prompt is empty"):
         pipe.generate("  ", 16, 16, 5, **KW)

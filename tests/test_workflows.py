@@ -78,6 +78,11 @@ def test_extend_forward_output_starts_with_the_untouched_source():
     assert torch.equal(saved["sora/extend_forward"][:13], saved["sora/extend_source"][:13])
 
 
+def test_animate_output_starts_with_the_still_exactly():
+    _, saved, _, _ = run("animate_image")
+    assert torch.equal(saved["sora/animate_image"][0], saved["preview"][0])
+
+
 def test_extend_backward_gives_different_beginnings_to_the_same_ending():
     _, saved, _, _ = run("extend_backward")
     ending = saved["sora/extend_backward_ending"]
