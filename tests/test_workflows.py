@@ -13,29 +13,34 @@ from pathlib import Path
 import pytest
 import torch
 
-from nodes import NODE_CLASS_MAPPINGS
+from PIL import Image
+
+from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from sora_core.pipeline import DEFAULT_MODEL
 
-from .workflow_api import CORE_DOUBLES, Recorder, class_specs, execute, ui_to_api
+from .workflow_api import (CORE_DISPLAY_NAMES, CORE_DOUBLES, TEXT_DISPLAY, TITLE_H, Recorder, class_specs, execute,
+                           min_node_size, ui_to_api)
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 CLASSES = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES}
 
 # workflow -> {filename prefix: (frames, width, height)} of what it saves or previews
 EXPECTED = {
-    "text_to_video": {"sora/text_to_video": (17, 64, 64)},
-    "text_to_image": {"sora/text_to_image": (1, 128, 128)},
-    "aspect_ratios": {"sora/aspect_widescreen": (17, 88, 48), "sora/aspect_vertical": (17, 48, 88),
-                      "sora/aspect_square": (17, 64, 64)},
-    "prototype_then_full_res": {"preview": (17, 32, 32), "sora/prototype_full_res": (17, 64, 64)},
-    "animate_image": {"preview": (1, 64, 64), "sora/animate_image": (17, 64, 64)},
-    "extend_forward": {"sora/extend_source": (17, 64, 64), "sora/extend_forward": (33, 64, 64)},
-    "extend_backward": {"sora/extend_backward_ending": (17, 64, 64), "sora/extend_backward_seed32": (33, 64, 64),
-                        "sora/extend_backward_seed33": (33, 64, 64), "sora/extend_backward_seed34": (33, 64, 64)},
-    "seamless_loop": {"sora/seamless_loop": (25, 64, 64)},
-    "video_to_video_sdedit": {"sora/sdedit_source": (17, 64, 64), "sora/sdedit_edited": (17, 64, 64)},
-    "connect_two_clips": {"sora/connect_two_clips": (50, 64, 64)},
-    "recaption": {"sora/recaption": (17, 64, 64)},
+    "1. Text to video": {"sora/text_to_video": (17, 64, 64)},
+    "2. Text to image": {"sora/text_to_image": (1, 128, 128)},
+    "3. Aspect ratios": {"sora/aspect_widescreen": (17, 88, 48), "sora/aspect_vertical": (17, 48, 88),
+                         "sora/aspect_square": (17, 64, 64)},
+    "4. Prototype small, then full resolution": {"sora/prototype": (17, 32, 32),
+                                                 "sora/prototype_full_res": (17, 64, 64)},
+    "5. Animate an image": {"preview": (1, 64, 64), "sora/animate_image": (17, 64, 64)},
+    "6. Extend a video forward": {"sora/extend_source": (17, 64, 64), "sora/extend_forward": (33, 64, 64)},
+    "7. Extend backward (three beginnings)": {
+        "sora/extend_backward_ending": (17, 64, 64), "sora/extend_backward_seed32": (33, 64, 64),
+        "sora/extend_backward_seed33": (33, 64, 64), "sora/extend_backward_seed34": (33, 64, 64)},
+    "8. Seamless loop": {"sora/seamless_loop": (25, 64, 64)},
+    "9. Video to video (SDEdit)": {"sora/sdedit_source": (17, 64, 64), "sora/sdedit_edited": (17, 64, 64)},
+    "10. Connect two clips": {"sora/connect_two_clips": (50, 64, 64)},
+    "11. Recaption a short prompt": {"sora/recaption": (17, 64, 64)},
 }
 
 
@@ -73,18 +78,18 @@ def test_workflow_runs_and_saves_the_expected_videos(name):
 
 
 def test_extend_forward_output_starts_with_the_untouched_source():
-    _, saved, _, _ = run("extend_forward")
+    _, saved, _, _ = run("6. Extend a video forward")
     # untouched except the 4 frames that crossfade into the new ones at the join
     assert torch.equal(saved["sora/extend_forward"][:13], saved["sora/extend_source"][:13])
 
 
 def test_animate_output_starts_with_the_still_exactly():
-    _, saved, _, _ = run("animate_image")
+    _, saved, _, _ = run("5. Animate an image")
     assert torch.equal(saved["sora/animate_image"][0], saved["preview"][0])
 
 
 def test_extend_backward_gives_different_beginnings_to_the_same_ending():
-    _, saved, _, _ = run("extend_backward")
+    _, saved, _, _ = run("7. Extend backward (three beginnings)")
     ending = saved["sora/extend_backward_ending"]
     videos = [saved[f"sora/extend_backward_seed{s}"] for s in (32, 33, 34)]
     for video in videos:
@@ -94,7 +99,7 @@ def test_extend_backward_gives_different_beginnings_to_the_same_ending():
 
 
 def test_connect_output_is_first_transition_second():
-    prompt, saved, outputs, _ = run("connect_two_clips")
+    prompt, saved, outputs, _ = run("10. Connect two clips")
     _, connect = node_of(prompt, "SoraConnect")
     first = outputs[connect["inputs"]["first"][0]][0]
     second = outputs[connect["inputs"]["second"][0]][0]
@@ -103,23 +108,153 @@ def test_connect_output_is_first_transition_second():
 
 
 def test_loop_output_starts_with_the_source_clip():
-    prompt, saved, outputs, _ = run("seamless_loop")
+    prompt, saved, outputs, _ = run("8. Seamless loop")
     _, loop = node_of(prompt, "SoraLoop")
     source = outputs[loop["inputs"]["video"][0]][0]  # both of its ends crossfade, 4 frames each
     assert torch.equal(saved["sora/seamless_loop"][4:13], source[4:13])
 
 
 def test_recaption_workflow_shows_and_encodes_the_caption():
-    prompt, _, _, ui = run("recaption")
+    prompt, _, _, ui = run("11. Recaption a short prompt")
     node_id, recaption = node_of(prompt, "SoraRecaption")
     caption = ui[node_id]["text"][0]
     assert len(caption.split()) > len(recaption["inputs"]["prompt"].split())
 
 
 def test_converter_sends_links_and_skips_seed_controls_and_notes():
-    prompt = ui_to_api(json.loads((WORKFLOWS / "recaption.json").read_text()), class_specs(CLASSES))
+    prompt = ui_to_api(json.loads((WORKFLOWS / "11. Recaption a short prompt.json").read_text()), class_specs(CLASSES))
     assert "MarkdownNote" not in {n["class_type"] for n in prompt.values()}
     _, sampler = node_of(prompt, "SoraDiTSampler")
     assert sampler["inputs"]["seed"] == 71 and sampler["inputs"]["steps"] == 20
     encode = next(n for n in prompt.values() if n["class_type"] == "SoraTextEncode" and isinstance(n["inputs"]["text"], list))
     assert prompt[encode["inputs"]["text"][0]]["class_type"] == "SoraRecaption"
+
+
+# -- what the artist sees first: layout, saved view, template-browser metadata -----------------------------
+
+def load(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def boxes(workflow: dict) -> list[tuple[str, list[float]]]:
+    """(label, [x, y, w, h]) of every node, title bar included (it is drawn above pos)."""
+    return [(f"{n['id']} {n.get('title') or n['type']}", [n["pos"][0], n["pos"][1] - TITLE_H, n["size"][0],
+                                                         n["size"][1] + TITLE_H]) for n in workflow["nodes"]]
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def inside(a: list[float], b: list[float]) -> bool:
+    return b[0] <= a[0] and b[1] <= a[1] and a[0] + a[2] <= b[0] + b[2] and a[1] + a[3] <= b[1] + b[3]
+
+
+def fit_zoom(workflow: dict, width: int, height: int) -> float:
+    """The zoom of the frontend's "fit view" (DragAndScale.fitToBounds: 0.75 of the canvas, at least
+    300 px of graph) on the bounds of every node and group; the template browser opens graphs with it."""
+    rects = [b for _, b in boxes(workflow)] + [g["bounding"] for g in workflow["groups"]]
+    w = max(r[0] + r[2] for r in rects) - min(r[0] for r in rects)
+    h = max(r[1] + r[3] for r in rects) - min(r[1] for r in rects)
+    return min(0.75 * width / max(w, 300), 0.75 * height / max(h, 300))
+
+
+# Below this zoom the frontend draws nodes without text (LiteGraph.Canvas.MinFontSizeForLOD 8 px over
+# its 14 px node font, ComfyUI frontend 1.49), so a graph must open above it.
+LOW_QUALITY_ZOOM = 8 / 14
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_no_node_covers_another(name):
+    nodes = boxes(load(name))
+    for i, (a, box_a) in enumerate(nodes):
+        for b, box_b in nodes[i + 1:]:
+            assert not overlap(box_a, box_b), f"{name}: {a} overlaps {b}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_node_sits_in_one_group_and_groups_do_not_overlap(name):
+    workflow = load(name)
+    groups = [(g["title"], g["bounding"]) for g in workflow["groups"]]
+    assert len(groups) >= 2
+    for i, (a, box_a) in enumerate(groups):
+        for b, box_b in groups[i + 1:]:
+            assert not overlap(box_a, box_b), f"{name}: groups {a!r} and {b!r} overlap"
+    notes = {str(n["id"]) for n in workflow["nodes"] if n["type"] == "MarkdownNote"}
+    for label, box in boxes(workflow):
+        homes = [title for title, g in groups if inside(box, g)]
+        assert len(homes) == (0 if label.split(" ")[0] in notes else 1), f"{name}: {label} is in groups {homes}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_saved_sizes_are_at_least_what_the_frontend_computes(name):
+    """The frontend grows a smaller node on load (covering the node below it and marking the tab modified)."""
+    specs = class_specs(CLASSES)
+    for node in load(name)["nodes"]:
+        display = NODE_DISPLAY_NAME_MAPPINGS.get(node["type"]) or CORE_DISPLAY_NAMES[node["type"]]
+        need = min_node_size(node, specs, display)
+        assert node["size"][0] >= need[0] and node["size"][1] >= need[1], (
+            f"{name}: node {node['id']} ({node['type']}) is {node['size']}, the frontend makes it at least {need}")
+
+
+def test_text_display_nodes_are_the_ones_the_web_extension_extends():
+    script = (WORKFLOWS.parent / "web" / "sora_text.js").read_text()
+    listed = script.split("NODES_WITH_TEXT = new Set([", 1)[1].split("]", 1)[0]
+    assert {s.strip().strip('"') for s in listed.split(",")} == TEXT_DISPLAY
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_workflow_opens_readable(name):
+    workflow = load(name)
+    # from the template browser: fit view, on a 1600x1000 and a 1920x1080 canvas
+    assert fit_zoom(workflow, 1600, 1000) >= 0.6 and fit_zoom(workflow, 1920, 1080) >= 0.65
+    # from Workflow > Open: the saved view, which must show every node on a 1600x900 canvas above the
+    # zoom where text disappears
+    ds = workflow["extra"]["ds"]
+    assert LOW_QUALITY_ZOOM < ds["scale"] <= 1
+    for label, (x, y, w, h) in boxes(workflow):
+        left, top = (x + ds["offset"][0]) * ds["scale"], (y + ds["offset"][1]) * ds["scale"]
+        right, bottom = left + w * ds["scale"], top + h * ds["scale"]
+        assert 0 <= left and right <= 1600 and 0 <= top and bottom <= 900, f"{name}: {label} is off screen"
+
+
+def test_template_browser_titles_are_numbered_in_order():
+    """The browser shows a custom pack's workflows by file name (title and description) in directory
+    order, or sorted by name with numbers compared as numbers."""
+    names = sorted((p.stem for p in WORKFLOWS.glob("*.json")), key=lambda n: int(n.split(".", 1)[0]))
+    assert [int(n.split(".", 1)[0]) for n in names] == list(range(1, len(names) + 1))
+    for name in names:
+        title = name.split(". ", 1)[1]
+        assert title[0].isupper() and "_" not in title and "-" not in title, name  # the browser shows _ and - as spaces
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_workflow_has_a_note_with_its_title_and_description(name):
+    notes = [n for n in load(name)["nodes"] if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1
+    heading, _, description = notes[0]["widgets_values"][0].partition("\n\n")
+    assert heading.startswith("# ") and len(description.split()) >= 10
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_workflow_has_a_small_thumbnail_from_its_output(name):
+    path = WORKFLOWS / f"{name}.jpg"  # what the frontend requests: /api/workflow_templates/<pack>/<name>.jpg
+    assert path.is_file(), f"{path.name} is missing: run tools/build_workflows.py --thumbnails"
+    assert path.stat().st_size < 60_000
+    image = Image.open(path)
+    assert image.format == "JPEG" and image.width == image.height >= 200
+    pixels = torch.tensor(list(image.convert("L").getdata()), dtype=torch.float32)
+    assert pixels.std() > 10, f"{path.name} is blank"
+
+
+def test_contact_sheet_spreads_each_video_over_its_length():
+    from tools.thumbnails import contact_sheet
+
+    ramp = torch.linspace(0, 1, 17)[:, None, None, None].expand(17, 8, 8, 3)  # frame t is grey level t/16
+    sheet = contact_sheet([ramp]).convert("L")
+    w, h = sheet.size
+    corners = [sheet.getpixel((w // 4, h // 4)), sheet.getpixel((3 * w // 4, h // 4)),
+               sheet.getpixel((w // 4, 3 * h // 4)), sheet.getpixel((3 * w // 4, 3 * h // 4))]
+    assert corners[0] < 3 and corners[-1] > 252 and corners == sorted(corners)  # first .. last frame
+    two = contact_sheet([ramp, ramp.flip(0)]).convert("L")
+    assert two.getpixel((w // 4, h // 4)) < 3 and two.getpixel((w // 4, 3 * h // 4)) > 252
