@@ -177,15 +177,16 @@ def _round_up(v: float, step: int = 10) -> int:
 GAP = 20  # between a node's bottom and the next node's title bar
 COL_GAP = 30
 GROUP_PAD = 10
-GROUP_HEAD = TITLE_H + 6  # a group's title bar
+GROUP_HEAD = TITLE_H + 16  # a group's title bar, and room for the pack badge above a node's title
 STAGE_GAP = 24
 NOTE_COLOR, NOTE_BG = "#432", "#653"
 # LiteGraph's node_colors groupcolor values, one per stage in turn (pale_blue first: the model).
 GROUP_COLORS = ["#3f789e", "#8A8", "#b58b2a", "#a1309b", "#88A", "#b06634"]
-# The saved view is sized for a 1600x900 canvas; "fit view" (what the template browser does) frames
-# the graph at 0.75 of the canvas, and text disappears below a zoom of 8 px / 14 px ~ 0.57.
-VIEW_W, VIEW_H, VIEW_MARGIN = 1600, 900, 40
-FIT_FILL, LOW_QUALITY_ZOOM = 0.75, 8 / 14
+# The saved view (Workflow > Open restores it) frames the whole graph on the canvas of a 1600x900
+# browser window (the frontend's tab bar and side bar take about 40 and 60 px), below the floating
+# Graph / Run toolbars at its top, at zoom 1 at most.
+VIEW_W, VIEW_H = 1540, 860
+VIEW_TOP, VIEW_MARGIN = 70, 20
 
 
 @dataclass
@@ -330,19 +331,13 @@ def bounds(nodes_json: list[dict], groups: list[dict]) -> list[float]:
     return [x0, y0, max(b[0] + b[2] for b in boxes) - x0, max(b[1] + b[3] for b in boxes) - y0]
 
 
-def fit_zoom(box: list[float], width: int, height: int) -> float:
-    """The zoom of the frontend's fit view (DragAndScale.fitToBounds) on a canvas of width x height."""
-    return min(FIT_FILL * width / max(box[2], 300), FIT_FILL * height / max(box[3], 300))
-
-
 def saved_view(nodes_json: list[dict], groups: list[dict]) -> dict:
-    """extra.ds: the whole graph, centred on a VIEW_W x VIEW_H canvas, at most at zoom 1.
-    The frontend draws a node at (pos + offset) * scale."""
+    """extra.ds; the frontend draws a node at (pos + offset) * scale."""
     x, y, w, h = bounds(nodes_json, groups)
-    scale = min(1.0, (VIEW_W - 2 * VIEW_MARGIN) / w, (VIEW_H - 2 * VIEW_MARGIN) / h)
-    scale = round(scale, 3)
-    offset = [round((VIEW_W / scale - w) / 2 - x, 1), round((VIEW_H / scale - h) / 2 - y, 1)]
-    return {"scale": scale, "offset": offset}
+    scale = round(min(1.0, (VIEW_W - 2 * VIEW_MARGIN) / w, (VIEW_H - VIEW_TOP - VIEW_MARGIN) / h), 3)
+    left = VIEW_MARGIN + (VIEW_W - 2 * VIEW_MARGIN - w * scale) / 2  # centred in the free area, in screen px
+    top = VIEW_TOP + (VIEW_H - VIEW_TOP - VIEW_MARGIN - h * scale) / 2
+    return {"scale": scale, "offset": [round(left / scale - x, 1), round(top / scale - y, 1)]}
 
 
 # -- building blocks ------------------------------------------------------------------------------
