@@ -64,8 +64,8 @@ CAPTION = ("A video clip of a medium-sized red circle on a navy background. Star
 
 # -- node sizes ----------------------------------------------------------------------------------------
 
-# An output node's image preview: the frontend gives it at least 190 px when the first result arrives
-# (and grows the node to fit), so the saved size leaves room for it.
+# An image preview (an output node's result, a sampler's live preview): the frontend gives it at least
+# 190 px when the first image arrives and grows the node to fit, so the layout leaves room for it.
 PREVIEW_H = 190 + 4
 SPECS = class_specs({**NODE_CLASS_MAPPINGS, **CORE_DOUBLES})
 
@@ -194,10 +194,16 @@ class Stage:
     """A group: rows of columns of nodes, each column stacked top to bottom."""
     title: str
     rows: list[list[list[Node]]]
+    preview_room: bool = True  # keep a preview's height free below a sampler that ends a column
     box: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # x, y, w, h of the group
 
     def _row_height(self, row: list[list[Node]]) -> int:
-        return max(sum(TITLE_H + n.size()[1] for n in col) + GAP * (len(col) - 1) for col in row)
+        return max(sum(TITLE_H + n.size()[1] for n in col) + GAP * (len(col) - 1) + self._clearance(col[-1])
+                   for col in row)
+
+    def _clearance(self, node: Node) -> int:
+        """A sampler grows by a preview's height while it runs with live previews on."""
+        return PREVIEW_H if self.preview_room and node.type == "SoraDiTSampler" else 0
 
     def measure(self) -> tuple[int, int]:
         width = max(sum(max(n.size()[0] for n in col) for col in row) + COL_GAP * (len(row) - 1) for row in self.rows)
@@ -229,7 +235,7 @@ class Graph:
         self.nodes: list[Node] = []
         self.links: list[list] = []
         self.note = note
-        self.pages: list[list[Stage]] = []  # page columns, left to right, each of stages top to bottom
+        self.pages: list[list[list[Stage]]] = []  # page columns of rows of stages (see layout)
 
     def add(self, node_type: str, *, title: str | None = None, **kwargs) -> Node:
         """kwargs: widget values by name, or (node, slot) pairs for inputs (a widget given a pair becomes an input)."""
@@ -258,9 +264,13 @@ class Graph:
         self.links.append([link_id, src.id, slot, target.id, to_slot, link_type])
         src.links_out.setdefault(slot, []).append(link_id)
 
-    def layout(self, *pages: list[Stage]) -> None:
-        """Page columns of stages; the note goes above the first one."""
-        self.pages = [list(p) for p in pages]
+    def layout(self, *pages: list[Stage | list[Stage]]) -> None:
+        """Page columns, left to right, of stages top to bottom (a list of stages: side by side);
+        the note goes above the first one."""
+        self.pages = [[item if isinstance(item, list) else [item] for item in page] for page in pages]
+
+    def stages(self) -> list[Stage]:
+        return [s for page in self.pages for row in page for s in row]
 
     # -- JSON -------------------------------------------------------------------------------------
     def _note_height(self, width: int) -> int:
@@ -273,18 +283,22 @@ class Graph:
 
     def _place(self) -> tuple[int, int]:
         """Positions every node and group; returns the note's width and height (it sits at the top left)."""
-        placed = [n.id for page in self.pages for s in page for row in s.rows for col in row for n in col]
+        placed = [n.id for s in self.stages() for row in s.rows for col in row for n in col]
         if sorted(placed) != [n.id for n in self.nodes]:
             raise ValueError(f"{self.title}: every node must be laid out exactly once; placed {sorted(placed)}")
-        note_w = self.pages[0][0].measure()[0]
+        note_w = sum(s.measure()[0] for s in self.pages[0][0]) + STAGE_GAP * (len(self.pages[0][0]) - 1)
         note_h = self._note_height(note_w)
         x = 0
         for i, page in enumerate(self.pages):
-            y = TITLE_H + note_h + STAGE_GAP if i == 0 else 0
-            for stage in page:
-                stage.place(x, y)
-                y += stage.box[3] + STAGE_GAP
-            x += max(s.box[2] for s in page) + STAGE_GAP
+            y, width = (TITLE_H + note_h + STAGE_GAP if i == 0 else 0), 0
+            for row in page:
+                left = x
+                for stage in row:
+                    stage.place(left, y)
+                    left += stage.box[2] + STAGE_GAP
+                y += max(s.box[3] for s in row) + STAGE_GAP
+                width = max(width, left - STAGE_GAP - x)
+            x += width + STAGE_GAP
         return note_w, note_h
 
     def to_json(self) -> dict:
@@ -304,7 +318,7 @@ class Graph:
                               "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [], "title": "About this workflow",
                               "properties": {}, "widgets_values": [self.note_text()], "color": NOTE_COLOR,
                               "bgcolor": NOTE_BG})
-        stages = [s for page in self.pages for s in page]
+        stages = self.stages()
         groups = [{"id": i + 1, "title": s.title, "bounding": s.box, "color": GROUP_COLORS[i % len(GROUP_COLORS)],
                    "flags": {}} for i, s in enumerate(stages)]
         return {"last_node_id": note_id, "last_link_id": len(self.links), "nodes": nodes_json, "links": self.links,
@@ -423,8 +437,9 @@ def aspect_ratios() -> Graph:
         sampler = sample(g, loader, pos, neg, latent[0], seed=3, title=f"Sample {ratio}")
         frames = decode(g, loader, sampler)
         rows.append(chain(latent, sampler, frames, save(g, frames, f"aspect_{name}", title=f"{ratio} {name}")))
+    # Three rows: room below each sampler for its live preview would make the graph too tall to read.
     g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
-             [Stage("Three shapes, one seed", rows)])
+             [Stage("Three shapes, one seed", rows, preview_room=False)])
     return g
 
 
@@ -576,8 +591,9 @@ def connect_two_clips() -> Graph:
     joined = decode(g, loader, sampler)
     out = save(g, joined, "connect_two_clips", title="First + transition + second")
     g.layout([Stage("Model and prompts", [[column(loader, first_prompt, second_prompt, neg)]])],
-             [Stage("1. Two clips", [chain(*first), chain(*second)]),
-              Stage("2. Connect them", [[column(latent, transition_prompt), [sampler], [joined], [out]]])])
+             [[Stage("1. First clip", [chain(*first[:2])]), Stage("2. Second clip", [chain(*second[:2])])],
+              Stage("3. Connect them", [[column(first[2], second[2]), column(latent, transition_prompt), [sampler],
+                                         [joined], [out]]])])
     return g
 
 
