@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -116,6 +117,11 @@ def test_the_web_extension_and_workflows_are_served(server):
     assert any(PACK_NAME in path and path.endswith("sora_text.js") for path in server.get("/extensions"))
     templates = server.get("/api/workflow_templates")
     assert sorted(templates.get(PACK_NAME, [])) == sorted(p.stem for p in WORKFLOWS)
+    for name in templates[PACK_NAME]:  # what the template browser asks for: the workflow and its thumbnail
+        for suffix in (".json", ".jpg"):
+            url = f"{server.url}/api/workflow_templates/{PACK_NAME}/{urllib.parse.quote(name + suffix)}"
+            with urllib.request.urlopen(url, timeout=60) as r:
+                assert r.status == 200 and r.read(), url
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -185,7 +191,7 @@ def _watch(server: Server, prompt: dict, *, interrupt_after_progress: bool = Fal
 
 
 def _text_to_video(object_info: dict, *, seed: int, steps: int) -> tuple[dict, str]:
-    prompt = ui_to_api(json.loads((REPO / "workflows" / "text_to_video.json").read_text()), object_info_specs(object_info))
+    prompt = ui_to_api(json.loads((REPO / "workflows" / "1. Text to video.json").read_text()), object_info_specs(object_info))
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "SoraDiTSampler")
     prompt[sampler]["inputs"].update(seed=seed, steps=steps)  # a new seed: not answered from the cache
     return prompt, sampler
