@@ -25,6 +25,7 @@ try:
     import comfy.utils
     import folder_paths
     import latent_preview
+    from comfy.cli_args import LatentPreviewMethod
     from comfy.latent_formats import LatentFormat
 
     IN_COMFYUI = True
@@ -88,6 +89,7 @@ class SoraPart:
     latent_rgb: LatentRGB | None = None
     patcher: object = None
     path: str | None = None  # the checkpoint file, for the save nodes' C2PA manifest
+    preview_vae: nn.Module | None = None  # the DiT's: decodes live previews with --preview-method taesd
 
     def load(self) -> nn.Module:
         """The network, on its compute device (ComfyUI may first offload other models to make room)."""
@@ -102,13 +104,14 @@ class SoraPart:
 
 
 def host_part(module: nn.Module, config: SoraConfig, kind: str, *, prefer_cpu: bool = False,
-              latent_rgb: LatentRGB | None = None, path: str | None = None) -> SoraPart:
+              latent_rgb: LatentRGB | None = None, path: str | None = None,
+              preview_vae: nn.Module | None = None) -> SoraPart:
     load, offload = devices(kind, prefer_cpu)
     module = module.to(offload).eval()
     patcher = None
     if IN_COMFYUI:
         patcher = comfy.model_patcher.ModelPatcher(_Holder(module), load_device=load, offload_device=offload)
-    return SoraPart(module, config, kind, latent_rgb, patcher, path)
+    return SoraPart(module, config, kind, latent_rgb, patcher, path, preview_vae)
 
 
 # -- progress, cancel, previews -----------------------------------------------------------------
@@ -146,13 +149,32 @@ if IN_COMFYUI:
 
 def previewer(part: SoraPart):
     """A function latent (B, C, 1, h, w) -> preview image for the progress bar, or None when
-    previews are off (ComfyUI's --preview-method none), unavailable, or outside ComfyUI."""
-    if not IN_COMFYUI or part.latent_rgb is None:
+    previews are off (ComfyUI's --preview-method none), unavailable, or outside ComfyUI.
+
+    latent2rgb / auto: ComfyUI's linear colour map (fast, approximate: a linear map cannot follow
+    the decoder closely). taesd: the frame decoded by the model's own VAE (exact colours, one
+    frame's decode per step); core has no TAESD for Sora latents, so this takes its place."""
+    if not IN_COMFYUI:
+        return None
+    method = latent_preview.args.preview_method  # the server's, or this prompt's override
+    if method == LatentPreviewMethod.NoPreviews:
+        return None
+    if method == LatentPreviewMethod.TAESD and part.preview_vae is not None:
+        vae = part.preview_vae
+        return lambda x0: ("JPEG", _decoded_preview(vae, x0), latent_preview.MAX_PREVIEW_RESOLUTION)
+    if part.latent_rgb is None:
         return None
     impl = latent_preview.get_previewer(part.device, SoraLatentFormat(part.config, part.latent_rgb))
     if impl is None:
         return None
     return lambda x0: impl.decode_latent_to_preview_image("JPEG", x0)
+
+
+@torch.no_grad()
+def _decoded_preview(vae: nn.Module, x0: torch.Tensor):
+    param = next(vae.parameters())
+    frame = vae.decode(x0[:1, :, :1].to(param.device, param.dtype)).float()[0, :, 0]  # (3, H, W) in [-1, 1]
+    return latent_preview.preview_to_image(frame.movedim(0, -1))
 
 
 # -- model files --------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
-"""Live-preview colours: the fitted latent -> RGB map against the decoder itself."""
+"""Live-preview colours: the fitted latent -> RGB map against the decoder itself.
 
-import json
+A linear map cannot follow this VAE's decoder closely (on the default model's own generations the
+overall colour is off by about 0.1 on average, up to 0.2 on a navy background), which is why
+`--preview-method taesd` decodes the preview with the model's VAE instead (tests/test_comfyui_server.py).
+"""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sora_core.checkpoint import load_checkpoint
 from sora_core.pipeline import DEFAULT_MODEL
-from sora_core.preview import (FIT_VERSION, METADATA_KEY, LatentRGB, _colour_fields, average_colours,
-                               fit_latent_rgb, latent_rgb_from_metadata)
+from sora_core.preview import LatentRGB, _colour_fields, fit_latent_rgb
 
 
 @pytest.fixture(scope="module")
@@ -19,43 +22,16 @@ def vae():
     return load_checkpoint(DEFAULT_MODEL, parts=["vae"]).vae.eval()
 
 
-@pytest.fixture(scope="module")
-def rgb(vae):
-    return fit_latent_rgb(vae)
-
-
-def held_out(vae, kind: str) -> torch.Tensor:
-    """Latents the fit never saw: encoded colour fields, or draws from the prior (another seed)."""
-    g = torch.Generator().manual_seed(7)
-    fields = _colour_fields(8, 8 * vae.spatial_factor, g)[:, :, None]
-    with torch.no_grad():
-        z = vae.encode(fields)
-    return z if kind == "encoded" else torch.randn(z.shape, generator=g)
-
-
-# kind -> (largest error relative to the best flat colour's, largest overall colour cast), as ComfyUI shows
-# the preview: (x + 1) / 2, clamped. The fit on encoded images alone gave 1.59 / 0.08 on prior draws.
-LIMITS = {"encoded": (0.8, 0.08), "prior": (1.25, 0.12)}
-
-
-@pytest.mark.parametrize("kind", sorted(LIMITS))
-def test_preview_colours_follow_the_decoder(vae, rgb, kind):
-    z = held_out(vae, kind)
-    with torch.no_grad():
-        shown = (average_colours(vae, z) + 1) / 2
+@torch.no_grad()
+def test_preview_colours_follow_the_decoder_on_unseen_images(vae):
+    """As ComfyUI shows a preview: (x + 1) / 2, clamped; against the decoded frame averaged per latent cell."""
+    rgb = fit_latent_rgb(vae)
+    z = vae.encode(_colour_fields(8, 8 * vae.spatial_factor, torch.Generator().manual_seed(7))[:, :, None])
+    shown = (F.avg_pool2d(vae.decode(z).float()[:, :, 0].clamp(-1, 1), vae.spatial_factor) + 1) / 2
     preview = ((rgb.apply(z)[:, :, 0] + 1) / 2).clamp(0, 1)
     flat = shown.mean((0, 2, 3), keepdim=True)  # the best colour that ignores the latent
-    relative = (preview - shown).abs().mean() / (flat - shown).abs().mean()
-    cast = (preview.mean((0, 2, 3)) - shown.mean((0, 2, 3))).abs().max()  # darker, or tinted
-    assert relative < LIMITS[kind][0] and cast < LIMITS[kind][1], (float(relative), float(cast))
-
-
-def test_a_map_from_an_older_fit_is_fitted_again(rgb):
-    current = {"extra": json.dumps({METADATA_KEY: rgb.to_json()})}
-    assert latent_rgb_from_metadata(current, len(rgb.factors)) == rgb
-    old = {"extra": json.dumps({METADATA_KEY: {"factors": rgb.factors, "bias": rgb.bias}})}  # FIT_VERSION 1
-    assert FIT_VERSION > 1 and latent_rgb_from_metadata(old, len(rgb.factors)) is None
-    assert latent_rgb_from_metadata(current, len(rgb.factors) + 1) is None
+    assert (preview - shown).abs().mean() < 0.8 * (flat - shown).abs().mean()
+    assert (preview.mean((0, 2, 3)) - shown.mean((0, 2, 3))).abs().max() < 0.08  # no overall cast
 
 
 def test_the_map_is_plain_numbers_for_comfyui():
