@@ -184,7 +184,7 @@ def real_clips(frames: int, area: int) -> list[torch.Tensor]:
 
 
 def write_sheets(rows: dict[str, list], folder: Path) -> None:
-    from ..io import contact_sheet
+    from .sheets import contact_sheet
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, clips in rows.items():
