@@ -124,9 +124,9 @@ def _edit(args) -> int:
 
 
 def _train(args) -> int:
-    from .train import dit, vae
+    from .train import dit, recipe, vae
 
-    (vae if args.what == "vae" else dit).run(args)
+    {"vae": vae, "dit": dit, "default": recipe}[args.what].run(args)
     return 0
 
 
@@ -239,10 +239,11 @@ def add_commands(sub) -> None:
 
     train = sub.add_parser("train", help="train the VAE or the DiT (torchrun for several GPUs/processes)")
     which = train.add_subparsers(dest="what", required=True)
-    from .train import dit, vae
+    from .train import dit, recipe, vae
 
     vae.add_arguments(which.add_parser("vae", help="train the 3D VAE"))
     dit.add_arguments(which.add_parser("dit", help="train the text encoder + DiT on a trained VAE"))
+    recipe.add_arguments(which.add_parser("default", help="the default model's whole recipe: VAE, then DiT"))
     train.set_defaults(func=_train)
 
     from .eval import run
