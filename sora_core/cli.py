@@ -159,17 +159,10 @@ def _edit(args) -> int:
     return 0
 
 
-def _train_vae(args) -> int:
-    from .train import vae
+def _train(args) -> int:
+    from .train import dit, recipe, vae
 
-    vae.run(args)
-    return 0
-
-
-def _train_dit(args) -> int:
-    from .train import dit
-
-    dit.run(args)
+    {"vae": vae, "dit": dit, "default": recipe}[args.what].run(args)
     return 0
 
 
@@ -314,11 +307,12 @@ def _edit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import dit, vae
+    from .train import dit, recipe, vae
 
     which = p.add_subparsers(dest="what", required=True)
-    register(which, "vae", "train the 3D VAE", vae.add_arguments, _train_vae)
-    register(which, "dit", "train the text encoder + DiT on a trained VAE", dit.add_arguments, _train_dit)
+    register(which, "vae", "train the 3D VAE", vae.add_arguments, _train)
+    register(which, "dit", "train the text encoder + DiT on a trained VAE", dit.add_arguments, _train)
+    register(which, "default", "the default model's whole recipe: VAE, then DiT", recipe.add_arguments, _train)
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
