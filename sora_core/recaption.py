@@ -94,7 +94,7 @@ class _Deadline:
 
     def __init__(self, seconds: float):
         self.expired = False
-        self._connections: list = []
+        self._sockets: list[socket.socket] = []
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
@@ -106,21 +106,22 @@ class _Deadline:
         self._timer.cancel()
 
     def _expire(self) -> None:
-        self.expired = True  # first: a connection made after this sees it (see `opener`)
-        for conn in list(self._connections):
-            _shut(conn)
+        self.expired = True  # first: a socket connected after this sees it (see `opener`)
+        for sock in list(self._sockets):
+            _shut(sock)
 
     def opener(self) -> urllib.request.OpenerDirector:
-        """urllib's opener (proxies, redirects) whose connections this deadline can cut."""
+        """urllib's opener (proxies, redirects) whose sockets this deadline can cut. The socket itself is
+        kept: http.client and urllib drop the connection's reference to it once the response is open."""
         deadline = self
 
         def tracked(cls):
             class Connection(cls):
                 def connect(self):
                     super().connect()
-                    deadline._connections.append(self)
+                    deadline._sockets.append(self.sock)
                     if deadline.expired:
-                        _shut(self)
+                        _shut(self.sock)
 
             return Connection
 
@@ -135,12 +136,11 @@ class _Deadline:
         return urllib.request.build_opener(HTTP, HTTPS)
 
 
-def _shut(conn) -> None:
-    if conn.sock is not None:
-        try:
-            conn.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 def chat(endpoint: str, messages: list[dict], *, model: str | None = None, api_key: str | None = None,
