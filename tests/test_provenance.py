@@ -262,15 +262,19 @@ def cli_args(*argv):
     return build_parser().parse_args([str(a) for a in argv])
 
 
-def test_strict_provenance_fails_before_the_model_is_even_loaded(tmp_path, micro_checkpoint, monkeypatch):
+def test_strict_provenance_fails_before_the_model_is_even_loaded(tmp_path, micro_checkpoint, monkeypatch, capsys):
     from sora_core import pipeline
     from sora_core.__main__ import main
 
     loads = []
     monkeypatch.setattr(pipeline.Pipeline, "load", classmethod(lambda cls, *a, **k: loads.append(a)))
     for out, extra in [(tmp_path / "x.webm", []), (tmp_path / "y.mp4", ["--c2pa-cert", tmp_path / "missing.pem"])]:
-        with pytest.raises(ProvenanceError, match="strict"):
-            main(["generate", "x", "-o", str(out), "--model", micro_checkpoint, "--provenance-strict",
+        status = main(["generate", "x", "-o", str(out), "--model", micro_checkpoint, "--provenance-strict",
+                       *map(str, extra)])
+        err = capsys.readouterr().err
+        assert status == 2 and err.startswith("error: ") and "strict" in err and err.count("\n") == 1
+        with pytest.raises(ProvenanceError, match="strict"):  # the same check, with its traceback
+            main(["--debug", "generate", "x", "-o", str(out), "--model", micro_checkpoint, "--provenance-strict",
                   *map(str, extra)])
     assert loads == [] and os.listdir(tmp_path) == []
 

@@ -227,7 +227,7 @@ def prompt(g: Graph, loader: Node, text: str, title: str = "Positive prompt") ->
 
 
 def sample(g: Graph, loader: Node, positive: Node, negative: Node, latent, seed: int, title: str | None = None, **kw) -> Node:
-    settings = dict(seed=seed, steps=STEPS, cfg=CFG, shift=0.0, sampler="euler", denoise=1.0) | kw
+    settings = dict(seed=seed, steps=STEPS, cfg=CFG, shift=0.0, sampler="euler") | kw
     return g.add("SoraDiTSampler", title=title, model=loader["model"], positive=positive[0], negative=negative[0],
                  latent=latent, **settings)
 
@@ -289,8 +289,9 @@ def aspect_ratios() -> Graph:
 def prototype_then_full_res() -> Graph:
     g = Graph("Prototype at low resolution, then full resolution",
               "Try prompts and seeds quickly at low resolution, then render the one you like at full size with "
-              "the **same seed**: the prototype is upscaled (core **Image Scale**), encoded, partly re-noised by "
-              "**SDEdit Noise** (strength = how much may change) and sampled again at full resolution.")
+              "the **same seed**: the prototype is upscaled (core **Image Scale**) and encoded, **SDEdit Noise** sets "
+              "how much may change (strength), and the sampler re-noises it that far and samples it again at "
+              "full resolution.")
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
     seed = 5
@@ -298,7 +299,7 @@ def prototype_then_full_res() -> Graph:
     g.add("PreviewImage", title="Prototype", images=small[0])
     big = g.add("ImageScale", image=small[0], width=VIDEO["width"], height=VIDEO["height"])
     latent = g.add("SoraVAEEncode", vae=loader["vae"], images=big[0])
-    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6, seed=seed)
+    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6)
     full = decode(g, loader, sample(g, loader, pos, neg, noised[0], seed=seed, title="Full resolution"))
     save(g, full, "prototype_full_res", title="Full resolution")
     return g
@@ -368,8 +369,8 @@ def seamless_loop() -> Graph:
 
 def video_to_video_sdedit() -> Graph:
     g = Graph("Video to video (SDEdit)", "Edits a video with a new prompt while keeping its layout and motion: "
-              "**VAE Encode**, then **SDEdit Noise** noises it part-way (strength 0 = keep, 1 = ignore the "
-              "input) and the sampler re-draws it following the new prompt. To edit your own video, load it "
+              "**VAE Encode**, then **SDEdit Noise** sets how much changes (strength 0 = keep, 1 = ignore the "
+              "input) and the sampler noises it that far with its seed and re-draws it following the new prompt. To edit your own video, load it "
               "(e.g. core Load Video + Get Video Components), scale it to a multiple of 8 pixels and pass it "
               "through **Trim Frames** (1 + 4k frames).")
     loader, neg = load(g)
@@ -377,7 +378,7 @@ def video_to_video_sdedit() -> Graph:
     save(g, clip, "sdedit_source", title="Source")
     trimmed = g.add("SoraTrimFrames", images=clip[0], drop_from="end", max_frames=0)
     latent = g.add("SoraVAEEncode", vae=loader["vae"], images=trimmed[0])
-    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6, seed=52)
+    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6)
     edit = ("A video clip of a medium-sized yellow star on a forest green background. Starting near the left edge, "
             "the medium-sized yellow star moves steadily to the right. The shot is static, with no camera movement.")
     edited = decode(g, loader, sample(g, loader, prompt(g, loader, edit, "Edit prompt"), neg, noised[0], seed=53,
