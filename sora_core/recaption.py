@@ -94,7 +94,7 @@ class _Deadline:
 
     def __init__(self, seconds: float):
         self.expired = False
-        self._connections: list = []
+        self._sockets: list = []
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
@@ -107,8 +107,8 @@ class _Deadline:
 
     def _expire(self) -> None:
         self.expired = True  # first: a connection made after this sees it (see `opener`)
-        for conn in list(self._connections):
-            _shut(conn)
+        for sock in list(self._sockets):
+            _shut(sock)
 
     def opener(self) -> urllib.request.OpenerDirector:
         """urllib's opener (proxies, redirects) whose connections this deadline can cut."""
@@ -118,9 +118,11 @@ class _Deadline:
             class Connection(cls):
                 def connect(self):
                     super().connect()
-                    deadline._connections.append(self)
+                    # The socket itself, not the connection: urllib drops `conn.sock` once the
+                    # headers are in, and the body is read through the response's own reference.
+                    deadline._sockets.append(self.sock)
                     if deadline.expired:
-                        _shut(self)
+                        _shut(self.sock)
 
             return Connection
 
@@ -135,12 +137,11 @@ class _Deadline:
         return urllib.request.build_opener(HTTP, HTTPS)
 
 
-def _shut(conn) -> None:
-    if conn.sock is not None:
-        try:
-            conn.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def chat(endpoint: str, messages: list[dict], *, model: str | None = None, api_key: str | None = None,
