@@ -242,4 +242,6 @@ def input_file(name: str) -> Path:
     """A file named like LoadImage names them: in ComfyUI's input folder, or `name [output]` / `[temp]`."""
     if IN_COMFYUI:
         return Path(folder_paths.get_annotated_filepath(name))
+    if name.endswith(" [output]"):  # what the save nodes' `files` output gives
+        return OUTPUT_DIR / name[:-len(" [output]")]
     return Path(name)

@@ -94,7 +94,7 @@ class _Deadline:
 
     def __init__(self, seconds: float):
         self.expired = False
-        self._sockets: list[socket.socket] = []
+        self._sockets: list = []
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
@@ -106,19 +106,20 @@ class _Deadline:
         self._timer.cancel()
 
     def _expire(self) -> None:
-        self.expired = True  # first: a socket connected after this sees it (see `opener`)
+        self.expired = True  # first: a connection made after this sees it (see `opener`)
         for sock in list(self._sockets):
             _shut(sock)
 
     def opener(self) -> urllib.request.OpenerDirector:
-        """urllib's opener (proxies, redirects) whose sockets this deadline can cut. The socket itself is
-        kept: http.client and urllib drop the connection's reference to it once the response is open."""
+        """urllib's opener (proxies, redirects) whose connections this deadline can cut."""
         deadline = self
 
         def tracked(cls):
             class Connection(cls):
                 def connect(self):
                     super().connect()
+                    # The socket itself, not the connection: urllib drops `conn.sock` once the
+                    # headers are in, and the body is read through the response's own reference.
                     deadline._sockets.append(self.sock)
                     if deadline.expired:
                         _shut(self.sock)
@@ -136,11 +137,11 @@ class _Deadline:
         return urllib.request.build_opener(HTTP, HTTPS)
 
 
-def _shut(sock: socket.socket) -> None:
+def _shut(sock) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
-        pass  # already closed
+        pass
 
 
 def chat(endpoint: str, messages: list[dict], *, model: str | None = None, api_key: str | None = None,

@@ -186,7 +186,7 @@ def test_patchify_grid_refuses_invalid_sizes_clearly(vae, width, height, frames,
 
 def test_patchify_grid_refuses_its_own_declared_maximums_before_allocating(vae, monkeypatch):
     limits = {name: spec[1]["max"] for name, spec in SoraPatchifyGrid.INPUT_TYPES()["required"].items()
-              if len(spec) > 1 and "max" in spec[1]}
+              if len(spec) > 1 and isinstance(spec[1], dict) and "max" in spec[1]}
     monkeypatch.delenv("SORA_MAX_TOKENS", raising=False)
     monkeypatch.setattr(latent_nodes, "empty_window", lambda *a: pytest.fail("allocated the latent"))
     with pytest.raises(BudgetError, match=r"Sora Patchify Grid: 64 videos of 4096x4096 px x 4097 frames is "

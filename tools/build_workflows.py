@@ -4,6 +4,8 @@
 
 Each workflow uses only this pack's nodes and core nodes and makes its own inputs (a clip is
 generated first, then extended, looped, ...), so it runs with nothing but the default model.
+Outputs go through Sora Save Video / Image, so every file carries a C2PA manifest; a saved clip
+that another is made from is linked into that one's `sources`, so the manifests form a chain.
 Widget values are given by name and written in the order the frontend saves them; nodes are
 laid out left to right in columns by their place in the graph.
 """
@@ -28,20 +30,17 @@ STEPS, CFG, FPS = 20, 5.0, 8.0
 MODEL_FILE = "sora-tiny.safetensors"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-MULTILINE = {"text", "prompt"}  # text boxes: drawn much taller than one-line widgets
+MULTILINE = {"text", "prompt", "sources"}  # text boxes: drawn much taller than one-line widgets
+SAVERS = ("SoraSaveVideo", "SoraSaveImage")  # they show the saved image under their widgets
 
 # Core nodes used here: (socket inputs, widget names in frontend order, outputs), as ComfyUI 0.33's
-# /object_info gives them (its save nodes pass their images through).
+# /object_info gives them.
 CORE = {
-    "SaveAnimatedWEBP": ([("images", "IMAGE")], ["filename_prefix", "fps", "lossless", "quality", "method"],
-                         [("images", "IMAGE")]),
-    "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], [("images", "IMAGE")]),
     "PreviewImage": ([("images", "IMAGE")], [], [("images", "IMAGE")]),
     "ImageScale": ([("image", "IMAGE")], ["upscale_method", "width", "height", "crop"], [("IMAGE", "IMAGE")]),
     "MarkdownNote": ([], ["text"], []),
 }
 CORE_DEFAULTS = {
-    "SaveAnimatedWEBP": {"fps": FPS, "lossless": False, "quality": 90, "method": "default"},
     "ImageScale": {"upscale_method": "bicubic", "crop": "disabled"},
 }
 
@@ -163,12 +162,14 @@ class Graph:
 
     @staticmethod
     def _size(node: Node) -> list[int]:
-        if node.type in ("SaveAnimatedWEBP", "SaveImage", "PreviewImage"):
+        if node.type == "PreviewImage":
             return [340, 400]
         text_boxes = [w for w, _ in node.widget_specs if w in MULTILINE and w not in node.widget_links]
         rows = len(node.widget_specs) + sum(control for _, control in node.widget_specs) - len(text_boxes)
         slots = max(len(node.sockets) + len(node.widget_links), len(node.output_specs), 1)
-        return [420 if text_boxes else 330, 30 + 22 * slots + 26 * rows + 140 * len(text_boxes)]
+        preview = 260 if node.type in SAVERS else 0
+        width = 420 if text_boxes else 340 if preview else 330
+        return [width, 30 + 22 * slots + 26 * rows + 140 * len(text_boxes) + preview]
 
     def to_json(self) -> dict:
         column = self._columns()
@@ -244,8 +245,14 @@ def generate(g: Graph, loader: Node, positive: Node, negative: Node, seed: int, 
     return decode(g, loader, sample(g, loader, positive, negative, latent[0], seed, title=title))
 
 
-def save(g: Graph, images: Node, prefix: str, title: str | None = None) -> Node:
-    return g.add("SaveAnimatedWEBP", title=title, images=images[0], filename_prefix=f"sora/{prefix}")
+def save(g: Graph, loader: Node, positive: Node, images: Node, prefix: str, title: str | None = None,
+         operation: str = "generate", sources: Node | None = None, node_type: str = "SoraSaveVideo") -> Node:
+    """Sora Save Video / Image: the file's C2PA manifest records the model, the operation, the prompt
+    (when include_prompt is switched on) and `sources`, the files output of the save node of the clip
+    this one was made from."""
+    links = {"sources": sources["files"]} if sources is not None else {}
+    return g.add(node_type, title=title, images=images[0], filename_prefix=f"sora/{prefix}", model=loader["model"],
+                 positive=positive[0], operation=operation, **links)
 
 
 # -- the workflows --------------------------------------------------------------------------------
@@ -256,7 +263,8 @@ def text_to_video() -> Graph:
               "spacetime patches; the **VAE Decode** turns latents into frames.\n\nDetailed captions work best: "
               "see the recaption workflow for turning a short prompt into one.")
     loader, neg = load(g)
-    save(g, generate(g, loader, prompt(g, loader, CAPTION), neg, seed=1, title="Sample"), "text_to_video")
+    pos = prompt(g, loader, CAPTION)
+    save(g, loader, pos, generate(g, loader, pos, neg, seed=1, title="Sample"), "text_to_video")
     return g
 
 
@@ -266,9 +274,9 @@ def text_to_image() -> Graph:
     loader, neg = load(g)
     text = ("An image of a large yellow star and a small blue square on a light gray background. The large yellow "
             "star sits in the center. The small blue square sits near the top left.")
-    still = generate(g, loader, prompt(g, loader, text), neg, seed=7, title="Sample",
-                     width=IMAGE_SIDE, height=IMAGE_SIDE, frames=1)
-    g.add("SaveImage", images=still[0], filename_prefix="sora/text_to_image")
+    pos = prompt(g, loader, text)
+    still = generate(g, loader, pos, neg, seed=7, title="Sample", width=IMAGE_SIDE, height=IMAGE_SIDE, frames=1)
+    save(g, loader, pos, still, "text_to_image", node_type="SoraSaveImage")
     return g
 
 
@@ -282,7 +290,7 @@ def aspect_ratios() -> Graph:
         latent = g.add("SoraPatchifyGrid", vae=loader["vae"], aspect_ratio=ratio, long_side=long_side,
                        frames=VIDEO["frames"])
         frames = decode(g, loader, sample(g, loader, pos, neg, latent[0], seed=3, title=f"Sample {ratio}"))
-        save(g, frames, f"aspect_{name}", title=f"{ratio} {name}")
+        save(g, loader, pos, frames, f"aspect_{name}", title=f"{ratio} {name}")
     return g
 
 
@@ -301,7 +309,7 @@ def prototype_then_full_res() -> Graph:
     latent = g.add("SoraVAEEncode", vae=loader["vae"], images=big[0])
     noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6)
     full = decode(g, loader, sample(g, loader, pos, neg, noised[0], seed=seed, title="Full resolution"))
-    save(g, full, "prototype_full_res", title="Full resolution")
+    save(g, loader, pos, full, "prototype_full_res", title="Full resolution")
     return g
 
 
@@ -319,9 +327,9 @@ def animate_image() -> Graph:
               "the medium-sized green triangle slides steadily to the right. The shot is static, with no camera "
               "movement.")
     latent = g.add("SoraAnimateImage", vae=loader["vae"], image=still[0], frames=VIDEO["frames"], position="first")
-    video = decode(g, loader, sample(g, loader, prompt(g, loader, motion, "Video prompt"), neg, latent[0], seed=12,
-                                     title="Animate"))
-    save(g, video, "animate_image")
+    motion_prompt = prompt(g, loader, motion, "Video prompt")
+    video = decode(g, loader, sample(g, loader, motion_prompt, neg, latent[0], seed=12, title="Animate"))
+    save(g, loader, motion_prompt, video, "animate_image", operation="animate")
     return g
 
 
@@ -334,8 +342,8 @@ def extend_forward() -> Graph:
     clip = generate(g, loader, pos, neg, seed=21)
     latent = g.add("SoraExtend", vae=loader["vae"], video=clip[0], direction="forward", new_frames=16, context_frames=8)
     longer = decode(g, loader, sample(g, loader, pos, neg, latent[0], seed=22, title="Extend"))
-    save(g, clip, "extend_source", title="Source clip")
-    save(g, longer, "extend_forward", title="Extended clip")
+    source = save(g, loader, pos, clip, "extend_source", title="Source clip")
+    save(g, loader, pos, longer, "extend_forward", title="Extended clip", operation="extend", sources=source)
     return g
 
 
@@ -347,11 +355,12 @@ def extend_backward() -> Graph:
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
     clip = generate(g, loader, pos, neg, seed=31, title="Generate the ending")
-    save(g, clip, "extend_backward_ending", title="The shared ending")
+    ending = save(g, loader, pos, clip, "extend_backward_ending", title="The shared ending")
     latent = g.add("SoraExtend", vae=loader["vae"], video=clip[0], direction="backward", new_frames=16, context_frames=8)
     for seed in (32, 33, 34):
         video = decode(g, loader, sample(g, loader, pos, neg, latent[0], seed=seed, title=f"Beginning, seed {seed}"))
-        save(g, video, f"extend_backward_seed{seed}", title=f"Seed {seed}")
+        save(g, loader, pos, video, f"extend_backward_seed{seed}", title=f"Seed {seed}", operation="extend",
+             sources=ending)
     return g
 
 
@@ -363,7 +372,7 @@ def seamless_loop() -> Graph:
     clip = generate(g, loader, pos, neg, seed=41)
     latent = g.add("SoraLoop", vae=loader["vae"], video=clip[0], transition_frames=8, context_frames=8)
     looped = decode(g, loader, sample(g, loader, pos, neg, latent[0], seed=42, title="Close the loop"))
-    save(g, looped, "seamless_loop", title="Loop (plays on repeat)")
+    save(g, loader, pos, looped, "seamless_loop", title="Loop (plays on repeat)", operation="loop")
     return g
 
 
@@ -374,16 +383,17 @@ def video_to_video_sdedit() -> Graph:
               "(e.g. core Load Video + Get Video Components), scale it to a multiple of 8 pixels and pass it "
               "through **Trim Frames** (1 + 4k frames).")
     loader, neg = load(g)
-    clip = generate(g, loader, prompt(g, loader, CAPTION, "Source prompt"), neg, seed=51, title="Generate a source clip")
-    save(g, clip, "sdedit_source", title="Source")
+    source_prompt = prompt(g, loader, CAPTION, "Source prompt")
+    clip = generate(g, loader, source_prompt, neg, seed=51, title="Generate a source clip")
+    source = save(g, loader, source_prompt, clip, "sdedit_source", title="Source")
     trimmed = g.add("SoraTrimFrames", images=clip[0], drop_from="end", max_frames=0)
     latent = g.add("SoraVAEEncode", vae=loader["vae"], images=trimmed[0])
     noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6)
     edit = ("A video clip of a medium-sized yellow star on a forest green background. Starting near the left edge, "
             "the medium-sized yellow star moves steadily to the right. The shot is static, with no camera movement.")
-    edited = decode(g, loader, sample(g, loader, prompt(g, loader, edit, "Edit prompt"), neg, noised[0], seed=53,
-                                      title="Re-draw"))
-    save(g, edited, "sdedit_edited", title="Edited")
+    edit_prompt = prompt(g, loader, edit, "Edit prompt")
+    edited = decode(g, loader, sample(g, loader, edit_prompt, neg, noised[0], seed=53, title="Re-draw"))
+    save(g, loader, edit_prompt, edited, "sdedit_edited", title="Edited", operation="edit", sources=source)
     return g
 
 
@@ -400,9 +410,10 @@ def connect_two_clips() -> Graph:
                   "square on a white background.")
     latent = g.add("SoraConnect", vae=loader["vae"], first=first[0], second=second[0], transition_frames=16,
                    context_frames=8)
-    joined = decode(g, loader, sample(g, loader, prompt(g, loader, transition, "Transition prompt"), neg, latent[0],
-                                      seed=63, title="Transition"))
-    save(g, joined, "connect_two_clips", title="First + transition + second")
+    transition_prompt = prompt(g, loader, transition, "Transition prompt")
+    joined = decode(g, loader, sample(g, loader, transition_prompt, neg, latent[0], seed=63, title="Transition"))
+    save(g, loader, transition_prompt, joined, "connect_two_clips", title="First + transition + second",
+         operation="connect")
     return g
 
 
@@ -414,7 +425,7 @@ def recaption() -> Graph:
     caption = g.add("SoraRecaption", prompt="a red ball bouncing", seed=1, backend="offline")
     pos = g.add("SoraTextEncode", title="Positive prompt (the caption)", text_encoder=loader["text_encoder"],
                 text=caption[0])
-    save(g, generate(g, loader, pos, neg, seed=71, title="Sample"), "recaption")
+    save(g, loader, pos, generate(g, loader, pos, neg, seed=71, title="Sample"), "recaption")
     return g
 
 

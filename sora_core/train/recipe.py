@@ -24,7 +24,7 @@ DIT_BUCKETS = ["--resolutions", "32px,64px,128px", "--frames", "1,9,17,33",
 PROFILES: dict[str, dict[str, list[str]]] = {
     "cpu": {
         "vae": ["--steps", "8000", "--frames", "1,9,17,33", "--real-fraction", "0.3", "--crop", "48", "--lr", "1e-3"],
-        "dit": ["--steps", "9000", "--lr", "6e-4", "--warmup", "300", "--dit", '{"abs_pos": true}',
+        "dit": ["--steps", "4400", "--lr", "6e-4", "--warmup", "300", "--dit", '{"abs_pos": true}',
                 "--tokens-per-batch", "2048", *DIT_BUCKETS],
     },
     "gpu": {
