@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 import torch.nn as nn
@@ -101,6 +101,11 @@ class SoraPart:
     @property
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
+
+    @property
+    def compute_device(self) -> torch.device:
+        """Where the network runs: inside ComfyUI the patcher's load device, else where it is."""
+        return self.patcher.load_device if self.patcher is not None else self.device
 
 
 def host_part(module: nn.Module, config: SoraConfig, kind: str, *, prefer_cpu: bool = False,
@@ -211,6 +216,7 @@ def model_path(name: str) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"SORA_MODEL={str(path)!r} does not exist; unset it or point it at a .safetensors file")
         return path
+    _check_name(name, "ckpt_name")
     if IN_COMFYUI:
         found = folder_paths.get_full_path(MODEL_FOLDER, name)
         if found:
@@ -221,6 +227,15 @@ def model_path(name: str) -> Path:
             return candidate
     folders = " or ".join(repr(str(d)) for d in model_dirs())
     raise FileNotFoundError(f"Sora checkpoint {name!r} was not found; put the .safetensors file in {folders}")
+
+
+def _check_name(name: str, what: str) -> None:
+    """A name inside one of our folders: relative, no '..', so it can never reach outside them."""
+    parts = PurePosixPath(str(name).replace("\\", "/")).parts
+    if not isinstance(name, str) or not name.strip() or os.path.isabs(name) or PureWindowsPath(name).drive \
+            or (parts and parts[0] == "/") or ".." in parts:
+        raise ValueError(f"{what}={name!r} is not allowed: give a file name inside the folder, without '..' "
+                         f"or an absolute path")
 
 
 # -- output and input files ---------------------------------------------------------------------
@@ -235,6 +250,7 @@ def output_file(prefix: str, width: int, height: int, ext: str) -> tuple[Path, d
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             prefix, folder_paths.get_output_directory(), width, height)
     else:
+        _check_name(prefix, "filename_prefix")  # core's get_save_image_path refuses these inside ComfyUI
         subfolder, name = os.path.split(os.path.normpath(prefix))
         folder = OUTPUT_DIR / subfolder
         folder.mkdir(parents=True, exist_ok=True)
@@ -248,4 +264,6 @@ def input_file(name: str) -> Path:
     """A file named like LoadImage names them: in ComfyUI's input folder, or `name [output]` / `[temp]`."""
     if IN_COMFYUI:
         return Path(folder_paths.get_annotated_filepath(name))
+    if name.endswith(" [output]"):  # what the save nodes' `files` output gives
+        return OUTPUT_DIR / name[:-len(" [output]")]
     return Path(name)

@@ -151,7 +151,7 @@ def test_workflow_runs_on_the_server(server, object_info, path):
         time.sleep(0.5)
     errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
     assert entry["status"]["status_str"] == "success", json.dumps(errors, indent=1)[:4000]
-    saved = [nid for nid, node in prompt.items() if node["class_type"] in ("SaveAnimatedWEBP", "SaveImage")]
+    saved = [nid for nid, node in prompt.items() if node["class_type"] in ("SoraSaveVideo", "SoraSaveImage")]
     for nid in saved:
         assert entry["outputs"][nid]["images"], f"{path.stem}: node {nid} saved nothing"
 

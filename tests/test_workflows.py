@@ -2,6 +2,7 @@
 
 The model is the shipped default when it exists, else a random-weight micro checkpoint (set
 through SORA_MODEL), so these check wiring, sizes and splicing rather than picture quality.
+The save nodes are the pack's own: they write signed files into a temporary output folder.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from sora_core.pipeline import DEFAULT_MODEL
+from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host
+from sora_core.pipeline import DEFAULT_MODEL, default_model_path
+from sora_core.provenance import ASSERTION, DIGITAL_SOURCE_TYPE, file_sha256, read_manifest
 
 from .workflow_api import (CORE_DISPLAY_NAMES, CORE_DOUBLES, TEXT_DISPLAY, TITLE_H, Recorder, class_specs, execute,
                            min_node_size, ui_to_api)
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 CLASSES = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES}
+SAVE_NODES = ("SoraSaveVideo", "SoraSaveImage")
 
 # workflow -> {filename prefix: (frames, width, height)} of what it saves or previews
 EXPECTED = {
@@ -50,13 +53,32 @@ def model_file(monkeypatch, micro_checkpoint):
         monkeypatch.setenv("SORA_MODEL", micro_checkpoint)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def output_folder(tmp_path_factory):
+    """The save nodes' output folder for this module (run() is cached, so its files stay put)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(host, "OUTPUT_DIR", tmp_path_factory.mktemp("output"))
+        yield host.OUTPUT_DIR
+
+
 @functools.cache
 def run(name: str) -> tuple[dict, dict, dict, dict]:
-    """(API prompt, saved frames by filename prefix, node outputs, node UI) of one workflow, run once."""
+    """(API prompt, saved or previewed frames by filename prefix, node outputs, node UI) of one workflow, run once."""
     prompt = ui_to_api(json.loads((WORKFLOWS / f"{name}.json").read_text()), class_specs(CLASSES))
     Recorder.saved = {}
     outputs, ui = execute(prompt, CLASSES)
-    return prompt, Recorder.saved, outputs, ui
+    saved = dict(Recorder.saved)
+    for nid, node in prompt.items():
+        if node["class_type"] in SAVE_NODES:
+            saved[node["inputs"]["filename_prefix"]] = outputs[nid][0]
+    return prompt, saved, outputs, ui
+
+
+def saved_files(name: str) -> dict[str, list]:
+    """The files each save node of a workflow wrote, by filename prefix."""
+    prompt, _, _, ui = run(name)
+    return {node["inputs"]["filename_prefix"]: [host.OUTPUT_DIR / e["subfolder"] / e["filename"] for e in ui[nid]["images"]]
+            for nid, node in prompt.items() if node["class_type"] in SAVE_NODES}
 
 
 def node_of(prompt: dict, class_type: str) -> tuple[str, dict]:
@@ -65,6 +87,12 @@ def node_of(prompt: dict, class_type: str) -> tuple[str, dict]:
 
 def test_every_shipped_workflow_is_covered():
     assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == sorted(EXPECTED)
+
+
+def test_every_workflow_saves_through_the_signing_save_nodes():
+    for path in WORKFLOWS.glob("*.json"):
+        types = {n["type"] for n in json.loads(path.read_text())["nodes"]}
+        assert types & set(SAVE_NODES) and not types & {"SaveAnimatedWEBP", "SaveImage", "SaveVideo"}, path.stem
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -128,6 +156,44 @@ def test_converter_sends_links_and_skips_seed_controls_and_notes():
     assert sampler["inputs"]["seed"] == 71 and sampler["inputs"]["steps"] == 20
     encode = next(n for n in prompt.values() if n["class_type"] == "SoraTextEncode" and isinstance(n["inputs"]["text"], list))
     assert prompt[encode["inputs"]["text"][0]]["class_type"] == "SoraRecaption"
+
+
+# -- what the saved files say about themselves (C2PA) --------------------------------------------
+
+def manifest_chain(path) -> list[dict]:
+    """The active manifest of a file, then the manifests of its ingredients, depth first."""
+    store = read_manifest(path)
+    assert store is not None and store["validation_state"] == "Valid", path
+    chain, labels = [], [store["active_manifest"]]
+    while labels:
+        m = store["manifests"][labels.pop(0)]
+        chain.append(m)
+        labels += [i["active_manifest"] for i in m.get("ingredients", []) if "active_manifest" in i]
+    return chain
+
+
+def generation(manifest: dict) -> dict:
+    return next(a["data"] for a in manifest["assertions"] if a["label"] == ASSERTION)
+
+
+# saved file -> (operation, the saved file linked into its sources)
+MADE_FROM = {"sora/extend_forward": ("extend", "sora/extend_source"),
+             "sora/sdedit_edited": ("edit", "sora/sdedit_source")}
+
+
+@pytest.mark.parametrize("name", ["2. Text to image", "6. Extend a video forward", "9. Video to video (SDEdit)"])
+def test_saved_files_carry_a_signed_manifest_with_the_model_and_the_source_chain(name):
+    files = saved_files(name)
+    sha = file_sha256(default_model_path())
+    for prefix, paths in files.items():
+        assert len(paths) == 1 and paths[0].is_file(), prefix
+        top, *sources = manifest_chain(paths[0])
+        actions = next(a["data"]["actions"] for a in top["assertions"] if a["label"] == "c2pa.actions.v2")
+        assert actions[0]["digitalSourceType"] == DIGITAL_SOURCE_TYPE
+        assert generation(top)["model"]["sha256"] == sha and "prompt" not in generation(top)
+        operation, source = MADE_FROM.get(prefix, ("generate", None))
+        assert generation(top)["operation"] == operation
+        assert [m["title"] for m in sources] == ([files[source][0].name] if source else [])
 
 
 # -- what the artist sees first: layout, saved view, template-browser metadata -----------------------------

@@ -4,6 +4,8 @@ topological order. Core nodes are replaced by the small doubles below."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -123,6 +125,11 @@ def validate(node_id: str, cls, inputs: dict) -> None:
             assert value in spec[0], f"node {node_id}: {name}={value!r} not in {spec[0]}"
         elif spec[0] in ("INT", "FLOAT"):
             assert opts.get("min", value) <= value <= opts.get("max", value), f"node {node_id}: {name}={value} out of range"
+    if hasattr(cls, "VALIDATE_INPUTS"):  # as the server calls it: with the values it names that are not links
+        wanted = inspect.signature(cls.VALIDATE_INPUTS).parameters
+        given = {k: v for k, v in inputs.items() if k in wanted and not _is_link(v)}
+        result = cls.VALIDATE_INPUTS(**given)
+        assert result is True, f"node {node_id} ({cls.__name__}): {result}"
 
 
 def execute(prompt: dict, classes: dict) -> tuple[dict, dict]:
@@ -168,21 +175,6 @@ class Recorder:
         return {"ui": {"images": []}, "result": (images,)}
 
 
-class SaveAnimatedWEBP(Recorder):
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {}),
-                             "fps": ("FLOAT", {"min": 0.01, "max": 1000.0}), "lossless": ("BOOLEAN", {}),
-                             "quality": ("INT", {"min": 0, "max": 100}),
-                             "method": (["default", "fastest", "slowest"],)}}
-
-
-class SaveImage(Recorder):
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {})}}
-
-
 class PreviewImage(Recorder):
     @classmethod
     def INPUT_TYPES(cls):
@@ -206,6 +198,5 @@ class ImageScale:
         return (out.movedim(1, -1).clamp(0, 1),)
 
 
-CORE_DOUBLES = {c.__name__: c for c in (SaveAnimatedWEBP, SaveImage, PreviewImage, ImageScale)}
-CORE_DISPLAY_NAMES = {"SaveAnimatedWEBP": "Save Animated WEBP", "SaveImage": "Save Image",
-                      "PreviewImage": "Preview Image", "ImageScale": "Upscale Image", "MarkdownNote": "Markdown Note"}
+CORE_DOUBLES = {c.__name__: c for c in (PreviewImage, ImageScale)}
+CORE_DISPLAY_NAMES = {"PreviewImage": "Preview Image", "ImageScale": "Upscale Image", "MarkdownNote": "Markdown Note"}

@@ -5,6 +5,8 @@
 
 Each workflow uses only this pack's nodes and core nodes and makes its own inputs (a clip is
 generated first, then extended, looped, ...), so it runs with nothing but the default model.
+Outputs go through Sora Save Video / Image, so every file carries a C2PA manifest; a saved clip
+that another is made from is linked into that one's `sources`, so the manifests form a chain.
 Widget values are given by name and written in the order the frontend saves them.
 
 What the artist sees first is decided here. The template browser (frontend 1.49) shows a custom
@@ -44,19 +46,16 @@ MODEL_FILE = "sora-tiny.safetensors"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 # Core nodes used here: (socket inputs, widget names in frontend order, outputs), as ComfyUI 0.33's
-# /object_info gives them (its save nodes pass their images through).
+# /object_info gives them.
 CORE = {
-    "SaveAnimatedWEBP": ([("images", "IMAGE")], ["filename_prefix", "fps", "lossless", "quality", "method"],
-                         [("images", "IMAGE")]),
-    "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], [("images", "IMAGE")]),
     "PreviewImage": ([("images", "IMAGE")], [], [("images", "IMAGE")]),
     "ImageScale": ([("image", "IMAGE")], ["upscale_method", "width", "height", "crop"], [("IMAGE", "IMAGE")]),
 }
 CORE_DEFAULTS = {
-    "SaveAnimatedWEBP": {"fps": FPS, "lossless": False, "quality": 90, "method": "default"},
     "ImageScale": {"upscale_method": "bicubic", "crop": "disabled"},
 }
-OUTPUT_NODES = {"SaveAnimatedWEBP", "SaveImage", "PreviewImage"}
+OUTPUT_NODES = {"SoraSaveVideo", "SoraSaveImage", "PreviewImage"}  # they show their images
+PROMPT_BOXES = {"text", "prompt"}  # multiline widgets that hold a prompt: wider, as tall as their text
 
 CAPTION = ("A video clip of a medium-sized red circle on a navy background. Starting near the left edge, the "
            "medium-sized red circle moves steadily to the right. The shot is static, with no camera movement.")
@@ -159,13 +158,13 @@ class Node:
     def size(self) -> list[int]:
         """The saved size: the minimum, a comfortable width, room for long text and for output previews."""
         w, h = self.min_size()
-        boxes = [x for x in self.widget_specs if x.multiline]
-        text = next((self.values[x.name] for x in boxes if x.name not in self.widget_links), "")
+        prompts = [x for x in self.widget_specs if x.multiline and x.name in PROMPT_BOXES]
+        text = next((self.values[x.name] for x in prompts if x.name not in self.widget_links), "")
         if text:  # about 34 characters a line in a 300 px text box, 16 px a line
             h += max(0, 16 * (math.ceil(len(text) / 34) + 1) + 8 - DOM_WIDGET_H)
         if self.type in OUTPUT_NODES:
             h += PREVIEW_H
-        return [_round_up(max(w, 300 if boxes else 250)), _round_up(h)]
+        return [_round_up(max(w, 300 if prompts else 250)), _round_up(h)]
 
 
 def _round_up(v: float, step: int = 10) -> int:
@@ -367,7 +366,7 @@ def prompt(g: Graph, loader: Node, text: str, title: str = "Positive prompt") ->
 
 
 def sample(g: Graph, loader: Node, positive: Node, negative: Node, latent, seed: int, title: str | None = None, **kw) -> Node:
-    settings = dict(seed=seed, steps=STEPS, cfg=CFG, shift=0.0, sampler="euler", denoise=1.0) | kw
+    settings = dict(seed=seed, steps=STEPS, cfg=CFG, shift=0.0, sampler="euler") | kw
     return g.add("SoraDiTSampler", title=title, model=loader["model"], positive=positive[0], negative=negative[0],
                  latent=latent, **settings)
 
@@ -385,8 +384,15 @@ def generate(g: Graph, loader: Node, positive: Node, negative: Node, seed: int, 
     return [latent, sampler, decode(g, loader, sampler)]
 
 
-def save(g: Graph, images: Node, prefix: str, title: str | None = None) -> Node:
-    return g.add("SaveAnimatedWEBP", title=title, images=images[0], filename_prefix=f"sora/{prefix}")
+def save(g: Graph, loader: Node, positive: Node, images: Node, prefix: str, title: str | None = None,
+         operation: str = "generate", sources: Node | None = None, node_type: str = "SoraSaveVideo") -> Node:
+    """Sora Save Video / Image: the file's C2PA manifest records the model, the operation, the prompt
+    (when include_prompt is switched on) and `sources`, the files output of the save node of the clip
+    this one was made from."""
+    links = {"sources": sources["files"]} if sources is not None else {}
+    title = title or ("Save video" if node_type == "SoraSaveVideo" else "Save image")  # the type's name is long
+    return g.add(node_type, title=title, images=images[0], filename_prefix=f"sora/{prefix}", model=loader["model"],
+                 positive=positive[0], operation=operation, **links)
 
 
 def chain(*nodes: Node) -> list[list[Node]]:
@@ -404,7 +410,7 @@ def text_to_video() -> Graph:
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
     clip = generate(g, loader, pos, neg, seed=1, title="Sample")
-    out = save(g, clip[-1], "text_to_video")
+    out = save(g, loader, pos, clip[-1], "text_to_video")
     g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
              [Stage("Generate", [chain(*clip, out)])])
     return g
@@ -418,7 +424,7 @@ def text_to_image() -> Graph:
             "star sits in the center. The small blue square sits near the top left.")
     pos = prompt(g, loader, text)
     still = generate(g, loader, pos, neg, seed=7, title="Sample", width=IMAGE_SIDE, height=IMAGE_SIDE, frames=1)
-    out = g.add("SaveImage", images=still[-1][0], filename_prefix="sora/text_to_image")
+    out = save(g, loader, pos, still[-1], "text_to_image", node_type="SoraSaveImage")
     g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
              [Stage("Generate", [chain(*still, out)])])
     return g
@@ -430,35 +436,39 @@ def aspect_ratios() -> Graph:
               "in view instead of cropping it. Pick the ratio and the long side in **Patchify Grid**.")
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
-    rows = []
+    rows, saves = [], []
     for ratio, long_side, name in (("16:9", 88, "widescreen"), ("9:16", 88, "vertical"), ("1:1", 64, "square")):
         latent = g.add("SoraPatchifyGrid", vae=loader["vae"], aspect_ratio=ratio, long_side=long_side,
                        frames=VIDEO["frames"])
         sampler = sample(g, loader, pos, neg, latent[0], seed=3, title=f"Sample {ratio}")
         frames = decode(g, loader, sampler)
-        rows.append(chain(latent, sampler, frames, save(g, frames, f"aspect_{name}", title=f"{ratio} {name}")))
-    # Three rows: room below each sampler for its live preview would make the graph too tall to read.
+        rows.append(chain(latent, sampler, frames))
+        saves.append(save(g, loader, pos, frames, f"aspect_{name}", title=f"{ratio} {name}"))
+    # Rows of three samplers (no room below them for live previews) and the tall save nodes beside
+    # them, two and one: in rows of their own the graph would be too tall to read when it opens.
     g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
-             [Stage("Three shapes, one seed", rows, preview_room=False)])
+             [Stage("1. Three shapes, one seed", rows, preview_room=False)],
+             [Stage("2. The videos", [[column(saves[0], saves[2]), [saves[1]]]])])
     return g
 
 
 def prototype_then_full_res() -> Graph:
     g = Graph("Prototype at low resolution, then full resolution",
               "Try prompts and seeds quickly at low resolution, then render the one you like at full size with "
-              "the **same seed**: the prototype is upscaled (core **Upscale Image**), encoded, partly re-noised by "
-              "**SDEdit Noise** (strength = how much may change) and sampled again at full resolution.")
+              "the **same seed**: the prototype is upscaled (core **Upscale Image**) and encoded, **SDEdit Noise** "
+              "sets how much may change (strength), and the sampler re-noises it that far and samples it again at "
+              "full resolution.")
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
     seed = 5
     small = generate(g, loader, pos, neg, seed=seed, title="Prototype (32x32)", width=32, height=32)
-    preview = save(g, small[-1], "prototype", title="Prototype")
+    preview = save(g, loader, pos, small[-1], "prototype", title="Prototype")
     big = g.add("ImageScale", image=small[-1][0], width=VIDEO["width"], height=VIDEO["height"])
     latent = g.add("SoraVAEEncode", vae=loader["vae"], images=big[0])
-    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6, seed=seed)
+    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6)
     sampler = sample(g, loader, pos, neg, noised[0], seed=seed, title="Full resolution")
     full = decode(g, loader, sampler)
-    out = save(g, full, "prototype_full_res", title="Full resolution")
+    out = save(g, loader, pos, full, "prototype_full_res", title="Full resolution")
     g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
              [Stage("1. Prototype at 32x32", [chain(*small, preview)]),
               Stage("2. The same seed at 64x64", [[column(big, latent, noised), [sampler], [full], [out]]])])
@@ -482,7 +492,7 @@ def animate_image() -> Graph:
     latent = g.add("SoraAnimateImage", vae=loader["vae"], image=still[-1][0], frames=VIDEO["frames"], position="first")
     sampler = sample(g, loader, video_prompt, neg, latent[0], seed=12, title="Animate")
     video = decode(g, loader, sampler)
-    out = save(g, video, "animate_image")
+    out = save(g, loader, video_prompt, video, "animate_image", operation="animate")
     g.layout([Stage("Model and prompts", [[column(loader, image_prompt, video_prompt, neg)]])],
              [Stage("1. The still image", [chain(*still, shown)]),
               Stage("2. Animate it", [chain(latent, sampler, video, out)])])
@@ -496,12 +506,12 @@ def extend_forward() -> Graph:
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
     clip = generate(g, loader, pos, neg, seed=21)
-    source = save(g, clip[-1], "extend_source", title="Source clip")
+    source = save(g, loader, pos, clip[-1], "extend_source", title="Source clip")
     latent = g.add("SoraExtend", vae=loader["vae"], video=clip[-1][0], direction="forward", new_frames=16,
                    context_frames=8)
     sampler = sample(g, loader, pos, neg, latent[0], seed=22, title="Extend")
     longer = decode(g, loader, sampler)
-    out = save(g, longer, "extend_forward", title="Extended clip")
+    out = save(g, loader, pos, longer, "extend_forward", title="Extended clip", operation="extend", sources=source)
     g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
              [Stage("1. A source clip", [chain(*clip, source)]),
               Stage("2. Extend it forward", [chain(latent, sampler, longer, out)])])
@@ -516,17 +526,20 @@ def extend_backward() -> Graph:
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
     clip = generate(g, loader, pos, neg, seed=31, title="Generate the ending")
-    ending = save(g, clip[-1], "extend_backward_ending", title="The shared ending")
+    ending = save(g, loader, pos, clip[-1], "extend_backward_ending", title="The shared ending")
     latent = g.add("SoraExtend", vae=loader["vae"], video=clip[-1][0], direction="backward", new_frames=16,
                    context_frames=8)
     seeds = []
     for seed in (32, 33, 34):
         sampler = sample(g, loader, pos, neg, latent[0], seed=seed, title=f"Beginning, seed {seed}")
         video = decode(g, loader, sampler)
-        seeds.append(column(sampler, video, save(g, video, f"extend_backward_seed{seed}", title=f"Seed {seed}")))
+        out = save(g, loader, pos, video, f"extend_backward_seed{seed}", title=f"Seed {seed}", operation="extend",
+                   sources=ending)
+        seeds.append(column(sampler, video, out))
     g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
-             [Stage("1. The ending", [[column(clip[0], clip[1]), column(clip[2], ending)]])],
-             [Stage("2. Three beginnings", [[[latent]], seeds])])
+             [Stage("1. The ending", [[column(clip[0], clip[1]), column(clip[2], ending)]]),
+              Stage("2. Extend it backward", [[[latent]]])],
+             [Stage("3. Three beginnings", [seeds])])
     return g
 
 
@@ -539,7 +552,7 @@ def seamless_loop() -> Graph:
     latent = g.add("SoraLoop", vae=loader["vae"], video=clip[-1][0], transition_frames=8, context_frames=8)
     sampler = sample(g, loader, pos, neg, latent[0], seed=42, title="Close the loop")
     looped = decode(g, loader, sampler)
-    out = save(g, looped, "seamless_loop", title="Loop (plays on repeat)")
+    out = save(g, loader, pos, looped, "seamless_loop", title="Loop (plays on repeat)", operation="loop")
     g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
              [Stage("1. A clip", [chain(*clip)]),
               Stage("2. Close the loop", [chain(latent, sampler, looped, out)])])
@@ -548,23 +561,24 @@ def seamless_loop() -> Graph:
 
 def video_to_video_sdedit() -> Graph:
     g = Graph("Video to video (SDEdit)", "Edits a video with a new prompt while keeping its layout and motion: "
-              "**VAE Encode**, then **SDEdit Noise** noises it part-way (strength 0 = keep, 1 = ignore the "
-              "input) and the sampler re-draws it following the new prompt. To edit your own video, load it "
+              "**VAE Encode**, then **SDEdit Noise** sets how much changes (strength 0 = keep, 1 = ignore the "
+              "input) and the sampler noises it that far with its seed and re-draws it following the new prompt. "
+              "To edit your own video, load it "
               "(e.g. core Load Video + Get Video Components), scale it to a multiple of 8 pixels and pass it "
               "through **Trim Frames** (1 + 4k frames).")
     loader, neg = load(g)
     source_prompt = prompt(g, loader, CAPTION, "Source prompt")
     clip = generate(g, loader, source_prompt, neg, seed=51, title="Generate a source clip")
-    source = save(g, clip[-1], "sdedit_source", title="Source")
+    source = save(g, loader, source_prompt, clip[-1], "sdedit_source", title="Source")
     trimmed = g.add("SoraTrimFrames", images=clip[-1][0], drop_from="end", max_frames=0)
     latent = g.add("SoraVAEEncode", vae=loader["vae"], images=trimmed[0])
-    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6, seed=52)
+    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6)
     edit = ("A video clip of a medium-sized yellow star on a forest green background. Starting near the left edge, "
             "the medium-sized yellow star moves steadily to the right. The shot is static, with no camera movement.")
     edit_prompt = prompt(g, loader, edit, "Edit prompt")
     sampler = sample(g, loader, edit_prompt, neg, noised[0], seed=53, title="Re-draw")
     edited = decode(g, loader, sampler)
-    out = save(g, edited, "sdedit_edited", title="Edited")
+    out = save(g, loader, edit_prompt, edited, "sdedit_edited", title="Edited", operation="edit", sources=source)
     g.layout([Stage("Model and prompts", [[column(loader, source_prompt, edit_prompt, neg)]])],
              [Stage("1. A source clip", [chain(*clip, source)]),
               Stage("2. Re-draw it", [[column(trimmed, latent, noised), [sampler], [edited], [out]]])])
@@ -589,7 +603,8 @@ def connect_two_clips() -> Graph:
                    context_frames=8)
     sampler = sample(g, loader, transition_prompt, neg, latent[0], seed=63, title="Transition")
     joined = decode(g, loader, sampler)
-    out = save(g, joined, "connect_two_clips", title="First + transition + second")
+    out = save(g, loader, transition_prompt, joined, "connect_two_clips", title="First + transition + second",
+               operation="connect")
     g.layout([Stage("Model and prompts", [[column(loader, first_prompt, second_prompt, neg)]])],
              [[Stage("1. First clip", [chain(*first[:2])]), Stage("2. Second clip", [chain(*second[:2])])],
               Stage("3. Connect them", [[column(first[2], second[2]), column(latent, transition_prompt), [sampler],
@@ -606,7 +621,7 @@ def recaption() -> Graph:
     pos = g.add("SoraTextEncode", title="Positive prompt (the caption)", text_encoder=loader["text_encoder"],
                 text=caption[0])
     clip = generate(g, loader, pos, neg, seed=71, title="Sample")
-    out = save(g, clip[-1], "recaption")
+    out = save(g, loader, pos, clip[-1], "recaption")
     g.layout([Stage("Model", [[column(loader, neg)]])],
              [Stage("1. A short prompt becomes a caption", [chain(caption, pos)]),
               Stage("2. Generate", [chain(*clip, out)])])

@@ -5,15 +5,14 @@
 ComfyUI's frontend asks for a custom pack's template thumbnail as `<workflow name>.jpg` beside the
 workflow's JSON. Each workflow is run headless here (UI -> API as the frontend converts it, core
 nodes replaced by the small doubles in tests/workflow_api.py) with the default model (or SORA_MODEL),
-and every file it saves becomes part of a small square contact sheet: a video as frames spread
-over its length, an image as itself.
+and every clip its Sora Save nodes save becomes part of a small square contact sheet: a video as
+frames spread over its length, an image as itself.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 
@@ -21,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nodes import NODE_CLASS_MAPPINGS
+from nodes import NODE_CLASS_MAPPINGS, host
 from sora_core.fsutil import atomic_write
-from tests.workflow_api import CORE_DOUBLES, Recorder, class_specs, execute, ui_to_api
+from tests.workflow_api import CORE_DOUBLES, class_specs, execute, ui_to_api
 
 SIDE = 320  # pixels; the browser shows cards at about 200-300 px
 GUTTER = 4
@@ -66,27 +65,29 @@ def contact_sheet(videos: list[torch.Tensor], side: int = SIDE) -> Image.Image:
     return sheet
 
 
+SAVE_NODES = ("SoraSaveVideo", "SoraSaveImage")
+
+
 def saved_outputs(workflow: dict) -> list[torch.Tensor]:
-    """Run a UI-format workflow headless; the frames of every file it saves, in graph order (not previews)."""
+    """Run a UI-format workflow headless; the frames of every file it saves, in graph order (not previews).
+    The save nodes write their files into host.OUTPUT_DIR."""
     classes = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES}
-    Recorder.saved = {}
-    execute(ui_to_api(workflow, class_specs(classes)), classes)
-    return [frames for key, frames in Recorder.saved.items() if not key.startswith("preview")]
+    prompt = ui_to_api(workflow, class_specs(classes))
+    outputs, _ = execute(prompt, classes)
+    return [outputs[nid][0] for nid in sorted(prompt, key=int) if prompt[nid]["class_type"] in SAVE_NODES]
 
 
 def write_thumbnails(folder: Path, names: list[str]) -> list[Path]:
     """<name>.jpg for each <name>.json in `folder`; returns the files written."""
     written = []
+    saved_to = host.OUTPUT_DIR
     with tempfile.TemporaryDirectory() as scratch:
-        cwd = os.getcwd()
-        os.chdir(scratch)  # the core save doubles write nothing, but our own save nodes would write output/ here
+        host.OUTPUT_DIR = Path(scratch)  # the workflows' own saved files are not wanted
         try:
             for name in names:
-                workflow = json.loads((folder / f"{name}.json").read_text())
-                sheet = contact_sheet(saved_outputs(workflow))
-                path = atomic_write(folder / f"{name}.jpg",
-                                    lambda tmp: sheet.save(tmp, "JPEG", quality=QUALITY, optimize=True))
-                written.append(path)
+                sheet = contact_sheet(saved_outputs(json.loads((folder / f"{name}.json").read_text())))
+                written.append(atomic_write(folder / f"{name}.jpg",
+                                            lambda tmp: sheet.save(tmp, "JPEG", quality=QUALITY, optimize=True)))
         finally:
-            os.chdir(cwd)
+            host.OUTPUT_DIR = saved_to
     return written
