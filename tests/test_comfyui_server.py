@@ -220,7 +220,7 @@ def test_taesd_previews_show_the_decoded_colours(server, object_info):
     prompt, _ = _text_to_video(object_info, seed=626262, steps=6)
     seen = _watch(server, prompt, extra_data={"preview_method": "taesd"})
     assert seen["end"] == "execution_success" and seen["last_preview"]
-    save = next(k for k, n in prompt.items() if n["class_type"] == "SaveAnimatedWEBP")
+    save = next(k for k, n in prompt.items() if n["class_type"] == "SoraSaveVideo")
     deadline = time.time() + 60
     while not (entry := server.get(f"/history/{seen['prompt_id']}").get(seen["prompt_id"])):  # written just after
         assert time.time() < deadline
