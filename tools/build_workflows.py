@@ -193,35 +193,42 @@ class Stage:
     """A group: rows of columns of nodes, each column stacked top to bottom."""
     title: str
     rows: list[list[list[Node]]]
-    preview_room: bool = True  # keep a preview's height free below a sampler that ends a column
     box: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # x, y, w, h of the group
 
     def _row_height(self, row: list[list[Node]]) -> int:
-        return max(sum(TITLE_H + n.size()[1] for n in col) + GAP * (len(col) - 1) + self._clearance(col[-1])
-                   for col in row)
+        return max(sum(TITLE_H + n.size()[1] for n in col) + GAP * (len(col) - 1) + _clearance(col[-1]) for col in row)
 
-    def _clearance(self, node: Node) -> int:
-        """A sampler grows by a preview's height while it runs with live previews on."""
-        return PREVIEW_H if self.preview_room and node.type == "SoraDiTSampler" else 0
+    def _column_widths(self) -> list[int]:
+        """The i-th columns of all rows share a width, so rows line up."""
+        count = max(len(row) for row in self.rows)
+        return [max(max(n.size()[0] for n in row[i]) for row in self.rows if i < len(row)) for i in range(count)]
 
     def measure(self) -> tuple[int, int]:
-        width = max(sum(max(n.size()[0] for n in col) for col in row) + COL_GAP * (len(row) - 1) for row in self.rows)
+        widths = self._column_widths()
+        width = max(sum(widths[: len(row)]) + COL_GAP * (len(row) - 1) for row in self.rows)
         height = sum(self._row_height(row) for row in self.rows) + GAP * (len(self.rows) - 1)
         return width + 2 * GROUP_PAD, GROUP_HEAD + height + GROUP_PAD
 
     def place(self, x: int, y: int) -> None:
         w, h = self.measure()
         self.box = [x, y, w, h]
+        widths = self._column_widths()
         top = y + GROUP_HEAD
         for row in self.rows:
             left = x + GROUP_PAD
-            for col in row:
+            for col, width in zip(row, widths):
                 ny = top
                 for n in col:
                     n.pos = [left, ny + TITLE_H]
                     ny += TITLE_H + n.size()[1] + GAP
-                left += max(n.size()[0] for n in col) + COL_GAP
+                left += width + COL_GAP
             top += self._row_height(row) + GAP
+
+
+def _clearance(node: Node) -> int:
+    """Room kept free below a sampler that ends a column: it grows by a preview's height while it
+    runs with live previews on."""
+    return PREVIEW_H if node.type == "SoraDiTSampler" else 0
 
 
 def column(*nodes: Node) -> list[Node]:
@@ -436,18 +443,16 @@ def aspect_ratios() -> Graph:
               "in view instead of cropping it. Pick the ratio and the long side in **Patchify Grid**.")
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
-    rows, saves = [], []
+    grids, samplers, decodes, saves = [], [], [], []
     for ratio, long_side, name in (("16:9", 88, "widescreen"), ("9:16", 88, "vertical"), ("1:1", 64, "square")):
-        latent = g.add("SoraPatchifyGrid", vae=loader["vae"], aspect_ratio=ratio, long_side=long_side,
-                       frames=VIDEO["frames"])
-        sampler = sample(g, loader, pos, neg, latent[0], seed=3, title=f"Sample {ratio}")
-        frames = decode(g, loader, sampler)
-        rows.append(chain(latent, sampler, frames))
-        saves.append(save(g, loader, pos, frames, f"aspect_{name}", title=f"{ratio} {name}"))
-    # Rows of three samplers (no room below them for live previews) and the tall save nodes beside
-    # them, two and one: in rows of their own the graph would be too tall to read when it opens.
+        grids.append(g.add("SoraPatchifyGrid", vae=loader["vae"], aspect_ratio=ratio, long_side=long_side,
+                           frames=VIDEO["frames"]))
+        samplers.append(sample(g, loader, pos, neg, grids[-1][0], seed=3, title=f"Sample {ratio}"))
+        decodes.append(decode(g, loader, samplers[-1]))
+        saves.append(save(g, loader, pos, decodes[-1], f"aspect_{name}", title=f"{ratio} {name}"))
+    # One column per shape, read top to bottom; the tall save nodes beside them, two and one.
     g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
-             [Stage("1. Three shapes, one seed", rows, preview_room=False)],
+             [Stage("1. Three shapes, one seed", [chain(*grids), chain(*samplers), chain(*decodes)])],
              [Stage("2. The videos", [[column(saves[0], saves[2]), [saves[1]]]])])
     return g
 
