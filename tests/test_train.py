@@ -14,7 +14,7 @@ from sora_core.checkpoint import SoraModel, load_checkpoint, save_checkpoint
 from sora_core.config import preset
 from sora_core.flow import sample_training_t
 from sora_core.text import tokenize
-from sora_core.train.dit import MASK_MIX, Denoiser, condition_mask, pick_texts
+from sora_core.train.dit import MASK_MIX, Denoiser, condition_mask, pick_texts, warm_start
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,3 +162,37 @@ def test_train_default_runs_the_whole_recipe_vae_then_dit_and_resumes_without_re
 
     r = _cli(args + ["--dit-steps", "0"])
     assert r.returncode != 0 and "--dit-steps=0 is not allowed" in r.stderr
+
+
+def test_warm_start_carries_a_model_into_a_grown_config_and_computes_the_same():
+    from dataclasses import replace
+
+    old_cfg = preset("micro")
+    new_cfg = replace(old_cfg, text=replace(old_cfg.text, max_tokens=old_cfg.text.max_tokens + 16),
+                      dit=replace(old_cfg.dit, abs_pos=True))
+    torch.manual_seed(0)
+    old, new = SoraModel(old_cfg), SoraModel(new_cfg)
+    for p in old.parameters():  # trained-looking weights: nothing left at its zero init
+        p.data.normal_(0, 0.2)
+    assert "grown" in warm_start(new.text, old.text.state_dict())
+    report = warm_start(new.dit, old.dit.state_dict())
+    assert "pos_embed.weight" in report
+    ids, mask = tokenize(["a red ball moves left"], old_cfg.text.vocab_size, old_cfg.text.max_tokens)
+    ids2, mask2 = tokenize(["a red ball moves left"], new_cfg.text.vocab_size, new_cfg.text.max_tokens)
+    x, t = torch.randn(1, old_cfg.dit.latent_channels, 2, 4, 4), torch.full((1, 2), 0.5)
+    with torch.no_grad():
+        ref = old.dit(x, t, old.text(ids, mask), mask)
+        got = new.dit(x, t, new.text(ids2, mask2), mask2)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # and training can move the new embedding: it is a real parameter
+        new.dit.pos_embed.weight.normal_(0, 0.5)
+        assert not torch.allclose(new.dit(x, t, new.text(ids2, mask2), mask2), ref)
+
+
+def test_warm_start_refuses_shapes_it_cannot_carry():
+    from dataclasses import replace
+
+    cfg = preset("micro")
+    wider = SoraModel(replace(cfg, dit=replace(cfg.dit, dim=cfg.dit.dim + 16)))
+    with pytest.raises(ValueError, match=r"--init: .* has shape"):
+        warm_start(SoraModel(cfg).dit, wider.dit.state_dict())

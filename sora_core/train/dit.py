@@ -136,8 +136,9 @@ def run(args: argparse.Namespace) -> Path:
     model.vae.load_state_dict(vae_model.vae.state_dict())
     if args.init:
         init = load_checkpoint(args.init, parts=("text", "dit"))
-        model.text.load_state_dict(init.text.state_dict())
-        model.dit.load_state_dict(init.dit.state_dict())
+        for name, report in (("text", warm_start(model.text, init.text.state_dict())),
+                             ("dit", warm_start(model.dit, init.dit.state_dict()))):
+            print(f"--init {name}: {report}")
     model.to(d.device)
     model.vae.requires_grad_(False).eval()
     preview = fit_latent_rgb(model.vae)  # latent -> RGB factors for live previews, stored with the model
@@ -214,6 +215,37 @@ def run(args: argparse.Namespace) -> Path:
         check_ranks_agree(denoiser, d)
     cleanup_distributed()
     return out / "model.safetensors"
+
+
+@torch.no_grad()
+def warm_start(module: nn.Module, source: dict[str, torch.Tensor]) -> str:
+    """Start `module` from an older checkpoint's weights where they fit, so a config change does not
+    throw away what was learned. A tensor of the same shape is copied; one whose first dimension grew
+    (a text encoder reading more tokens) keeps the old rows and zeros the new ones; a tensor the old
+    model lacks (a new embedding, e.g. the DiT's absolute position) is zeroed, so the warm-started
+    network computes exactly what the old one did until training moves it. Other shapes are refused.
+    """
+    copied, grown, zeroed = 0, 0, []
+    for name, param in module.state_dict().items():
+        old = source.get(name)
+        if old is None:
+            param.zero_()
+            zeroed.append(name)
+        elif old.shape == param.shape:
+            param.copy_(old)
+            copied += 1
+        elif old.dim() == param.dim() and old.shape[1:] == param.shape[1:] and old.shape[0] < param.shape[0]:
+            param.zero_()
+            param[: old.shape[0]].copy_(old)
+            grown += 1
+        else:
+            raise ValueError(f"--init: {name} has shape {tuple(old.shape)} in the checkpoint, "
+                             f"{tuple(param.shape)} in the model being trained; only growth of the first "
+                             f"dimension is allowed")
+    unused = sorted(set(source) - set(module.state_dict()))
+    if unused:
+        raise ValueError(f"--init: the checkpoint has tensors this model does not: {unused[:5]}")
+    return f"{copied} copied, {grown} grown, {len(zeroed)} new and zeroed {zeroed}"
 
 
 def parse_bucket_weights(text: str) -> dict:
