@@ -16,8 +16,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-# Arguments of each stage, per profile. `cpu` is what trained the shipped weights (see the README's
-# model card); `gpu` is the same recipe at the batch and step count a GPU affords in ~10 minutes;
+# Arguments of each stage, per profile. `cpu` is the from-scratch recipe for 2 CPU cores (the shipped
+# weights came from a warm-started chain of runs: docs/training.md section 4); `gpu` is the same recipe at the batch and step count a GPU affords in ~10 minutes;
 # `micro` exercises every code path in seconds (tests).
 DIT_BUCKETS = ["--resolutions", "32px,64px,128px", "--frames", "1,9,17,33",
                "--bucket-weights", "1:2,9:1,17:3,33:1,32px:0.4,128px:0.3"]
