@@ -150,10 +150,13 @@ def _connect(args) -> int:
 
 
 def _edit(args) -> int:
+    from .io import check_output
+
     pipe = _pipeline(args, None)
     video = _load_frames(pipe, args.video, args.width, args.height)
     tf = pipe.config.vae.temporal_factor
     video = video[: 1 + (video.shape[0] - 1) // tf * tf]  # the longest valid 1 + 4k prefix
+    check_output(args.output, args.fps, frames=video.shape[0])  # the count is known only now (JPEG: one frame)
     frames = pipe.edit(video, _prompt(args), args.strength, **_sampling(args))
     _save(frames, args.output, args.fps, args.provenance)
     return 0

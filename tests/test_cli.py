@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sora_core.__main__ import main
-from sora_core.io import read_video
+from sora_core.io import read_video, write_video
 from sora_core.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +101,16 @@ def test_an_absurd_size_is_refused_before_sampling(capsys, tmp_path, micro_check
                            "--max-tokens", 10, "--model", micro_checkpoint, "--no-recaption", "--no-provenance")
     assert status == 2 and "32x32 px x 17 frames is 80 DiT tokens; the limit is 10 (as asked" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_edit_into_a_jpeg_is_refused_before_sampling_once_its_length_is_known(capsys, tmp_path, micro_checkpoint,
+                                                                                 monkeypatch):
+    source = tmp_path / "clip.png"
+    write_video(source, np.random.default_rng(0).integers(0, 255, (9, 16, 16, 3), dtype=np.uint8), 8, provenance=None)
+    monkeypatch.setattr(Pipeline, "edit", lambda *a, **k: pytest.fail("sampled"))
+    status, err = run_main(capsys, "edit", source, "x", "-o", tmp_path / "x.jpg", "--model", micro_checkpoint,
+                           "--no-recaption", "--no-provenance")
+    assert status == 2 and err == f"error: cannot write 9 frames to '{tmp_path / 'x.jpg'}': JPEG holds one frame; use .png/.gif/.webp/.mp4\n"
 
 
 def test_debug_shows_the_traceback_instead(capsys, tmp_path):
