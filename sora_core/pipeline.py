@@ -22,7 +22,7 @@ from .budget import Budget
 from .checkpoint import SoraModel, load_checkpoint
 from .dit import DiT
 from .flow import check_sampling, get_sampler, noise_to_start, resolution_shift, sigmas_for
-from .patch import check_frame_count, check_pixel_size
+from .patch import check_frame_count, check_pixel_size, is_whole
 from .text import pad_text
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sora-tiny.safetensors"
@@ -175,7 +175,7 @@ class Pipeline:
         if not prompt.strip():
             raise ValueError("prompt is empty; describe the video to generate")
         chunk = kw.get("decode_chunk", 4)
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        if not is_whole(chunk) or chunk < 1:
             raise ValueError(f"decode_chunk={chunk!r} is not allowed: use an integer >= 1 (latent frames per step)")
         check_sampling(**{k: v for k, v in kw.items() if k not in ("negative", "decode_chunk", "progress")})
 
