@@ -163,6 +163,9 @@ class Pipeline:
         latents = sample_window(self.model.dit, window.samples, window.strength, self.encode_text(prompt),
                                 self.encode_text(negative), callback=callback, **sampling)
         video = self.model.vae.decode(latents.to(next(self.model.vae.parameters()).dtype), chunk=decode_chunk)
+        if not torch.isfinite(video).all():  # the latents are finite (sample_window checks), so the VAE overflowed
+            raise FloatingPointError("the VAE decoded NaN/inf from finite latents; its dtype may be too narrow "
+                                     "(load the model in float32)")
         frames = cond.video_to_frames(video.float()).cpu()
         return window.splice.apply(frames) if window.splice else frames
 

@@ -220,3 +220,12 @@ def test_an_edit_is_checked_before_its_clip_is_encoded(pipe, monkeypatch):
     monkeypatch.setattr(cond, "encode_frames", lambda *a: pytest.fail("encoded"))
     with pytest.raises(BudgetError, match=r"edit: 64x64 px x 33 frames needs about .* VAE encode"):
         pipe.edit(torch.rand(33, 64, 64, 3), "x", 0.5, **KW)
+
+
+def test_a_vae_that_overflows_is_named_instead_of_returning_nan_frames(micro_checkpoint):
+    broken = Pipeline.load(micro_checkpoint)
+    with torch.no_grad():
+        for layer in (0, 2):  # finite weights whose activations overflow float32
+            broken.model.vae.decoder.net[layer].conv.weight.mul_(1e38)
+    with pytest.raises(FloatingPointError, match="the VAE decoded NaN/inf from finite latents"):
+        broken.generate("x", 16, 16, 5, **KW)
