@@ -169,8 +169,13 @@ class Pipeline:
         frames = cond.video_to_frames(video.float()).cpu()
         return window.splice.apply(frames) if window.splice else frames
 
+    _SETTINGS = ("negative", "seed", "steps", "cfg", "shift", "sampler", "decode_chunk", "progress")
+
     def _check_request(self, prompt, kw: dict) -> None:
         """The prompts and sampling settings, before any work."""
+        unknown = [k for k in kw if k not in self._SETTINGS]
+        if unknown:  # named here: check_sampling would name itself, not the caller's argument
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the settings are {', '.join(self._SETTINGS)}")
         for name, text in (("prompt", prompt), ("negative", kw.get("negative", ""))):
             if not isinstance(text, str):
                 raise TypeError(f"{name} must be a string; got {type(text).__name__}"

@@ -183,6 +183,11 @@ def test_sampling_settings_are_refused_by_name(pipe, settings, message):
         pipe.generate("x", 16, 16, 5, **(KW | settings))
 
 
+def test_a_misspelt_setting_is_named_as_the_callers_argument(pipe):
+    with pytest.raises(TypeError, match=r"^unexpected keyword argument 'stepz'; the settings are negative, seed, steps"):
+        pipe.generate("x", 16, 16, 5, stepz=2)
+
+
 def test_every_comfyui_seed_works_and_numpy_seeds_too(pipe):
     import numpy as np
 
