@@ -43,6 +43,7 @@ def _pipeline(args, out_frames: int | None):
         budget = Budget(max_tokens=args.max_tokens, max_memory=parse_size(args.max_memory) if args.max_memory else None)
     except ValueError as err:
         raise ValueError(f"--max-memory: {err}") from None
+    budget.token_limit(), budget.memory_limit("cpu")  # a bad SORA_MAX_TOKENS / SORA_MAX_MEMORY fails now
     args.provenance = _provenance(args)
     pipe = Pipeline.load(args.model)
     pipe.budget = budget

@@ -85,6 +85,18 @@ def test_errors_found_before_any_work_are_one_line_and_exit_2(capsys, tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("variable,message", [
+    ("SORA_MAX_TOKENS", "error: SORA_MAX_TOKENS='lots' is not allowed: use a positive integer\n"),
+    ("SORA_MAX_MEMORY", "error: SORA_MAX_MEMORY: memory size 'lots' is not allowed: use a positive size such as 16GB, "
+                        "512MB or 1.5T\n"),
+])
+def test_a_bad_limit_in_the_environment_is_named_before_loading(capsys, tmp_path, monkeypatch, variable, message):
+    monkeypatch.setenv(variable, "lots")
+    monkeypatch.setattr(Pipeline, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    status, err = run_main(capsys, "generate", "x", "-o", tmp_path / "x.gif", "--no-recaption", "--no-provenance")
+    assert status == 2 and err == message
+
+
 def test_a_missing_input_file_is_named_before_loading(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(Pipeline, "load", lambda *a, **k: pytest.fail("loaded the model"))
     status, err = run_main(capsys, "animate", tmp_path / "still.png", "x", "-o", tmp_path / "x.gif")
