@@ -19,6 +19,8 @@ TEMPORAL_FACTOR = 4  # frames per latent frame in every preset's VAE; Trim Frame
 
 def preset_size(aspect_ratio: str, long_side: int, multiple: int) -> tuple[int, int]:
     """(width, height) of an aspect ratio with the given long side, the short side rounded to `multiple`."""
+    if aspect_ratio not in ASPECT_RATIOS or ASPECT_RATIOS[aspect_ratio] is None:
+        raise ValueError(f"aspect_ratio={aspect_ratio!r} is not allowed; use one of {list(ASPECT_RATIOS)}")
     if long_side < multiple or long_side % multiple:
         raise ValueError(f"long_side={long_side} is not allowed: it must be a positive multiple of {multiple}")
     w, h = ASPECT_RATIOS[aspect_ratio]

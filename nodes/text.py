@@ -28,6 +28,8 @@ class SoraTextEncode:
         }}
 
     def encode(self, text_encoder, text):
+        if not isinstance(text, str):  # a linked STRING output can be anything
+            raise TypeError(f"text must be a string (the prompt, '' for none); got {type(text).__name__}")
         module = text_encoder.load()
         with torch.no_grad():
             emb, mask = module.encode([text])

@@ -25,6 +25,11 @@ except Exception:  # noqa: BLE001 - any import failure just means "not available
 
 BACKENDS = ("auto", "sdpa", "xformers")
 MATH_SCORES_LIMIT = 1 << 24
+# A CPU runs one attention call without returning to Python, so Ctrl-C waits for it: at the default
+# token limit (65536) a call takes about two CPU minutes. Longer calls go in blocks of queries of at
+# most this many scores (about a CPU second each); every query row is computed alone, so the result
+# is bit-identical.
+CPU_BLOCK_SCORES = 1 << 28
 
 
 def backend_for(device: torch.device) -> str:
@@ -61,6 +66,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
             and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= MATH_SCORES_LIMIT):
         return _math_attention(q, k, v, key_mask)
     mask = None if key_mask is None else key_mask[:, None, None, :]
+    b, h, n, m = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    if q.device.type == "cpu" and b * h * n * m > CPU_BLOCK_SCORES:
+        step = max(1, CPU_BLOCK_SCORES // (b * h * m))
+        return torch.cat([F.scaled_dot_product_attention(q[:, :, i : i + step], k, v, attn_mask=mask)
+                          for i in range(0, n, step)], dim=2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

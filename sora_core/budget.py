@@ -184,7 +184,7 @@ def check(config: SoraConfig, *, what: str, width: int, height: int, frames: int
     """`estimate`, refused with a BudgetError when it passes the token or memory limit."""
     budget = budget or Budget()
     est = estimate(config, width=width, height=height, frames=frames, batch=batch, device=device, **kw)
-    size = f"{width}x{height} px x {frames} frame{'s' * (frames != 1)}"
+    size = f"{width}x{height} px x {frames} frame{'' if frames == 1 else 's'}"
     if batch > 1:
         size = f"{batch} videos of {size}"
     if "sample" in kw.get("stages", ("sample",)):

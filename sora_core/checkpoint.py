@@ -117,6 +117,11 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
             shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
             raise ValueError(f"{str(path)!r} does not match its config: {shown}")
         state = {name: f.get_tensor(name) for name in expected}
+    # NaN / inf weights give NaN frames, or nothing visible at all, only after sampling
+    broken = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        shown = ", ".join(broken[:4]) + (f" and {len(broken) - 4} more" if len(broken) > 4 else "")
+        raise ValueError(f"{str(path)!r} holds NaN or inf values in {shown}; the checkpoint is broken")
     if "vae.latent_std" in state and not bool((state["vae.latent_std"] > 0).all()):
         raise ValueError(f"{str(path)!r} has a zero or negative vae.latent_std {state['vae.latent_std'].flatten().tolist()}; "
                          f"latents are divided by it, so the checkpoint is broken")

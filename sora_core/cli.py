@@ -43,6 +43,7 @@ def _pipeline(args, out_frames: int | None):
         budget = Budget(max_tokens=args.max_tokens, max_memory=parse_size(args.max_memory) if args.max_memory else None)
     except ValueError as err:
         raise ValueError(f"--max-memory: {err}") from None
+    budget.token_limit(), budget.memory_limit("cpu")  # a bad SORA_MAX_TOKENS / SORA_MAX_MEMORY fails now
     args.provenance = _provenance(args)
     pipe = Pipeline.load(args.model)
     pipe.budget = budget
@@ -150,10 +151,13 @@ def _connect(args) -> int:
 
 
 def _edit(args) -> int:
+    from .io import check_output
+
     pipe = _pipeline(args, None)
     video = _load_frames(pipe, args.video, args.width, args.height)
     tf = pipe.config.vae.temporal_factor
     video = video[: 1 + (video.shape[0] - 1) // tf * tf]  # the longest valid 1 + 4k prefix
+    check_output(args.output, args.fps, frames=video.shape[0])  # the count is known only now (JPEG: one frame)
     frames = pipe.edit(video, _prompt(args), args.strength, **_sampling(args))
     _save(frames, args.output, args.fps, args.provenance)
     return 0

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .config import SoraConfig
-from .patch import check_frame_count, check_pixel_size, latent_frames
+from .patch import check_frame_count, check_pixel_size, is_whole, latent_frames
 from .vae import VideoVAE
 
 
@@ -100,9 +100,9 @@ SEAM_BLEND = 4
 
 
 def _check_blend(blend_frames: int) -> int:
-    if isinstance(blend_frames, bool) or not isinstance(blend_frames, int) or blend_frames < 0:
+    if not is_whole(blend_frames) or blend_frames < 0:
         raise ValueError(f"blend_frames={blend_frames!r} is not allowed: use an integer >= 0 (0 = hard cut)")
-    return blend_frames
+    return int(blend_frames)
 
 
 def as_frames(name: str, frames) -> torch.Tensor:
@@ -133,12 +133,14 @@ def as_frames(name: str, frames) -> torch.Tensor:
 
 
 def check_chunks(name: str, value: int, tf: int, minimum: int = 1) -> int:
-    if not isinstance(value, int) or value < minimum * tf or value % tf:
+    if not is_whole(value):
+        raise ValueError(f"{name}={value!r} is not allowed: use a whole number of frames, a multiple of {tf}")
+    if value < minimum * tf or value % tf:
         raise ValueError(
             f"{name}={value} is not allowed: use a multiple of {tf} frames, at least {minimum * tf} "
             f"(the VAE compresses {tf} frames into one latent frame)"
         )
-    return value // tf
+    return int(value) // tf
 
 
 def _vae_dtype(vae: VideoVAE) -> torch.dtype:
@@ -162,8 +164,8 @@ def _window(parts: list[tuple[torch.Tensor | int, float]], like: torch.Tensor) -
     samples, strength = [], []
     b, c, _, h, w = like.shape
     for part, s in parts:
-        if isinstance(part, int):
-            part = torch.zeros(b, c, part, h, w, dtype=like.dtype, device=like.device)
+        if not isinstance(part, torch.Tensor):  # a count of new latent frames
+            part = torch.zeros(b, c, int(part), h, w, dtype=like.dtype, device=like.device)
         samples.append(part)
         strength.append(torch.full((b, part.shape[2]), float(s), device=like.device))
     return torch.cat(samples, dim=2), torch.cat(strength, dim=1)
@@ -173,7 +175,7 @@ def empty_window(config: SoraConfig, width: int, height: int, frames: int, batch
     """Text-to-video: `batch` videos of width x height px x `frames` frames, every frame generated."""
     check_pixel_size(width, height, config.pixel_multiple)
     t = latent_frames(frames, config.vae.temporal_factor)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    if not is_whole(batch) or batch < 1:
         raise ValueError(f"batch={batch!r} is not allowed: use an integer >= 1")
     s = config.vae.spatial_factor
     return Window(torch.zeros(batch, config.vae.latent_channels, t, height // s, width // s), torch.ones(batch, t))

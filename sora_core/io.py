@@ -513,8 +513,13 @@ def check_output(path: str | os.PathLike, fps: float, *, frames: int | None = No
         folder = folder.parent
     if not folder.is_dir():
         raise NotADirectoryError(f"cannot write {str(p)!r}: {str(folder)!r} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {str(p)!r}: the folder {str(folder)!r} is not writable")
+    try:  # create a file for real: permission bits say nothing for root, a read-only mount or /proc
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sora-write-check.")
+    except OSError as err:
+        raise PermissionError(f"cannot write {str(p)!r}: no file can be made in the folder {str(folder)!r} "
+                              f"({err.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
     return p
 
 

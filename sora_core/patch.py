@@ -6,6 +6,8 @@ assumes a square or a fixed size. Positions feed 3D RoPE, so one model serves ev
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from einops import rearrange
 
@@ -17,10 +19,18 @@ def nearest_multiples(value: int, multiple: int) -> list[int]:
     return sorted({below, above})
 
 
+def is_whole(value) -> bool:
+    """An integer as users pass them (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_pixel_size(width: int, height: int, multiple: int) -> None:
     """Raise a ValueError naming the bad size, its value and the nearest valid ones."""
     for name, value in (("width", width), ("height", height)):
-        if not isinstance(value, int) or value < multiple or value % multiple:
+        if not is_whole(value):
+            raise ValueError(f"{name}={value!r} is not allowed: use a whole number of pixels, a positive multiple "
+                             f"of {multiple}")
+        if value < multiple or value % multiple:
             raise ValueError(
                 f"{name}={value} is not allowed: it must be a positive multiple of {multiple}; "
                 f"nearest valid: {nearest_multiples(int(value), multiple)}"
@@ -29,7 +39,10 @@ def check_pixel_size(width: int, height: int, multiple: int) -> None:
 
 def check_frame_count(frames: int, temporal_factor: int) -> None:
     """Frame counts must be 1 + k * temporal_factor (frame 0 is encoded on its own)."""
-    if not isinstance(frames, int) or frames < 1 or (frames - 1) % temporal_factor:
+    if not is_whole(frames):
+        raise ValueError(f"frames={frames!r} is not allowed: use a whole number of frames, 1 + {temporal_factor}*k "
+                         f"(1, {1 + temporal_factor}, {1 + 2 * temporal_factor}, ...)")
+    if frames < 1 or (frames - 1) % temporal_factor:
         k = max(0, (int(frames) - 1) // temporal_factor)
         options = sorted({1 + k * temporal_factor, 1 + (k + 1) * temporal_factor})
         raise ValueError(

@@ -22,7 +22,7 @@ from .budget import Budget
 from .checkpoint import SoraModel, load_checkpoint
 from .dit import DiT
 from .flow import check_sampling, get_sampler, noise_to_start, resolution_shift, sigmas_for
-from .patch import check_frame_count, check_pixel_size
+from .patch import check_frame_count, check_pixel_size, is_whole
 from .text import pad_text
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sora-tiny.safetensors"
@@ -163,11 +163,19 @@ class Pipeline:
         latents = sample_window(self.model.dit, window.samples, window.strength, self.encode_text(prompt),
                                 self.encode_text(negative), callback=callback, **sampling)
         video = self.model.vae.decode(latents.to(next(self.model.vae.parameters()).dtype), chunk=decode_chunk)
+        if not torch.isfinite(video).all():  # the latents are finite (sample_window checks), so the VAE overflowed
+            raise FloatingPointError("the VAE decoded NaN/inf from finite latents; its dtype may be too narrow "
+                                     "(load the model in float32)")
         frames = cond.video_to_frames(video.float()).cpu()
         return window.splice.apply(frames) if window.splice else frames
 
+    _SETTINGS = ("negative", "seed", "steps", "cfg", "shift", "sampler", "decode_chunk", "progress")
+
     def _check_request(self, prompt, kw: dict) -> None:
         """The prompts and sampling settings, before any work."""
+        unknown = [k for k in kw if k not in self._SETTINGS]
+        if unknown:  # named here: check_sampling would name itself, not the caller's argument
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the settings are {', '.join(self._SETTINGS)}")
         for name, text in (("prompt", prompt), ("negative", kw.get("negative", ""))):
             if not isinstance(text, str):
                 raise TypeError(f"{name} must be a string; got {type(text).__name__}"
@@ -175,7 +183,7 @@ class Pipeline:
         if not prompt.strip():
             raise ValueError("prompt is empty; describe the video to generate")
         chunk = kw.get("decode_chunk", 4)
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        if not is_whole(chunk) or chunk < 1:
             raise ValueError(f"decode_chunk={chunk!r} is not allowed: use an integer >= 1 (latent frames per step)")
         check_sampling(**{k: v for k, v in kw.items() if k not in ("negative", "decode_chunk", "progress")})
 

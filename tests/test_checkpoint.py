@@ -109,6 +109,19 @@ def test_a_zero_latent_std_is_refused_in_the_config_and_in_the_weights(tmp_path,
         load_checkpoint(path)
 
 
+def test_nan_or_inf_weights_are_refused_by_name(tmp_path, micro_model):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(micro_model, path)
+    tensors = dict(micro_model.state_dict())
+    tensors["vae.latent_mean"] = torch.full_like(tensors["vae.latent_mean"], float("nan"))
+    tensors["dit.blocks.0.attn.q_norm.weight"] = tensors["dit.blocks.0.attn.q_norm.weight"].clone()
+    tensors["dit.blocks.0.attn.q_norm.weight"][3] = float("inf")
+    save_file(tensors, path, metadata=read_metadata(path))
+    with pytest.raises(ValueError, match=r"holds NaN or inf values in vae\.latent_mean, "
+                                         r"dit\.blocks\.0\.attn\.q_norm\.weight; the checkpoint is broken"):
+        load_checkpoint(path)
+
+
 def test_a_safetensors_file_that_is_not_ours_is_refused(tmp_path):
     path = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, path)

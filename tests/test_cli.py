@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sora_core.__main__ import main
-from sora_core.io import read_video
+from sora_core.io import read_video, write_video
 from sora_core.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +85,18 @@ def test_errors_found_before_any_work_are_one_line_and_exit_2(capsys, tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("variable,message", [
+    ("SORA_MAX_TOKENS", "error: SORA_MAX_TOKENS='lots' is not allowed: use a positive integer\n"),
+    ("SORA_MAX_MEMORY", "error: SORA_MAX_MEMORY: memory size 'lots' is not allowed: use a positive size such as 16GB, "
+                        "512MB or 1.5T\n"),
+])
+def test_a_bad_limit_in_the_environment_is_named_before_loading(capsys, tmp_path, monkeypatch, variable, message):
+    monkeypatch.setenv(variable, "lots")
+    monkeypatch.setattr(Pipeline, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    status, err = run_main(capsys, "generate", "x", "-o", tmp_path / "x.gif", "--no-recaption", "--no-provenance")
+    assert status == 2 and err == message
+
+
 def test_a_missing_input_file_is_named_before_loading(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(Pipeline, "load", lambda *a, **k: pytest.fail("loaded the model"))
     status, err = run_main(capsys, "animate", tmp_path / "still.png", "x", "-o", tmp_path / "x.gif")
@@ -101,6 +113,16 @@ def test_an_absurd_size_is_refused_before_sampling(capsys, tmp_path, micro_check
                            "--max-tokens", 10, "--model", micro_checkpoint, "--no-recaption", "--no-provenance")
     assert status == 2 and "32x32 px x 17 frames is 80 DiT tokens; the limit is 10 (as asked" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_edit_into_a_jpeg_is_refused_before_sampling_once_its_length_is_known(capsys, tmp_path, micro_checkpoint,
+                                                                                 monkeypatch):
+    source = tmp_path / "clip.png"
+    write_video(source, np.random.default_rng(0).integers(0, 255, (9, 16, 16, 3), dtype=np.uint8), 8, provenance=None)
+    monkeypatch.setattr(Pipeline, "edit", lambda *a, **k: pytest.fail("sampled"))
+    status, err = run_main(capsys, "edit", source, "x", "-o", tmp_path / "x.jpg", "--model", micro_checkpoint,
+                           "--no-recaption", "--no-provenance")
+    assert status == 2 and err == f"error: cannot write 9 frames to '{tmp_path / 'x.jpg'}': JPEG holds one frame; use .png/.gif/.webp/.mp4\n"
 
 
 def test_debug_shows_the_traceback_instead(capsys, tmp_path):

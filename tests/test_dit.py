@@ -83,6 +83,39 @@ def test_sdpa_dispatch_matches_explicit_attention_math():
     assert torch.allclose(attn.attention(q, k, v, mask), expected, atol=1e-5)
 
 
+def test_long_cpu_attention_runs_in_query_blocks_with_a_bit_identical_result(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 300, 16, generator=g) for _ in range(3))
+    mask = torch.rand(2, 300, generator=g) > 0.2
+    whole = attn.attention(q, k, v, mask)
+    calls = []
+    sdpa = attn.F.scaled_dot_product_attention
+    monkeypatch.setattr(attn.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+    monkeypatch.setattr(attn, "CPU_BLOCK_SCORES", 2 * 2 * 300 * 64)  # 64 queries a block
+    assert torch.equal(attn.attention(q, k, v, mask), whole) and len(calls) == 5
+
+
+def test_ctrl_c_during_a_long_cpu_attention_stops_it_after_one_block(monkeypatch):
+    import _thread
+
+    q = k = v = torch.randn(1, 1, 512, 16)
+    rows = []
+    sdpa = attn.F.scaled_dot_product_attention
+
+    def block(q, *a, **kw):
+        out = sdpa(q, *a, **kw)
+        rows.append(q.shape[2])
+        if len(rows) == 1:
+            _thread.interrupt_main()  # SIGINT during the block's C++ code: Python handles it only now
+        return out
+
+    monkeypatch.setattr(attn.F, "scaled_dot_product_attention", block)
+    monkeypatch.setattr(attn, "CPU_BLOCK_SCORES", 16 * 512)  # blocks of 16 queries
+    with pytest.raises(KeyboardInterrupt):
+        attn.attention(q, k, v)
+    assert sum(rows) <= 2 * 16  # not the 512 rows of one uninterruptible call
+
+
 @pytest.mark.skipif(attn._xops is None or not torch.cuda.is_available(), reason="xformers on CUDA not available")
 def test_xformers_matches_sdpa(monkeypatch):
     q, k, v = (torch.randn(2, 4, 64, 32, device="cuda", dtype=torch.float16) for _ in range(3))

@@ -147,6 +147,13 @@ def test_output_is_checked_before_any_frames_exist(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.gif", "file"]  # nothing made
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_where_no_file_can_be_made_is_refused_before_any_work():
+    # /proc takes no new files, even from root, for whom the permission bits always say "writable"
+    with pytest.raises(PermissionError, match=r"cannot write '/proc/a\.gif': no file can be made in the folder '/proc'"):
+        check_output("/proc/a.gif", 8)
+
+
 def test_atomic_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     target = tmp_path / "out.gif"
     write_video(target, ramp(3), 8)

@@ -142,6 +142,11 @@ def test_text_encode_gives_core_conditioning_with_a_mask(parts):
     assert extra["sora_mask"].shape == (1, 4) and extra["sora_mask"].all()
 
 
+def test_text_encode_refuses_a_prompt_that_is_not_a_string(parts):
+    with pytest.raises(TypeError, match=r"^text must be a string \(the prompt, '' for none\); got NoneType$"):
+        SoraTextEncode().encode(parts[1], None)
+
+
 def test_an_empty_negative_prompt_is_fine(dit, vae, prompts):
     assert prompts[1][0][0].shape[1] == 1
     sample(dit, prompts, grid(vae)["result"][0])
@@ -213,6 +218,11 @@ def test_decode_refuses_what_does_not_fit_in_memory_before_decoding(vae, monkeyp
 def test_an_invalid_long_side_is_refused(vae):
     with pytest.raises(ValueError, match="long_side=60 is not allowed"):
         SoraPatchifyGrid().make(vae, "16:9", 60, 8, 8, 1, 1)
+
+
+def test_an_unknown_aspect_ratio_is_named(vae):
+    with pytest.raises(ValueError, match=r"^aspect_ratio='5:1' is not allowed; use one of \['custom', '1:1'"):
+        SoraPatchifyGrid().make(vae, "5:1", 64, 8, 8, 1, 1)
 
 
 # -- sampler ---------------------------------------------------------------------------------------

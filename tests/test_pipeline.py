@@ -137,6 +137,28 @@ def test_an_edit_strength_is_named_as_strength(pipe, bad):
         pipe.edit(torch.rand(5, 16, 16, 3), "x", bad, **KW)
 
 
+def test_numpy_integers_are_sizes_and_counts_like_ints(pipe):
+    import numpy as np
+
+    i = np.int64
+    assert torch.equal(pipe.generate("x", i(16), i(8), i(5), seed=3, **KW), pipe.generate("x", 16, 8, 5, seed=3, **KW))
+    clip = torch.rand(9, 16, 16, 3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(pipe.extend(clip, "x", i(4), i(4), blend_frames=i(2), seed=3, **KW),
+                       pipe.extend(clip, "x", 4, 4, blend_frames=2, seed=3, **KW))
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda p: p.generate("x", 16.0, 16, 5), r"^width=16\.0 is not allowed: use a whole number of pixels, a positive "
+                                              r"multiple of 8$"),
+    (lambda p: p.generate("x", 16, 16, True), r"^frames=True is not allowed: use a whole number of frames, 1 \+ 4\*k"),
+    (lambda p: p.extend(torch.rand(9, 16, 16, 3), "x", 4.0, 4), r"^new_frames=4\.0 is not allowed: use a whole "
+                                                                 r"number of frames, a multiple of 4$"),
+])
+def test_a_size_or_count_that_is_not_a_whole_number_is_refused_as_such(pipe, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(pipe)
+
+
 # -- prompts and settings -------------------------------------------------------------------------------
 
 def test_none_prompts_are_refused_clearly(pipe):
@@ -159,6 +181,11 @@ def test_none_prompts_are_refused_clearly(pipe):
 def test_sampling_settings_are_refused_by_name(pipe, settings, message):
     with pytest.raises(ValueError, match=message):
         pipe.generate("x", 16, 16, 5, **(KW | settings))
+
+
+def test_a_misspelt_setting_is_named_as_the_callers_argument(pipe):
+    with pytest.raises(TypeError, match=r"^unexpected keyword argument 'stepz'; the settings are negative, seed, steps"):
+        pipe.generate("x", 16, 16, 5, stepz=2)
 
 
 def test_every_comfyui_seed_works_and_numpy_seeds_too(pipe):
@@ -198,3 +225,12 @@ def test_an_edit_is_checked_before_its_clip_is_encoded(pipe, monkeypatch):
     monkeypatch.setattr(cond, "encode_frames", lambda *a: pytest.fail("encoded"))
     with pytest.raises(BudgetError, match=r"edit: 64x64 px x 33 frames needs about .* VAE encode"):
         pipe.edit(torch.rand(33, 64, 64, 3), "x", 0.5, **KW)
+
+
+def test_a_vae_that_overflows_is_named_instead_of_returning_nan_frames(micro_checkpoint):
+    broken = Pipeline.load(micro_checkpoint)
+    with torch.no_grad():
+        for layer in (0, 2):  # finite weights whose activations overflow float32
+            broken.model.vae.decoder.net[layer].conv.weight.mul_(1e38)
+    with pytest.raises(FloatingPointError, match="the VAE decoded NaN/inf from finite latents"):
+        broken.generate("x", 16, 16, 5, **KW)
