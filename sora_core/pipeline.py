@@ -27,6 +27,10 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sora-tiny.safetens
 
 Progress = Callable[[int, int], None]
 
+# Frames wider or taller than this many latent cells are decoded in tiles of it (bounded memory
+# for large images: 512 px with the default model's VAE).
+AUTO_TILE = 128
+
 
 def default_model_path() -> Path:
     """The shipped default model, or SORA_MODEL if set."""
@@ -147,15 +151,25 @@ class Pipeline:
 
     @torch.no_grad()
     def run(self, window: cond.Window, prompt: str, negative: str = "", *, progress: Progress | None = None,
-            decode_chunk: int = 4, **sampling) -> torch.Tensor:
-        """Sample a window, decode it, splice in the source frames -> (T, H, W, 3) frames."""
+            decode_chunk: int = 4, decode_tile: int | None = None,
+            on_latents: Callable[[torch.Tensor], torch.Tensor] | None = None, **sampling) -> torch.Tensor:
+        """Sample a window, decode it, splice in the source frames -> (T, H, W, 3) frames.
+
+        `on_latents` may adjust the sampled latents before decoding (long videos' drift control);
+        `decode_tile` (latent cells) splits large frames for the VAE (default: `AUTO_TILE` when larger).
+        """
         if not prompt.strip():
             raise ValueError("prompt is empty; describe the video to generate")
         steps = sampling.get("steps", 20)
         callback = (lambda d: progress(d["i"] + 1, steps)) if progress else None
         latents = sample_window(self.model.dit, window.samples, window.strength, self.encode_text(prompt),
                                 self.encode_text(negative), callback=callback, **sampling)
-        video = self.model.vae.decode(latents.to(next(self.model.vae.parameters()).dtype), chunk=decode_chunk)
+        if on_latents is not None:
+            latents = on_latents(latents)
+        if decode_tile is None and max(latents.shape[-2:]) > AUTO_TILE:
+            decode_tile = AUTO_TILE
+        param = next(self.model.vae.parameters())
+        video = self.model.vae.decode(latents.to(param.device, param.dtype), chunk=decode_chunk, tile=decode_tile)
         frames = cond.video_to_frames(video.float()).cpu()
         return window.splice.apply(frames) if window.splice else frames
 

@@ -1,0 +1,55 @@
+"""Attention never materialises an N x N score matrix for large token counts (the 2048x2048 image path)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from sora_core import attention
+from sora_core.pipeline import Pipeline
+
+
+class Allocations(TorchDispatchMode):
+    """Every tensor an op returns (below autograd: what the kernels actually allocate), by op name."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs: list[tuple[str, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.outputs.append((str(func), t.numel()))
+        return out
+
+    def largest(self) -> tuple[str, int]:
+        return max(self.outputs, key=lambda o: o[1])
+
+    def ops(self) -> set[str]:
+        return {name for name, _ in self.outputs}
+
+
+def test_a_large_image_runs_with_flash_attention_and_no_quadratic_buffer(micro_model):
+    """The 2048x2048 text-to-image path at a size the micro model runs in a blink: 512x256 pixels is a
+    128x64 latent, 2048 tokens, so one head's scores would be 4.2M elements, more than any other tensor."""
+    pipe = Pipeline(micro_model)
+    tokens = (256 // 8) * (512 // 8)
+    with Allocations() as seen:
+        image = pipe.generate("a red circle", width=512, height=256, frames=1, steps=1, cfg=3.0)
+    assert image.shape == (1, 256, 512, 3)
+    assert "aten._scaled_dot_product_flash_attention_for_cpu.default" in seen.ops()
+    name, numel = seen.largest()
+    assert numel < tokens * tokens, f"{name} made a tensor of {numel} elements (N x N = {tokens * tokens})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_above_the_small_problem_limit_every_dtype_takes_the_flash_kernel(monkeypatch, dtype):
+    q, k, v = (torch.randn(1, 2, 512, 16, dtype=dtype) for _ in range(3))
+    monkeypatch.setattr(attention, "MATH_SCORES_LIMIT", 1 << 10)  # 512 x 512 x 2 heads is now "large"
+    with Allocations() as seen:
+        out = attention.attention(q, k, v)
+    assert seen.largest()[1] < 512 * 512
+    reference = torch.softmax((q.float() @ k.float().transpose(-1, -2)) / 4, -1) @ v.float()
+    torch.testing.assert_close(out.float(), reference, atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
