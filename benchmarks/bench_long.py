@@ -1,0 +1,85 @@
+"""Long video: colour drift and seams over chained windows, for every drift control.
+
+For each held-out source clip (64x64, 17 frames, as eval uses them) and each `--drift` mode,
+`--windows` windows are chained onto the clip with `sora_core.long.LongVideo`. Printed per run:
+the colour drift after the last window (mean abs RGB change x 255 of the static background,
+first frame to last: `eval.run.border_colour`), its value after every window, the seam ratio at
+every join (`eval.run.seam_ratio`) and the worst join over the median seam of single extends
+of the same clips (the issue's target: drift <= 2/255, worst join <= 1.5x). The last line is
+JSON with every figure, so a retrained model is compared by re-running this.
+
+    python benchmarks/bench_long.py                          # the shipped model, 2 clips, 15 windows
+    python benchmarks/bench_long.py --model runs/dit/model.safetensors --sources 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from sora_core.eval.run import border_colour, heldout, long_chain, seam_ratio
+from sora_core.long import DRIFT
+from sora_core.pipeline import Pipeline
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    p.add_argument("--sources", type=int, default=2, help="held-out source clips")
+    p.add_argument("--windows", type=int, default=15)
+    p.add_argument("--drift", nargs="+", default=list(DRIFT[::-1]), choices=DRIFT)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = Pipeline.load(args.model)
+    sampling = dict(steps=args.steps, cfg=args.cfg)
+    items = heldout(args.sources, 64, 64, 17, args.seed + 2)  # eval's capability sources
+    clips = [((it["video"].permute(1, 2, 3, 0) + 1) / 2, it["caption"]) for it in items]
+
+    # The reference: the seam of one extend of each clip, over three seeds.
+    single = []
+    for i, (clip, prompt) in enumerate(clips):
+        for s in range(3):
+            out = pipe.extend(clip, prompt, new_frames=16, context_frames=8, seed=args.seed + 100 * i + s, **sampling)
+            single.append(seam_ratio(out, len(clip) - 1))
+    median = float(np.median(single))
+    print(f"single extend seam ratio: median {median:.2f} over {len(single)} ({', '.join(f'{x:.1f}' for x in single)})")
+
+    report = {"single_extend_seam_median": round(median, 3), "windows": args.windows, "runs": {}}
+    print(f"{'drift':>8} {'clip':>4} {'drift/255':>9} {'worst seam':>10} {'worst/single':>12} {'s':>5}  "
+          f"drift after each window | seam at each join")
+    for mode in args.drift:
+        drifts, worst = [], []
+        for i, (clip, prompt) in enumerate(clips):
+            start = time.time()
+            drift, seams, frames = long_chain(pipe, clip, prompt, windows=args.windows, drift=mode,
+                                              seed=args.seed + 100 * i, **sampling)
+            first = border_colour(frames[0])
+            curve = [float((border_colour(frames[len(clip) - 1 + 16 * (k + 1)]) - first).abs().mean() * 255)
+                     for k in range(args.windows)]
+            drifts.append(drift)
+            worst.append(max(seams))
+            print(f"{mode:>8} {i:>4} {drift:>9.2f} {max(seams):>10.2f} {max(seams) / median:>12.2f} "
+                  f"{time.time() - start:>5.0f}  {' '.join(f'{c:.1f}' for c in curve)} | "
+                  f"{' '.join(f'{x:.1f}' for x in seams)}", flush=True)
+            report["runs"].setdefault(mode, []).append(
+                {"clip": i, "drift": round(drift, 3), "drift_curve": [round(c, 2) for c in curve],
+                 "seams": [round(x, 2) for x in seams]})
+        report.setdefault("summary", {})[mode] = {
+            "drift_mean": round(float(np.mean(drifts)), 3),
+            "worst_seam_over_single_median": round(float(max(worst)) / median, 3)}
+        print(f"{mode:>8}  mean drift {np.mean(drifts):.2f}/255, worst join {max(worst) / median:.2f}x the median "
+              f"single-extend seam", flush=True)
+    print(json.dumps(report, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
