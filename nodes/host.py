@@ -101,6 +101,14 @@ class SoraPart:
         return next(self.module.parameters()).device
 
 
+def load_parts(*parts: SoraPart) -> list[nn.Module]:
+    """Several networks on their compute devices at once (loaded one by one, ComfyUI could offload the
+    first to make room for the second)."""
+    if IN_COMFYUI:
+        mm.load_models_gpu([p.patcher for p in parts if p.patcher is not None], force_full_load=True)
+    return [p.module for p in parts]
+
+
 def host_part(module: nn.Module, config: SoraConfig, kind: str, *, prefer_cpu: bool = False,
               latent_rgb: LatentRGB | None = None, path: str | None = None) -> SoraPart:
     load, offload = devices(kind, prefer_cpu)

@@ -1,4 +1,4 @@
-"""Subcommands of `python -m sora_core`: generate / animate / extend / loop / connect / edit,
+"""Subcommands of `python -m sora_core`: generate / animate / extend / loop / connect / edit / long,
 train, eval, the recaptioning tools and inspect."""
 
 from __future__ import annotations
@@ -123,6 +123,47 @@ def _edit(args) -> int:
     return 0
 
 
+def _long(args) -> int:
+    import time
+
+    from .io import VideoStream
+    from .long import LongVideo
+
+    pipe = _pipeline(args)
+    start = None
+    if args.image or args.video:
+        start = _load_frames(args.image or args.video, pipe.config.pixel_multiple, args.width, args.height,
+                             max_frames=1 if args.image else None)
+    began = time.time()
+
+    def progress(window: int, windows: int, step: int, steps: int) -> None:
+        done = (window - 1 + step / steps) / windows
+        eta = (time.time() - began) * (1 - done) / done if done > 0 else 0.0
+        bar = "#" * int(20 * step / steps)
+        sys.stderr.write(f"\rwindow {window}/{windows} [{bar:<20}] step {step}/{steps}  eta {eta / 60:.1f} min ")
+        sys.stderr.flush()
+
+    cancelled = False
+    with VideoStream(args.output, args.fps, provenance=args.provenance) as out:
+        job = LongVideo(pipe, _prompt(args), args.frames or max(1, round(args.seconds * args.fps)),
+                        width=args.width or 64, height=args.height or 64, start=start, loop=args.loop == "close",
+                        window_frames=args.window_frames, new_frames=args.new_frames,
+                        context_frames=args.context_frames, drift=args.drift, negative=args.negative,
+                        seed=args.seed, progress=progress, steps=args.steps, cfg=args.cfg, sampler=args.sampler,
+                        shift=args.shift, **_joins(args))
+        try:
+            for chunk in job:
+                out.write(chunk)
+        except KeyboardInterrupt:  # keep what is finished: a shorter but complete video
+            cancelled = True
+            if not out.frames:
+                raise
+    sys.stderr.write("\n")
+    print(f"{'cancelled; ' if cancelled else ''}wrote {out.path} ({out.frames} frames, {job.width}x{job.height}, "
+          f"{out.frames / args.fps:.1f} s at {args.fps:g} fps)")
+    return 130 if cancelled else 0
+
+
 def _train(args) -> int:
     from .train import dit, vae
 
@@ -236,6 +277,29 @@ def add_commands(sub) -> None:
     _common(p)
     p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 ignores it")
     p.set_defaults(func=_edit)
+
+    p = sub.add_parser("long", help="a long video (up to minutes) by chained extension, streamed to the file")
+    _common(p)
+    p.add_argument("--seconds", type=float, default=60.0, help="length at --fps (default 60)")
+    p.add_argument("--frames", type=int, default=None, help="length in frames (instead of --seconds)")
+    begin = p.add_mutually_exclusive_group()
+    begin.add_argument("--image", default=None, help="start from this image (it becomes the first frame)")
+    begin.add_argument("--video", default=None, help="continue this clip (its frames open the video unchanged)")
+    p.add_argument("--loop", choices=["off", "close"], default="off",
+                   help="close: end on a transition back into the opening, a seamless loop")
+    p.add_argument("--window-frames", type=int, default=17, help="frames of the first window (1 + 4k)")
+    p.add_argument("--new-frames", type=int, default=16, help="frames each window adds (multiple of 4)")
+    p.add_argument("--context-frames", type=int, default=8, help="frames each window sees (multiple of 4)")
+    from .long import DEFAULT_DRIFT, DRIFT
+
+    p.add_argument("--drift", choices=DRIFT, default=DEFAULT_DRIFT,
+                   help="colour drift control: match each window's latent statistics to the first window's "
+                        "(anchor), to the frames it continues (context), or none")
+    _blend_option(p)
+    p.set_defaults(func=_long)
+    p.epilog = ("Frames are written as each window finishes (.mp4/.mov/.mkv/.avi/.webm stream in flat memory; "
+                ".gif/.webp/.png are assembled at the end). Ctrl-C stops between steps and keeps the finished "
+                "windows as a shorter video (exit code 130).")
 
     train = sub.add_parser("train", help="train the VAE or the DiT (torchrun for several GPUs/processes)")
     which = train.add_subparsers(dest="what", required=True)

@@ -1,6 +1,7 @@
 """`python -m sora_core`: the command line an artist or a script uses, run as a real process."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,48 @@ def test_a_bad_blend_is_refused_by_name(clip, tmp_path):
             "--blend-frames", -1, *FAST)
     assert r.returncode != 0 and "blend_frames=-1" in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_long_streams_a_video_of_the_asked_length_with_its_provenance(clip, tmp_path):
+    out = tmp_path / "long.mp4"
+    r = cli("long", "a red ball moving right", "-o", out, "--video", clip, "--frames", 41, "--new-frames", 8,
+            "--context-frames", 4, *FAST)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "window 4/4" in r.stderr and "step 2/2" in r.stderr  # progress per window and per step
+    frames, _ = read_video(out)
+    source, _ = read_video(clip)
+    assert frames.shape == (41, 32, 32, 3)
+    assert np.abs(frames[:5].astype(int) - source[:5]).mean() < 6  # the clip opens it (mp4 is lossy)
+    pytest.importorskip("c2pa")
+    from sora_core.provenance import ASSERTION, read_manifest
+
+    manifest = read_manifest(out)
+    generation = next(a["data"] for a in manifest["manifests"][manifest["active_manifest"]]["assertions"]
+                      if a["label"] == ASSERTION)
+    assert generation["operation"] == "long" and manifest["validation_state"] == "Valid"
+
+
+def test_long_ctrl_c_keeps_the_finished_windows_as_a_shorter_video(clip, tmp_path):
+    out = tmp_path / "cut.mp4"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sora_core", "long", "x", "-o", str(out), "--video", str(clip),
+                             "--frames", "201", "--new-frames", "8", "--context-frames", "4", *FAST],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "window 3/" not in seen:  # windows 1 and 2 are done and written
+        char = proc.stderr.read(1)
+        assert char, seen[-2000:]
+        seen += char
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "cancelled" in stdout
+    frames, _ = read_video(out)
+    assert frames.shape[0] in (20, 28, 36) and frames.shape[0] < 201  # the clip's 4 settled frames + 8 a window
+
+
+def test_long_refuses_bad_settings_before_writing_anything(tmp_path):
+    r = cli("long", "x", "-o", tmp_path / "x.mp4", "--seconds", 5, "--drift", "sideways", *FAST)
+    assert r.returncode != 0 and "invalid choice: 'sideways'" in r.stderr
+    r = cli("long", "x", "-o", tmp_path / "x.mp4", "--frames", 17, *FAST)
+    assert r.returncode != 0 and "frames=17 is not allowed" in r.stderr
+    assert list(tmp_path.iterdir()) == []

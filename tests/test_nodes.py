@@ -10,6 +10,7 @@ import torch
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host
 from nodes.latent import SoraPatchifyGrid, SoraTrimFrames, SoraVAEDecode, SoraVAEEncode
 from nodes.loader import SoraModelLoader
+from nodes.long import SoraLongVideo
 from nodes.sampler import SoraDiTSampler
 from nodes.temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
 from nodes.text import SoraRecaption, SoraTextEncode
@@ -327,6 +328,33 @@ def test_extend_refuses_new_frames_that_are_not_a_multiple_of_4(vae, clip):
 def test_extend_refuses_more_context_than_the_clip_has(vae, clip):
     with pytest.raises(ValueError, match="video has 9 frames"):
         SoraExtend().build(vae, clip, "forward", 8, 12)
+
+
+# -- long video -----------------------------------------------------------------------------------
+
+def long_video(dit, vae, prompts, seconds, **kw):
+    settings = dict(width=SIZE, height=SIZE, seconds=seconds, fps=8.0, new_frames=8, context_frames=4,
+                    drift="anchor", loop=False, seed=0, steps=1, cfg=1.0, sampler="euler") | kw
+    return SoraLongVideo().generate(dit, vae, *prompts, **settings)[0]
+
+
+def test_long_video_gives_every_frame_as_one_image_batch(dit, vae, prompts, monkeypatch):
+    shown = []
+    monkeypatch.setattr(host.Progress, "update", lambda self, value, total=None, preview=None: shown.append((value, total)))
+    frames = long_video(dit, vae, prompts, 4.0)  # 32 frames: a 17-frame opening and 2 windows of 8
+    assert frames.shape == (32, SIZE, SIZE, 3) and frames.dtype == torch.float32
+    assert shown[-1] == (3, 3) and (2, 3) in shown  # windows x steps, step by step
+
+
+def test_long_video_continues_start_images_and_says_when_seconds_are_too_few(dit, vae, prompts, clip):
+    frames = long_video(dit, vae, prompts, 3.0, start_images=clip)  # 24 frames: the clip and 2 windows
+    assert frames.shape[0] == 24 and torch.equal(frames[:FRAMES - 4], clip[:-4])
+    with pytest.raises(ValueError, match=r"seconds=1.0 at fps=8.0 \(8 frames\).*longer than its opening"):
+        long_video(dit, vae, prompts, 1.0, start_images=clip)
+
+
+def test_long_video_tooltip_states_the_memory_cost():
+    assert "bytes per pixel per frame" in SoraLongVideo.OUTPUT_TOOLTIPS[0]
 
 
 # -- SDEdit ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from nodes import NODE_CLASS_MAPPINGS
 from sora_core.pipeline import DEFAULT_MODEL
 
-from .workflow_api import CORE_DOUBLES, Recorder, class_specs, execute, ui_to_api
+from .workflow_api import CORE_DOUBLES, Recorder, class_specs, execute, reduced, ui_to_api
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 CLASSES = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES}
@@ -35,6 +35,7 @@ EXPECTED = {
     "seamless_loop": {"sora/seamless_loop": (25, 64, 64)},
     "video_to_video_sdedit": {"sora/sdedit_source": (17, 64, 64), "sora/sdedit_edited": (17, 64, 64)},
     "connect_two_clips": {"sora/connect_two_clips": (50, 64, 64)},
+    "long_video": {"sora/long_video": (32, 64, 64)},  # reduced from a minute (see REDUCED)
     "recaption": {"sora/recaption": (17, 64, 64)},
 }
 
@@ -48,7 +49,7 @@ def model_file(monkeypatch, micro_checkpoint):
 @functools.cache
 def run(name: str) -> tuple[dict, dict, dict, dict]:
     """(API prompt, saved frames by filename prefix, node outputs, node UI) of one workflow, run once."""
-    prompt = ui_to_api(json.loads((WORKFLOWS / f"{name}.json").read_text()), class_specs(CLASSES))
+    prompt = reduced(ui_to_api(json.loads((WORKFLOWS / f"{name}.json").read_text()), class_specs(CLASSES)))
     Recorder.saved = {}
     outputs, ui = execute(prompt, CLASSES)
     return prompt, Recorder.saved, outputs, ui
@@ -102,6 +103,13 @@ def test_loop_output_starts_with_the_source_clip():
     _, loop = node_of(prompt, "SoraLoop")
     source = outputs[loop["inputs"]["video"][0]][0]  # both of its ends crossfade, 4 frames each
     assert torch.equal(saved["sora/seamless_loop"][4:13], source[4:13])
+
+
+def test_the_long_video_workflow_ships_a_minute_at_the_default_size():
+    prompt = ui_to_api(json.loads((WORKFLOWS / "long_video.json").read_text()), class_specs(CLASSES))
+    _, node = node_of(prompt, "SoraLongVideo")
+    assert node["inputs"]["seconds"] * node["inputs"]["fps"] == 480
+    assert (node["inputs"]["width"], node["inputs"]["height"]) == (64, 64)
 
 
 def test_recaption_workflow_shows_and_encodes_the_caption():

@@ -68,6 +68,19 @@ def ui_to_api(workflow: dict, specs_of) -> dict:
     return prompt
 
 
+# Workflows too long for a test run at a reduced length: {class_type: inputs to override}.
+REDUCED = {"SoraLongVideo": {"seconds": 4.0, "steps": 4}}  # the shipped minute: 32 frames, two windows
+
+
+def reduced(prompt: dict) -> dict:
+    """The API prompt with REDUCED applied (a copy)."""
+    out = {}
+    for nid, node in prompt.items():
+        inputs = dict(node["inputs"], **REDUCED.get(node["class_type"], {}))
+        out[nid] = {**node, "inputs": inputs}
+    return out
+
+
 def validate(node_id: str, cls, inputs: dict) -> None:
     """The server's checks on widget values: combo membership, numeric ranges, required inputs."""
     for name, spec in input_specs(cls):

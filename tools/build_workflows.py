@@ -417,6 +417,23 @@ def recaption() -> Graph:
     return g
 
 
+def long_video() -> Graph:
+    g = Graph("A minute of video: chained extension", "**Long Video** makes a video of any length window by window: "
+              "the first window from the prompt, then each next one continuing the last frames of the one before "
+              "(the report's 'extending', forward in time). A minute at 8 fps is 480 frames, 30 windows: about a "
+              "minute on a CPU. **drift** keeps colours from creeping over the windows (anchor: every window "
+              "matched to the first); **loop** ends on a transition back into the opening. Connect an IMAGE to "
+              "start_images to continue your own clip or animate your own picture.\n\nThe IMAGE output holds every "
+              "frame in memory (24 MB here); for hours or large frames use `python -m sora_core long`, which streams "
+              "to the file in flat memory.")
+    loader, neg = load(g)
+    pos = prompt(g, loader, CAPTION.replace("moves steadily to the right", "bounces around the frame"))
+    video = g.add("SoraLongVideo", model=loader["model"], vae=loader["vae"], positive=pos[0], negative=neg[0],
+                  width=VIDEO["width"], height=VIDEO["height"], seconds=60.0, fps=FPS, seed=81, steps=STEPS, cfg=CFG)
+    save(g, video, "long_video", title="A minute (480 frames at 8 fps)")
+    return g
+
+
 WORKFLOWS = {
     "text_to_video": text_to_video,
     "text_to_image": text_to_image,
@@ -428,6 +445,7 @@ WORKFLOWS = {
     "seamless_loop": seamless_loop,
     "video_to_video_sdedit": video_to_video_sdedit,
     "connect_two_clips": connect_two_clips,
+    "long_video": long_video,
     "recaption": recaption,
 }
 
