@@ -293,8 +293,8 @@ def add_commands(sub) -> None:
     from .long import DEFAULT_DRIFT, DRIFT
 
     p.add_argument("--drift", choices=DRIFT, default=DEFAULT_DRIFT,
-                   help="colour drift control: match each window's latent statistics to the first window's "
-                        "(anchor), to the frames it continues (context), or none")
+                   help="colour drift control: give each window the latent statistics of the first (anchor), "
+                        "or none")
     _blend_option(p)
     p.set_defaults(func=_long)
     p.epilog = ("Frames are written as each window finishes (.mp4/.mov/.mkv/.avi/.webm stream in flat memory; "

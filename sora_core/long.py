@@ -12,11 +12,17 @@ frames a later window can still touch (the context, which the next join crossfad
 a loop the opening frames) are held back. So memory is the same for ten seconds or an hour.
 `loop=True` ends on a transition into the video's own opening (see `cond.loop`).
 
-Drift control: each window sees only generated frames, so small errors compound into colour
-and contrast drift. `drift` matches the per-channel mean and spread of every window's new
-latents, before decoding, to the latents of the first window ("anchor", the default), to the
-window's own context ("context"), or leaves them ("none"). The choice was measured with the
-default model over 15+ chained windows (benchmarks/bench_long.py; figures in the README).
+Drift: each window sees only generated frames, so small errors compound, window after window,
+into colour and contrast drift and a growing jump at every join. Two measures against it, each
+chosen by measurement with the default model over 15 chained windows (benchmarks/bench_long.py;
+figures in the README):
+- the context stays in latent space: a window's context chunks are the previous window's own
+  latents, not a re-encoding of their decoded frames (encode(decode(z)) != z, and that error
+  fed every window); only the lone anchor frame is encoded from pixels.
+- `drift="anchor"` (default) gives every window's new latents, before decoding, the per-channel
+  mean and spread of the opening's latents: a restoring pull towards where the video started.
+  Matching each window to its own context instead was measured too and drifted more than no
+  matching (it keeps every error it is handed); "none" leaves the latents alone.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import torch
 from . import conditioning as cond
 from .patch import check_frame_count, check_pixel_size
 
-DRIFT = ("anchor", "context", "none")
+DRIFT = ("anchor", "none")
 DEFAULT_DRIFT = "anchor"
 
 # progress(window, windows, step, steps): windows and steps count from 1. It may raise to cancel.
@@ -112,7 +118,9 @@ class LongVideo:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         pipe, vae = self.pipe, self.pipe.model.vae
-        reference = None
+        m = self.context_frames // vae.temporal_factor
+        reference = None  # latent statistics of the opening
+        previous = None  # the last window's final m latents: the next window's context
         window = 0
 
         def run(w: cond.Window, seed: int) -> torch.Tensor:
@@ -123,21 +131,14 @@ class LongVideo:
             progress = (lambda i, n: self.progress(shown, self.windows, i, n)) if self.progress else None
 
             def adjust(z: torch.Tensor) -> torch.Tensor:
-                nonlocal reference
+                nonlocal reference, previous
                 new = (w.strength[0] > 0).to(z.device)
                 if reference is None:  # the opening: the anchor every later window is matched to
                     reference = latent_stats(z[:, :, 1:])
-                    return z
-                if self.drift == "none":
-                    return z
-                if self.drift == "context":
-                    given = (~new).clone()
-                    given[0] = False  # latent 0 is a lone frame, not a chunk like the others
-                    target = latent_stats(z[:, :, given])
-                else:
-                    target = reference
-                z = z.clone()
-                z[:, :, new] = match_stats(z[:, :, new], *target)
+                elif self.drift == "anchor":
+                    z = z.clone()
+                    z[:, :, new] = match_stats(z[:, :, new], *reference)
+                previous = z[:, :, -m:].clone()
                 return z
 
             if progress:
@@ -163,18 +164,23 @@ class LongVideo:
                 written += len(held) - self.hold
             held = held[-self.hold :]
             if closing:
-                out = self._close_loop(run, held, head, n, self.seed + k + 1)
+                out = self._close_loop(run, held, head, n, self.seed + k + 1, previous)
             else:
                 w = cond.extend_forward(vae, held.to(pipe.device), n, self.context_frames, self.blend_frames)
+                if previous is not None:  # the context chunks as generated, not re-encoded from their pixels
+                    w.samples[:, :, 1 : 1 + m] = previous.to(w.samples)
                 out = run(w, self.seed + k + 1)
             held = out
         yield held[: self.frames - written]
 
-    def _close_loop(self, run, held: torch.Tensor, head: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    def _close_loop(self, run, held: torch.Tensor, head: torch.Tensor, n: int, seed: int,
+                    previous: torch.Tensor | None) -> torch.Tensor:
         """held + a transition that leads into `head`, the video's opening (already written: it cannot be
         crossfaded as `cond.loop` does, so the transition's last frames absorb the VAE's error instead)."""
         vae, device = self.pipe.model.vae, self.pipe.device
         w = cond.connect(vae, held.to(device), head.to(device), n, self.context_frames, self.blend_frames)
+        if previous is not None:
+            w.samples[:, :, 1 : 1 + previous.shape[2]] = previous.to(w.samples)
         splice, w.splice = w.splice, None
         decoded = run(w, seed)
         splice.after = None

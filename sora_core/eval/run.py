@@ -46,14 +46,23 @@ def border_colour(frame: torch.Tensor) -> torch.Tensor:
 
 def long_chain(pipe: Pipeline, clip: torch.Tensor, prompt: str, *, windows: int = 15, new_frames: int = 16,
                **options) -> tuple[float, list[float], torch.Tensor]:
-    """`windows` chained extensions of `clip` (a `LongVideo` started from it): the colour drift (mean abs RGB
-    change x 255 of the static background, first frame to last), the seam ratio at every join (over the
-    window before and the window after it, the span a single extend's seam is measured on) and the frames."""
+    """`windows` chained extensions of `clip` (a `LongVideo` started from it): the colour drift, the seam
+    ratio at every join (over the window before and the window after it, the span a single extend's seam
+    is measured on) and the frames.
+
+    Drift is the mean abs RGB change x 255 of the static background (`border_colour`) from the clip to the
+    last window, each averaged over its frames: a single frame's background also flickers, by as much as
+    the drift itself with a weak model, and flicker is not what accumulates."""
     job = LongVideo(pipe, prompt, len(clip) + windows * new_frames, start=clip, new_frames=new_frames, **options)
     frames = torch.cat(list(job))
-    drift = float((border_colour(frames[-1]) - border_colour(frames[0])).abs().mean() * 255)
     seams = [seam_ratio(frames[max(0, j - new_frames) : j + new_frames + 1], min(j, new_frames)) for j in job.joins]
-    return drift, seams, frames
+    return background_drift(frames, len(clip), new_frames), seams, frames
+
+
+def background_drift(frames: torch.Tensor, first: int, last: int) -> float:
+    """Mean abs change x 255 of the background colour, averaged over the first `first` and the last `last` frames."""
+    background = torch.stack([border_colour(f) for f in frames])
+    return float((background[-last:].mean(0) - background[:first].mean(0)).abs().mean() * 255)
 
 
 def heldout(n: int, width: int, height: int, frames: int, seed: int, **options) -> list[dict]:
