@@ -108,8 +108,8 @@ class LongVideo:
 
     @property
     def joins(self) -> list[int]:
-        """Index of the last frame before each extension's new frames (a loop also wraps from its last
-        frame to frame 0)."""
+        """Index of the last frame before each window's new frames (a loop's wrap, last frame to frame 0,
+        is not listed)."""
         out, at = [], self.opening
         for n in self.pieces:
             out.append(at - 1)
@@ -124,7 +124,7 @@ class LongVideo:
         window = 0
 
         def run(w: cond.Window, seed: int) -> torch.Tensor:
-            nonlocal window, reference
+            nonlocal window
             window += 1
             steps = self.sampling.get("steps", 20)
             shown = window
