@@ -62,16 +62,14 @@ class LongVideo:
                  progress: LongProgress | None = None, **sampling):
         config = pipe.config
         tf = config.vae.temporal_factor
-        if not prompt.strip():
-            raise ValueError("prompt is empty; describe the video to generate")
+        pipe._check_request(prompt, dict(sampling, negative=negative, seed=seed))
         if drift not in DRIFT:
             raise ValueError(f"drift={drift!r} is not allowed; use one of {DRIFT}")
-        for name, value in (("new_frames", new_frames), ("context_frames", context_frames)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < tf or value % tf:
-                raise ValueError(f"{name}={value!r} is not allowed: use a multiple of {tf} frames, at least {tf}")
+        cond.check_chunks("new_frames", new_frames, tf)
+        cond.check_chunks("context_frames", context_frames, tf)
         cond._check_blend(blend_frames)
         if start is not None:
-            cond._check_frames("start", start)
+            start = cond.as_frames("start", start).cpu()
             width, height = start.shape[2], start.shape[1]
         check_pixel_size(width, height, config.pixel_multiple)
         if start is None or start.shape[0] == 1:
@@ -93,6 +91,10 @@ class LongVideo:
             raise ValueError(f"frames={frames!r} is not allowed: a long video is longer than its opening "
                              f"({first} frames{' plus a loop transition' if loop else ''}); use at least "
                              f"{first + (tf if loop else 1)}")
+        # The largest window (the opening, an extension, a loop's closing transition), before any work.
+        pipe._plan("long", width, height, max(window_frames, 1 + new_frames + context_frames * (1 + loop)),
+                   source=None if start is None else "start", encode_frames=1 + context_frames * (1 + loop),
+                   cfg=sampling.get("cfg", 5.0))
         # New frames per window, in whole latent chunks; a loop's transition gets a full window.
         todo = -(-(frames - first) // tf) * tf
         pieces = [new_frames] * (todo // new_frames) + ([todo % new_frames] if todo % new_frames else [])
@@ -147,7 +149,7 @@ class LongVideo:
                             **self.sampling)
 
         if self.start is None:
-            held = run(pipe.empty_window(self.width, self.height, self.window_frames), self.seed)
+            held = run(cond.empty_window(pipe.config, self.width, self.height, self.window_frames), self.seed)
         elif self.start.shape[0] == 1:
             held = run(cond.animate_image(vae, self.start.to(pipe.device), self.window_frames), self.seed)
         else:

@@ -8,6 +8,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sora_core import attention, pipeline
+from sora_core.budget import Budget, BudgetError, check, estimate
+from sora_core.config import preset
 from sora_core.pipeline import Pipeline
 
 
@@ -68,3 +70,26 @@ def test_frames_larger_than_the_auto_tile_are_decoded_in_tiles(micro_model, monk
     assert tiles == [None, 8, 0]
     assert large.shape == untiled.shape == (1, 32, 64, 3)
     assert (large - untiled).abs().mean() < 0.05 and small.shape == (1, 32, 32, 3)  # the same picture, blended tiles
+
+
+def test_the_budget_plans_the_tiled_decode_so_large_images_are_admitted_where_they_fit(micro_model, monkeypatch):
+    monkeypatch.setattr(pipeline, "AUTO_TILE", 8)
+    pipe = Pipeline(micro_model)
+    size = dict(width=256, height=32, frames=1)  # 64 latent cells wide: decoded in tiles of 8
+    tiled, untiled = (estimate(pipe.config, **size, tile=t).memory for t in (8, None))
+    assert tiled < untiled
+    pipe.budget = Budget(max_memory=(tiled + untiled) // 2)
+    image = pipe.generate("a red circle", **size, steps=1, cfg=3.0)
+    assert image.shape == (1, 32, 256, 3)
+    with pytest.raises(BudgetError, match="VAE decode"):  # the same image decoded whole does not fit
+        pipe.generate("a red circle", **size, steps=1, cfg=3.0, decode_tile=0)
+
+
+def test_a_2048_image_of_the_shipped_preset_is_admitted_in_a_few_gib():
+    """The default token limit admits 2048x2048 (65,536 tokens) and, decoded in tiles, it is estimated at
+    under 2 GiB (untiled: over 7)."""
+    tiny, size = preset("tiny"), dict(width=2048, height=2048, frames=1, guidance=False)
+    est = check(tiny, what="generate", **size, tile=pipeline.AUTO_TILE, budget=Budget(max_memory=2 << 30))
+    assert est.tokens == 65536
+    with pytest.raises(BudgetError, match="VAE decode"):
+        check(tiny, what="generate", **size, budget=Budget(max_memory=2 << 30))
