@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sora_core import conditioning as cond
+from sora_core.budget import Budget, BudgetError, format_size
 from sora_core.checkpoint import SoraModel
 from sora_core.flow import SAMPLERS
 from sora_core.long import DEFAULT_DRIFT, DRIFT, LongVideo
@@ -14,10 +15,15 @@ from . import host, wires
 
 
 class _Conditioned(Pipeline):
-    """A Pipeline over hosted networks whose prompts arrive encoded (CONDITIONING), by role."""
+    """A Pipeline over hosted networks whose prompts arrive encoded (CONDITIONING), by role; its device is
+    where the DiT runs (the budget is checked for it before the networks are loaded there)."""
 
-    def __init__(self, model: SoraModel, prompts: dict[str, tuple[torch.Tensor, torch.Tensor]]):
-        self.model, self.prompts = model, prompts
+    def __init__(self, model: SoraModel, prompts: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+        self.model, self.prompts, self._device = model, prompts, device
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
 
     def encode_text(self, prompt: str):
         return self.prompts[prompt]
@@ -85,13 +91,12 @@ class SoraLongVideo:
             raise ValueError("the positive prompt is empty; describe the video in the Sora Text Encode node "
                              "connected to 'positive'")
         if start_images is not None:
-            wires.check_frames("start_images", start_images, config, any_count=True)
-        dit, vae_module = host.load_parts(model, vae)
-        device = model.device
+            start_images = wires.check_frames("start_images", start_images, config, any_count=True).cpu()
+        device = model.compute_device
         parts = SoraModel(config, parts=())
-        parts.dit, parts.vae = dit, vae_module
+        parts.dit, parts.vae = model.module, vae.module
         pipe = _Conditioned(parts, {"positive": (emb.to(device), mask.to(device)),
-                                    "negative": (neg_emb.to(device), neg_mask.to(device))})
+                                    "negative": (neg_emb.to(device), neg_mask.to(device))}, device)
         bar = host.Progress(1)
 
         def progress(window: int, windows: int, step: int, total: int) -> None:
@@ -99,14 +104,15 @@ class SoraLongVideo:
             bar.update((window - 1) * total + step, windows * total)
 
         count = max(1, round(seconds * fps))
-        try:
-            job = LongVideo(pipe, "positive", count, width=width, height=height,
-                            start=None if start_images is None else start_images.float().cpu(), loop=loop,
+        try:  # every setting and the largest window's budget, before the networks load
+            job = LongVideo(pipe, "positive", count, width=width, height=height, start=start_images, loop=loop,
                             new_frames=new_frames, context_frames=context_frames, blend_frames=blend_frames,
                             drift=drift, negative="negative", seed=seed, progress=progress, steps=steps, cfg=cfg,
                             sampler=sampler)
         except ValueError as err:
-            raise ValueError(f"seconds={seconds} at fps={fps} ({count} frames): {err}") from None
+            raise type(err)(f"seconds={seconds} at fps={fps} ({count} frames): {err}") from None
+        _check_output_memory(job)
+        host.load_parts(model, vae)
         frames, done = None, 0
         for chunk in job:  # filled in place: the IMAGE is the only full copy
             if frames is None:
@@ -114,3 +120,14 @@ class SoraLongVideo:
             frames[done : done + len(chunk)] = chunk
             done += len(chunk)
         return (frames,)
+
+
+def _check_output_memory(job: LongVideo) -> None:
+    """The IMAGE output holds every frame (float32 RGB): refused before any work when it cannot fit."""
+    need = job.frames * job.height * job.width * 3 * 4
+    limit, source = Budget().memory_limit(host.intermediate_device())
+    if limit is not None and need > limit:
+        raise BudgetError(f"Sora Long Video: {job.frames} frames of {job.width}x{job.height} px take "
+                          f"{format_size(need)} as an IMAGE; the limit is {format_size(limit)} ({source}; set "
+                          f"SORA_MAX_MEMORY). Make it shorter or smaller, or use `python -m sora_core long`, which "
+                          f"streams frames to the file.")
