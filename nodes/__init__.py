@@ -4,6 +4,7 @@ when running inside it). Imports are relative: ComfyUI has its own top-level mod
 from . import host
 from .latent import SoraPatchifyGrid, SoraTrimFrames, SoraVAEDecode, SoraVAEEncode
 from .loader import SoraModelLoader
+from .long import SoraLongVideo
 from .sampler import SoraDiTSampler
 from .save import SoraSaveImage, SoraSaveVideo
 from .temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
@@ -23,6 +24,7 @@ NODE_CLASS_MAPPINGS = {
     "SoraExtend": SoraExtend,
     "SoraLoop": SoraLoop,
     "SoraConnect": SoraConnect,
+    "SoraLongVideo": SoraLongVideo,
     "SoraSDEditNoise": SoraSDEditNoise,
     "SoraTrimFrames": SoraTrimFrames,
     "SoraSaveVideo": SoraSaveVideo,
@@ -41,6 +43,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SoraExtend": "Sora Extend Video",
     "SoraLoop": "Sora Seamless Loop",
     "SoraConnect": "Sora Connect Clips",
+    "SoraLongVideo": "Sora Long Video (chained extension)",
     "SoraSDEditNoise": "Sora SDEdit Noise",
     "SoraTrimFrames": "Sora Trim Frames to 1+4k",
     "SoraSaveVideo": "Sora Save Video (Content Credentials)",

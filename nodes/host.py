@@ -108,6 +108,14 @@ class SoraPart:
         return self.patcher.load_device if self.patcher is not None else self.device
 
 
+def load_parts(*parts: SoraPart) -> list[nn.Module]:
+    """Several networks on their compute devices at once (loaded one by one, ComfyUI could offload the
+    first to make room for the second)."""
+    if IN_COMFYUI:
+        mm.load_models_gpu([p.patcher for p in parts if p.patcher is not None], force_full_load=True)
+    return [p.module for p in parts]
+
+
 def host_part(module: nn.Module, config: SoraConfig, kind: str, *, prefer_cpu: bool = False,
               latent_rgb: LatentRGB | None = None, path: str | None = None,
               preview_vae: nn.Module | None = None) -> SoraPart:

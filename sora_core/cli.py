@@ -1,4 +1,4 @@
-"""Subcommands of `python -m sora_core`: generate / animate / extend / loop / connect / edit,
+"""Subcommands of `python -m sora_core`: generate / animate / extend / loop / connect / edit / long,
 train, eval, the recaptioning tools and inspect."""
 
 from __future__ import annotations
@@ -163,6 +163,56 @@ def _edit(args) -> int:
     return 0
 
 
+def _long(args) -> int:
+    import math
+    import time
+
+    from .io import VideoStream
+    from .long import LongVideo
+
+    if args.frames is not None:
+        count, given = args.frames, f"--frames={args.frames}"
+    elif math.isfinite(args.seconds) and args.seconds > 0:
+        count, given = round(args.seconds * args.fps), f"--seconds={args.seconds:g} at --fps={args.fps:g}"
+    else:
+        raise ValueError(f"--seconds={args.seconds} is not allowed: use a positive number of seconds")
+    if count < 2:
+        raise ValueError(f"{given} is {count} frame(s); a long video needs more (e.g. --seconds 60)")
+    pipe = _pipeline(args, count)
+    start = None
+    if args.image or args.video:
+        start = _load_frames(pipe, args.image or args.video, args.width, args.height,
+                             max_frames=1 if args.image else None)
+    began = time.time()
+
+    def progress(window: int, windows: int, step: int, steps: int) -> None:
+        done = (window - 1 + step / steps) / windows
+        eta = (time.time() - began) * (1 - done) / done if done > 0 else 0.0
+        bar = "#" * int(20 * step / steps)
+        sys.stderr.write(f"\rwindow {window}/{windows} [{bar:<20}] step {step}/{steps}  eta {eta / 60:.1f} min ")
+        sys.stderr.flush()
+
+    # every input of the job is checked here, before the stream or any window exists
+    job = LongVideo(pipe, _prompt(args), count, width=args.width or 64, height=args.height or 64, start=start,
+                    loop=args.loop == "close", window_frames=args.window_frames, new_frames=args.new_frames,
+                    context_frames=args.context_frames, drift=args.drift, negative=args.negative, seed=args.seed,
+                    progress=progress, steps=args.steps, cfg=args.cfg, sampler=args.sampler, shift=args.shift,
+                    **_joins(args))
+    cancelled = False
+    with VideoStream(args.output, args.fps, provenance=args.provenance) as out:
+        try:
+            for chunk in job:
+                out.write(chunk)
+        except KeyboardInterrupt:  # keep what is finished: a shorter but complete video
+            cancelled = True
+            if not out.frames:
+                raise
+    sys.stderr.write("\n")
+    print(f"{'cancelled; ' if cancelled else ''}wrote {out.path} ({out.frames} frames, {job.width}x{job.height}, "
+          f"{out.frames / args.fps:.1f} s at {args.fps:g} fps)")
+    return 130 if cancelled else 0
+
+
 def _train(args) -> int:
     from .train import dit, recipe, vae
 
@@ -245,6 +295,7 @@ def add_commands(sub) -> None:
         ("loop", "append a transition back to the start: a seamless infinite loop", _loop_arguments, _loop),
         ("connect", "first clip + generated transition + second clip", _connect_arguments, _connect),
         ("edit", "video-to-video editing with SDEdit", _edit_arguments, _edit),
+        ("long", "a long video (up to minutes) by chained extension, streamed to the file", _long_arguments, _long),
         ("train", "train the VAE or the DiT (torchrun for several GPUs/processes)", _train_arguments, None),
         ("eval", "evaluate a model; the last output line is a JSON report", evaluation.add_arguments, evaluation.run),
         ("recaption", "expand a short prompt into a detailed caption", add_recaption_arguments, run_recaption),
@@ -308,6 +359,29 @@ def _edit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video")
     _common(p)
     p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 ignores it")
+
+
+def _long_arguments(p: argparse.ArgumentParser) -> None:
+    from .long import DEFAULT_DRIFT, DRIFT
+
+    _common(p)
+    p.add_argument("--seconds", type=float, default=60.0, help="length at --fps (default 60)")
+    p.add_argument("--frames", type=int, default=None, help="length in frames (instead of --seconds)")
+    begin = p.add_mutually_exclusive_group()
+    begin.add_argument("--image", default=None, help="start from this image (it becomes the first frame)")
+    begin.add_argument("--video", default=None, help="continue this clip (its frames open the video unchanged)")
+    p.add_argument("--loop", choices=["off", "close"], default="off",
+                   help="close: end on a transition back into the opening, a seamless loop")
+    p.add_argument("--window-frames", type=int, default=17, help="frames of the first window (1 + 4k)")
+    p.add_argument("--new-frames", type=int, default=16, help="frames each window adds (multiple of 4)")
+    p.add_argument("--context-frames", type=int, default=8, help="frames each window sees (multiple of 4)")
+    p.add_argument("--drift", choices=DRIFT, default=DEFAULT_DRIFT,
+                   help="colour drift control: give each window the latent statistics of the first (anchor), "
+                        "or none")
+    _blend_option(p)
+    p.epilog = ("Frames are written as each window finishes (.mp4/.mov/.mkv/.avi/.webm stream in flat memory; "
+                ".gif/.webp/.png are assembled at the end). Ctrl-C stops between steps and keeps the finished "
+                "windows as a shorter video (exit code 130).")
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "probe_video",
     "read_video",
     "write_video",
+    "VideoStream",
     "check_output",
     "to_uint8_frames",
     "video_tensor_to_frames",
@@ -443,14 +444,18 @@ def mp4_codec() -> str:
     return _MP4_CODEC
 
 
-def _write_cv2(tmp: str, frames: np.ndarray, fps: float, ext: str, quality: int) -> None:
+def _open_cv2(tmp: str, fps: float, ext: str, width: int, height: int) -> "cv2.VideoWriter":
     fourcc = {".mp4": mp4_codec(), ".m4v": mp4_codec(), ".webm": "VP80", ".avi": "MJPG"}.get(ext, "mp4v")
-    t, h, w, _ = frames.shape
     with _quiet_stderr():
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), float(fps), (w, h))
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), float(fps), (width, height))
     if not writer.isOpened():
         writer.release()
-        raise ValueError(f"OpenCV cannot encode {ext} with codec {fourcc!r} at {w}x{h} in this build")
+        raise ValueError(f"OpenCV cannot encode {ext} with codec {fourcc!r} at {width}x{height} in this build")
+    return writer
+
+
+def _write_cv2(tmp: str, frames: np.ndarray, fps: float, ext: str, quality: int) -> None:
+    writer = _open_cv2(tmp, fps, ext, frames.shape[2], frames.shape[1])
     try:
         for f in frames:
             writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
@@ -537,14 +542,116 @@ def write_video(path: str | os.PathLike, frames, fps: float, *, quality: int = 9
     arr = to_uint8_frames(frames)
     p = check_output(path, fps, frames=len(arr), quality=quality)
     ext = p.suffix.lower()
-    if ext in (".mp4", ".m4v", ".mov", ".mkv") and (arr.shape[1] % 2 or arr.shape[2] % 2):
-        # MPEG encoders want even sizes; pad by edge replication rather than fail.
-        arr = np.pad(arr, ((0, 0), (0, arr.shape[1] % 2), (0, arr.shape[2] % 2), (0, 0)), mode="edge")
+    arr = _even(arr, ext)
+
     def encode(tmp: str) -> None:
         _WRITERS[ext](tmp, arr, float(fps), ext, quality)
 
     _atomic_write(p, encode if provenance is None else lambda tmp: provenance.write(p, tmp, encode))
     return p
+
+
+def _even(arr: np.ndarray, ext: str) -> np.ndarray:
+    """MPEG encoders want even sizes; pad by edge replication rather than fail."""
+    if ext in (".mp4", ".m4v", ".mov", ".mkv") and (arr.shape[1] % 2 or arr.shape[2] % 2):
+        arr = np.pad(arr, ((0, 0), (0, arr.shape[1] % 2), (0, arr.shape[2] % 2), (0, 0)), mode="edge")
+    return arr
+
+
+class VideoStream:
+    """Write a video a chunk of frames at a time, for videos too long to hold in memory.
+
+        with VideoStream("long.mp4", fps=8) as out:
+            for chunk in chunks:          # (T, H, W, 3) frames, as `write_video` takes them
+                out.write(chunk)
+
+    Container formats (.mp4 .mov .mkv .avi .webm) are encoded as the frames arrive, so memory
+    stays flat whatever the length; .gif / .webp / .png are spooled to a raw file beside the
+    output and encoded on close (their encoders hold every frame). The file appears at `path`
+    only when the stream closes, complete and signed (`provenance`, as in `write_video`); an
+    exception inside the `with` block, or `abort()`, leaves nothing behind.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, *, quality: int = 90,
+                 provenance: Provenance | None = _GENERATED):
+        self.path = check_output(path, fps, quality=quality)
+        self.ext = self.path.suffix.lower()
+        if self.ext in (".jpg", ".jpeg"):
+            raise ValueError(f"cannot stream a video to {str(self.path)!r}: JPEG holds one frame; "
+                             "use .mp4/.webm/.mov/.mkv/.avi/.gif/.webp/.png")
+        self.fps, self.quality, self.provenance = float(fps), quality, provenance
+        self.frames = 0
+        self.size: tuple[int, int] | None = None  # (height, width)
+        self._writer = self._spool = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kind = ".raw" if _WRITERS[self.ext] is _write_pillow else self.ext
+        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=f".stream{kind}")
+        os.close(fd)
+
+    def write(self, frames) -> None:
+        if self._tmp is None:
+            raise ValueError(f"the stream to {str(self.path)!r} is already closed")
+        arr = _even(to_uint8_frames(frames), self.ext)
+        if self.size is None:
+            self.size = arr.shape[1:3]
+            if _WRITERS[self.ext] is _write_pillow:
+                self._spool = open(self._tmp, "wb")
+            else:
+                self._writer = _open_cv2(self._tmp, self.fps, self.ext, arr.shape[2], arr.shape[1])
+        elif arr.shape[1:3] != self.size:
+            raise ValueError(f"frames of {arr.shape[2]}x{arr.shape[1]} cannot join a video of "
+                             f"{self.size[1]}x{self.size[0]} ({str(self.path)!r})")
+        if self._spool is not None:
+            self._spool.write(arr.tobytes())
+        else:
+            for f in arr:
+                self._writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        self.frames += len(arr)
+
+    def close(self) -> Path:
+        """Finish the file (sign it, move it into place) and return its path."""
+        if self._tmp is None:
+            return self.path
+        try:
+            self._release()
+            if not self.frames:
+                raise ValueError(f"no frames were written to {str(self.path)!r}")
+
+            def encode(tmp: str) -> None:
+                if self._spool is None:
+                    os.replace(self._tmp, tmp)
+                else:  # read back lazily; the Pillow encoder then holds the frames
+                    frames = np.memmap(self._tmp, np.uint8, "r", shape=(self.frames, *self.size, 3))
+                    _write_pillow(tmp, frames, self.fps, self.ext, self.quality)
+
+            prov = self.provenance
+            _atomic_write(self.path, encode if prov is None else lambda tmp: prov.write(self.path, tmp, encode))
+        finally:
+            self.abort()
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        self._release()
+        if self._tmp is not None:
+            Path(self._tmp).unlink(missing_ok=True)
+            self._tmp = None
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._spool is not None and not self._spool.closed:
+            self._spool.close()
+
+    def __enter__(self) -> "VideoStream":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def _atomic_write(p: Path, write: Callable[[str], None]) -> None:

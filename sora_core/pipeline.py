@@ -29,6 +29,15 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sora-tiny.safetens
 
 Progress = Callable[[int, int], None]
 
+# Frames wider or taller than this many latent cells are decoded in tiles of it (bounded memory
+# for large images: 512 px with the default model's VAE).
+AUTO_TILE = 128
+
+
+def auto_tile(h: int, w: int, tile: int | None = None) -> int | None:
+    """The decode tile (latent cells) for frames of h x w latent cells: `tile` if given, else `AUTO_TILE` when larger."""
+    return tile if tile is not None or max(h, w) <= AUTO_TILE else AUTO_TILE
+
 
 def default_model_path() -> Path:
     """The shipped default model, or SORA_MODEL if set."""
@@ -151,25 +160,35 @@ class Pipeline:
 
     @torch.no_grad()
     def run(self, window: cond.Window, prompt: str, negative: str = "", *, progress: Progress | None = None,
-            decode_chunk: int = 4, **sampling) -> torch.Tensor:
-        """Sample a window, decode it, splice in the source frames -> (T, H, W, 3) frames."""
+            decode_chunk: int = 4, decode_tile: int | None = None,
+            on_latents: Callable[[torch.Tensor], torch.Tensor] | None = None, **sampling) -> torch.Tensor:
+        """Sample a window, decode it, splice in the source frames -> (T, H, W, 3) frames.
+
+        `on_latents` may adjust the sampled latents before decoding (long videos' drift control);
+        `decode_tile` (latent cells) splits large frames for the VAE (default: `AUTO_TILE` when larger).
+        """
         self._check_request(prompt, dict(sampling, negative=negative, decode_chunk=decode_chunk))
         b, _, t, h, w = window.samples.shape
+        decode_tile = auto_tile(h, w, decode_tile)
         s, tf = self.config.vae.spatial_factor, self.config.vae.temporal_factor
         self._plan("run", w * s, h * s, 1 + tf * (t - 1), batch=b, decode_chunk=decode_chunk,
-                   cfg=sampling.get("cfg", 5.0))
+                   decode_tile=decode_tile, cfg=sampling.get("cfg", 5.0))
         steps = sampling.get("steps", 20)
         callback = (lambda d: progress(d["i"] + 1, steps)) if progress else None
         latents = sample_window(self.model.dit, window.samples, window.strength, self.encode_text(prompt),
                                 self.encode_text(negative), callback=callback, **sampling)
-        video = self.model.vae.decode(latents.to(next(self.model.vae.parameters()).dtype), chunk=decode_chunk)
+        if on_latents is not None:
+            latents = on_latents(latents)
+        param = next(self.model.vae.parameters())
+        video = self.model.vae.decode(latents.to(param.device, param.dtype), chunk=decode_chunk, tile=decode_tile)
         if not torch.isfinite(video).all():  # the latents are finite (sample_window checks), so the VAE overflowed
             raise FloatingPointError("the VAE decoded NaN/inf from finite latents; its dtype may be too narrow "
                                      "(load the model in float32)")
         frames = cond.video_to_frames(video.float()).cpu()
         return window.splice.apply(frames) if window.splice else frames
 
-    _SETTINGS = ("negative", "seed", "steps", "cfg", "shift", "sampler", "decode_chunk", "progress")
+    _SETTINGS = ("negative", "seed", "steps", "cfg", "shift", "sampler", "decode_chunk", "decode_tile", "on_latents",
+                 "progress")
 
     def _check_request(self, prompt, kw: dict) -> None:
         """The prompts and sampling settings, before any work."""
@@ -185,10 +204,11 @@ class Pipeline:
         chunk = kw.get("decode_chunk", 4)
         if not is_whole(chunk) or chunk < 1:
             raise ValueError(f"decode_chunk={chunk!r} is not allowed: use an integer >= 1 (latent frames per step)")
-        check_sampling(**{k: v for k, v in kw.items() if k not in ("negative", "decode_chunk", "progress")})
+        check_sampling(**{k: v for k, v in kw.items() if k not in ("negative", "decode_chunk", "decode_tile", "on_latents", "progress")})
 
     def _plan(self, what: str, width: int, height: int, frames: int, *, source: str | None = None,
-              encode_frames: int = 0, batch: int = 1, decode_chunk: int = 4, cfg: float = 5.0) -> None:
+              encode_frames: int = 0, batch: int = 1, decode_chunk: int = 4, decode_tile: int | None = None,
+              cfg: float = 5.0) -> None:
         """Sizes and budget of a request, before any work; a pixel size is named by its input."""
         try:
             check_pixel_size(width, height, self.config.pixel_multiple)
@@ -197,9 +217,11 @@ class Pipeline:
                 raise
             raise ValueError(f"{source} is {width}x{height} px (width x height): {err}") from None
         check_frame_count(frames, self.config.vae.temporal_factor)
+        s = self.config.vae.spatial_factor
+        decode_tile = auto_tile(height // s, width // s, decode_tile)
         budget.check(self.config, what=what, width=width, height=height, frames=frames, batch=batch,
                      stages=budget.STAGES if encode_frames else ("sample", "decode"), encode_frames=encode_frames,
-                     chunk=decode_chunk, guidance=cfg != 1.0, dtype=next(self.model.dit.parameters()).dtype,
+                     chunk=decode_chunk, tile=decode_tile, guidance=cfg != 1.0, dtype=next(self.model.dit.parameters()).dtype,
                      device=self.device, budget=self.budget)
 
     def _frames(self, name: str, frames) -> torch.Tensor:

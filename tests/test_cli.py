@@ -3,6 +3,7 @@ errors (one line, exit status 2, before any work) through the same `main`."""
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,68 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(Pipeline, "load", interrupted)
     status, err = run_main(capsys, "generate", "x", "-o", tmp_path / "x.gif", "--no-recaption", "--no-provenance")
     assert status == 130 and err == "interrupted\n"
+
+
+def test_long_streams_a_video_of_the_asked_length_with_its_provenance(clip, tmp_path):
+    out = tmp_path / "long.mp4"
+    r = cli("long", "a red ball moving right", "-o", out, "--video", clip, "--frames", 41, "--new-frames", 8,
+            "--context-frames", 4, *FAST)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "window 4/4" in r.stderr and "step 2/2" in r.stderr  # progress per window and per step
+    frames, _ = read_video(out)
+    source, _ = read_video(clip)
+    assert frames.shape == (41, 32, 32, 3)
+    assert np.abs(frames[:5].astype(int) - source[:5]).mean() < 6  # the clip opens it (mp4 is lossy)
+    pytest.importorskip("c2pa")
+    from sora_core.provenance import ASSERTION, read_manifest
+
+    manifest = read_manifest(out)
+    generation = next(a["data"] for a in manifest["manifests"][manifest["active_manifest"]]["assertions"]
+                      if a["label"] == ASSERTION)
+    assert generation["operation"] == "long" and manifest["validation_state"] == "Valid"
+
+
+def test_long_ctrl_c_keeps_the_finished_windows_as_a_shorter_video(clip, tmp_path):
+    out = tmp_path / "cut.mp4"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sora_core", "long", "x", "-o", str(out), "--video", str(clip),
+                             "--frames", "201", "--new-frames", "8", "--context-frames", "4", *FAST],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "window 3/" not in seen:  # windows 1 and 2 are done and written
+        char = proc.stderr.read(1)
+        assert char, seen[-2000:]
+        seen += char
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "cancelled" in stdout
+    frames, _ = read_video(out)
+    assert frames.shape[0] in (20, 28, 36) and frames.shape[0] < 201  # the clip's 4 settled frames + 8 a window
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seconds", 0], r"error: --seconds=0\.0 is not allowed: use a positive number of seconds"),
+    (["--frames", 1], r"error: --frames=1 is 1 frame\(s\); a long video needs more \(e\.g\. --seconds 60\)"),
+    (["--drift", "sideways"], r"error: argument --drift: invalid choice: 'sideways'.*"),
+    (["-o", "x.jpg"], r"error: cannot write 480 frames to '.*x\.jpg': JPEG holds one frame.*"),
+])
+def test_long_refuses_bad_settings_in_one_line_before_loading(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Pipeline, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    try:
+        status = main(["long", "x", "-o", "x.mp4", *map(str, args), "--no-recaption"])
+    except SystemExit as exit:  # argparse's own errors
+        status = exit.code
+    err = capsys.readouterr().err
+    assert status == 2 and re.fullmatch(message + "\n", err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_long_refuses_what_the_model_cannot_chain_before_writing_anything(capsys, tmp_path, micro_checkpoint):
+    for args, message in ((["--frames", 17], "error: frames=17 is not allowed: a long video is longer than its "
+                                             "opening (17 frames); use at least 18"),
+                          (["--new-frames", 6], "error: new_frames=6 is not allowed: use a multiple of 4 frames")):
+        status, err = run_main(capsys, "long", "x", "-o", tmp_path / "x.mp4", *args, "--model", micro_checkpoint,
+                               "--no-recaption", "--no-provenance")
+        assert status == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []

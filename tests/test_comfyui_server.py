@@ -24,7 +24,7 @@ import pytest
 
 from sora_core.pipeline import DEFAULT_MODEL
 
-from .workflow_api import VIRTUAL_NODES, object_info_specs, ui_to_api
+from .workflow_api import VIRTUAL_NODES, object_info_specs, reduced, ui_to_api
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -138,7 +138,7 @@ def test_workflow_nodes_match_the_servers_node_definitions(path, object_info):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_on_the_server(server, object_info, path):
     workflow = json.loads(path.read_text())
-    prompt = ui_to_api(workflow, object_info_specs(object_info))
+    prompt = reduced(ui_to_api(workflow, object_info_specs(object_info)))
     queued = server.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4()),
                                      "extra_data": {"extra_pnginfo": {"workflow": workflow}}})
     assert not queued.get("node_errors"), queued["node_errors"]

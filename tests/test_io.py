@@ -197,3 +197,38 @@ def test_template_clips_lookup():
     assert info.num_frames > 1 and info.width >= 300
     frames, _ = read_video(clips[0], fps=4, max_frames=2)
     assert frames.shape == (2, info.height, info.width, 3)
+
+
+@pytest.mark.parametrize("ext,tol", [("mp4", 6), ("gif", 1), ("webp", 6), ("png", 0)])
+def test_a_stream_writes_chunks_into_one_video_that_appears_only_when_closed(tmp_path, ext, tol):
+    frames = ramp()
+    target = tmp_path / f"long.{ext}"
+    with vio.VideoStream(target, fps=10, provenance=None) as out:
+        for i in range(0, 10, 3):  # chunks of 3, 3, 3, 1 frames
+            out.write(frames[i : i + 3])
+            assert not target.exists()
+    back, fps = read_video(target)
+    assert back.shape == frames.shape and fps == pytest.approx(10.0)
+    assert np.abs(back.astype(int) - frames).mean() <= tol
+    assert frame_ids(back) == list(range(10))
+    assert [p.name for p in tmp_path.iterdir()] == [f"long.{ext}"]  # no temp or spool left
+
+
+def test_a_failed_stream_leaves_nothing_and_bad_chunks_are_named(tmp_path):
+    target = tmp_path / "x.mp4"
+    with pytest.raises(RuntimeError, match="cancelled"):
+        with vio.VideoStream(target, fps=8, provenance=None) as out:
+            out.write(ramp(4))
+            raise RuntimeError("cancelled")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"frames of 16x16 cannot join a video of 48x32"):
+        with vio.VideoStream(target, fps=8, provenance=None) as out:
+            out.write(ramp(2))
+            out.write(ramp(2, 16, 16))
+    with pytest.raises(ValueError, match="no frames were written"):
+        vio.VideoStream(target, fps=8, provenance=None).close()
+    with pytest.raises(ValueError, match=r"x\.jpg.: JPEG holds one frame"):
+        vio.VideoStream(tmp_path / "x.jpg", fps=8)
+    with pytest.raises(ValueError, match="fps=0"):
+        vio.VideoStream(target, fps=0)
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -10,12 +12,14 @@ from nodes import latent as latent_nodes
 from nodes import sampler as sampler_node
 from nodes.latent import SoraPatchifyGrid, SoraTrimFrames, SoraVAEDecode, SoraVAEEncode
 from nodes.loader import SoraModelLoader
+from nodes.long import SoraLongVideo
 from nodes.sampler import SoraDiTSampler
 from nodes.save import SoraSaveVideo
 from nodes.temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
 from nodes.text import SoraRecaption, SoraTextEncode
 from sora_core.budget import BudgetError
 from sora_core.checkpoint import save_checkpoint
+from sora_core.pipeline import Pipeline
 from sora_core.preview import METADATA_KEY, LatentRGB
 
 SIZE, FRAMES = 32, 9  # micro: 8 px per token side, so 4x4 tokens a frame, 3 latent frames
@@ -404,6 +408,83 @@ def test_extend_refuses_new_frames_that_are_not_a_multiple_of_4(vae, clip):
 def test_extend_refuses_more_context_than_the_clip_has(vae, clip):
     with pytest.raises(ValueError, match="video has 9 frames"):
         SoraExtend().build(vae, clip, "forward", 8, 12)
+
+
+# -- long video -----------------------------------------------------------------------------------
+
+def long_video(dit, vae, prompts, seconds, **kw):
+    settings = dict(width=SIZE, height=SIZE, seconds=seconds, fps=8.0, new_frames=8, context_frames=4,
+                    drift="anchor", loop=False, seed=0, steps=1, cfg=1.0, sampler="euler") | kw
+    return SoraLongVideo().generate(dit, vae, *prompts, **settings)[0]
+
+
+def test_long_video_gives_every_frame_as_one_image_batch(dit, vae, prompts, monkeypatch):
+    shown = []
+    monkeypatch.setattr(host.Progress, "update", lambda self, value, total=None, preview=None: shown.append((value, total)))
+    frames = long_video(dit, vae, prompts, 4.0)  # 32 frames: a 17-frame opening and 2 windows of 8
+    assert frames.shape == (32, SIZE, SIZE, 3) and frames.dtype == torch.float32
+    assert shown[-1] == (3, 3) and (2, 3) in shown  # windows x steps, step by step
+
+
+def test_long_video_continues_start_images_and_says_when_seconds_are_too_few(dit, vae, prompts, clip):
+    frames = long_video(dit, vae, prompts, 3.0, start_images=clip)  # 24 frames: the clip and 2 windows
+    assert frames.shape[0] == 24 and torch.equal(frames[:FRAMES - 4], clip[:-4])
+    with pytest.raises(ValueError, match=r"seconds=1.0 at fps=8.0 \(8 frames\).*longer than its opening"):
+        long_video(dit, vae, prompts, 1.0, start_images=clip)
+
+
+def test_long_video_names_bad_inputs_before_loading_anything(dit, vae, prompts, clip, monkeypatch):
+    monkeypatch.setattr(host, "load_parts", lambda *parts: pytest.fail("loaded the networks"))
+    for kw, message in ((dict(new_frames=6), r"new_frames=6 is not allowed: use a multiple of 4"),
+                        (dict(drift="sideways"), r"drift='sideways' is not allowed"),
+                        (dict(steps=0), r"steps=0 is not allowed"),
+                        (dict(width=36), r"width=36 is not allowed"),
+                        (dict(start_images=clip[:, :30, :30]), r"start_images \(9 frames of 30x30\)")):
+        with pytest.raises(ValueError, match=message):
+            long_video(dit, vae, prompts, 4.0, **kw)
+
+
+def test_long_video_refuses_an_empty_positive_prompt(parts, dit, vae, prompts):
+    blank = SoraTextEncode().encode(parts[1], "  ")[0]
+    with pytest.raises(ValueError, match="the positive prompt is empty"):
+        long_video(dit, vae, (blank, prompts[1]), 4.0)
+
+
+def test_long_video_refuses_an_image_output_past_the_memory_limit_before_any_work(dit, vae, prompts, monkeypatch):
+    monkeypatch.setattr(host, "load_parts", lambda *parts: pytest.fail("loaded the networks"))
+    monkeypatch.setenv("SORA_MAX_MEMORY", "200MB")  # room for one window, not for an hour of frames
+    with pytest.raises(BudgetError, match=r"28800 frames of 32x32 px take 337\.5 MiB as an IMAGE; the limit is "
+                                          r"200\.0 MiB \(SORA_MAX_MEMORY.*python -m sora_core long"):
+        long_video(dit, vae, prompts, 3600.0)
+
+
+def test_long_video_cancel_stops_between_steps(dit, vae, prompts, monkeypatch):
+    class Cancelled(BaseException):  # ComfyUI's InterruptProcessingException is not an Exception either
+        pass
+
+    checks, sampled = [], []
+
+    def cancel_in_the_second_window():
+        checks.append(1)
+        if len(checks) == 5:  # window 1: before steps 1 and 2 and after; window 2: before step 1, after it
+            raise Cancelled
+
+    monkeypatch.setattr(host, "check_interrupted", cancel_in_the_second_window)
+    run = Pipeline.run
+    monkeypatch.setattr(Pipeline, "run", lambda self, *a, **kw: sampled.append(1) or run(self, *a, **kw))
+    with pytest.raises(Cancelled):
+        long_video(dit, vae, prompts, 4.0, steps=2)  # 3 windows of 2 steps
+    assert len(checks) == 5 and len(sampled) == 2  # stopped after step 1 of window 2: no step and no window more
+
+
+def test_long_video_tooltip_states_the_memory_the_output_really_takes(dit, vae, prompts):
+    tooltip = SoraLongVideo.OUTPUT_TOOLTIPS[0]
+    per_pixel = int(re.search(r"(\d+) bytes per pixel per frame", tooltip)[1])
+    frames = long_video(dit, vae, prompts, 3.0)  # 24 frames
+    assert frames.numel() * frames.element_size() == per_pixel * 24 * SIZE * SIZE
+    minute = re.search(r"a minute at 8 fps: ([\d.]+) MB at 64x64, ([\d.]+) GB at 832x480", tooltip)
+    assert float(minute[1]) == round(480 * 64 * 64 * per_pixel / 1e6)
+    assert float(minute[2]) == round(480 * 832 * 480 * per_pixel / 1e9, 1)
 
 
 # -- SDEdit ----------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from sora_core.pipeline import DEFAULT_MODEL, default_model_path
 from sora_core.provenance import ASSERTION, DIGITAL_SOURCE_TYPE, file_sha256, read_manifest
 
 from .workflow_api import (CORE_DISPLAY_NAMES, CORE_DOUBLES, TEXT_DISPLAY, TITLE_H, Recorder, class_specs, execute,
-                           min_node_size, ui_to_api)
+                           min_node_size, reduced, ui_to_api)
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 CLASSES = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES}
@@ -44,6 +44,7 @@ EXPECTED = {
     "9. Video to video (SDEdit)": {"sora/sdedit_source": (17, 64, 64), "sora/sdedit_edited": (17, 64, 64)},
     "10. Connect two clips": {"sora/connect_two_clips": (50, 64, 64)},
     "11. Recaption a short prompt": {"sora/recaption": (17, 64, 64)},
+    "12. A minute of video": {"sora/long_video": (32, 64, 64)},  # run at 4 s (workflow_api.REDUCED)
 }
 
 
@@ -64,7 +65,7 @@ def output_folder(tmp_path_factory):
 @functools.cache
 def run(name: str) -> tuple[dict, dict, dict, dict]:
     """(API prompt, saved or previewed frames by filename prefix, node outputs, node UI) of one workflow, run once."""
-    prompt = ui_to_api(json.loads((WORKFLOWS / f"{name}.json").read_text()), class_specs(CLASSES))
+    prompt = reduced(ui_to_api(json.loads((WORKFLOWS / f"{name}.json").read_text()), class_specs(CLASSES)))
     Recorder.saved = {}
     outputs, ui = execute(prompt, CLASSES)
     saved = dict(Recorder.saved)
@@ -140,6 +141,13 @@ def test_loop_output_starts_with_the_source_clip():
     _, loop = node_of(prompt, "SoraLoop")
     source = outputs[loop["inputs"]["video"][0]][0]  # both of its ends crossfade, 4 frames each
     assert torch.equal(saved["sora/seamless_loop"][4:13], source[4:13])
+
+
+def test_the_long_video_workflow_ships_a_minute_at_the_default_size():
+    prompt = ui_to_api(load("12. A minute of video"), class_specs(CLASSES))
+    _, node = node_of(prompt, "SoraLongVideo")
+    assert node["inputs"]["seconds"] * node["inputs"]["fps"] == 480
+    assert (node["inputs"]["width"], node["inputs"]["height"]) == (64, 64)
 
 
 def test_recaption_workflow_shows_and_encodes_the_caption():

@@ -70,6 +70,19 @@ def ui_to_api(workflow: dict, specs_of) -> dict:
     return prompt
 
 
+# Workflows too long for a test run at a reduced length: {class_type: inputs to override}.
+REDUCED = {"SoraLongVideo": {"seconds": 4.0, "steps": 4}}  # the shipped minute: 32 frames, two windows
+
+
+def reduced(prompt: dict) -> dict:
+    """The API prompt with REDUCED applied (a copy)."""
+    out = {}
+    for nid, node in prompt.items():
+        inputs = dict(node["inputs"], **REDUCED.get(node["class_type"], {}))
+        out[nid] = {**node, "inputs": inputs}
+    return out
+
+
 # -- how big the frontend draws a node (litegraph's LGraphNode.computeSize, ComfyUI frontend 1.49) -------
 
 TITLE_H = 30  # NODE_TITLE_HEIGHT: the title bar sits above a node's pos

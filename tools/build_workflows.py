@@ -633,6 +633,25 @@ def recaption() -> Graph:
     return g
 
 
+def long_video() -> Graph:
+    g = Graph("A minute of video", "**Long Video** makes a video of any length window by window: the first "
+              "window from the prompt, then each next one continuing the last frames of the one before (the "
+              "report's 'extending', forward in time). A minute at 8 fps is 480 frames, 30 windows. **drift** "
+              "keeps colours from creeping over the windows (anchor: every window matched to the first); **loop** "
+              "ends on a transition back into the opening. Link an IMAGE to start_images to continue your own "
+              "clip or animate your own picture.\n\nThe IMAGE output holds every frame in memory (24 MB here); "
+              "for hours or large frames use `python -m sora_core long`, which streams to the file in flat memory.")
+    loader, neg = load(g)
+    pos = prompt(g, loader, CAPTION.replace("moves steadily to the right", "bounces around the frame"))
+    video = g.add("SoraLongVideo", title="A minute, window by window", model=loader["model"], vae=loader["vae"],
+                  positive=pos[0], negative=neg[0], width=VIDEO["width"], height=VIDEO["height"], seconds=60.0,
+                  fps=FPS, seed=81, steps=STEPS, cfg=CFG)
+    out = save(g, loader, pos, video, "long_video", title="A minute (480 frames at 8 fps)", operation="long")
+    g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
+             [Stage("Chain windows into a minute", [chain(video, out)])])
+    return g
+
+
 # The template browser's order and titles: file "<n>. <title>.json" (see the module docstring).
 WORKFLOWS = [
     ("Text to video", text_to_video),
@@ -646,6 +665,7 @@ WORKFLOWS = [
     ("Video to video (SDEdit)", video_to_video_sdedit),
     ("Connect two clips", connect_two_clips),
     ("Recaption a short prompt", recaption),
+    ("A minute of video", long_video),
 ]
 
 

@@ -1,0 +1,196 @@
+"""Long video: any length by chained extension, streamed out window by window.
+
+    job = LongVideo(pipe, "a red ball rolling", frames=480)     # checks everything first
+    with VideoStream("minute.mp4", fps=8) as out:
+        for chunk in job:                                        # (T, H, W, 3) finished frames
+            out.write(chunk)
+
+The first window is generated from the prompt (or animates a start image, or is a start clip
+itself); every next window continues the video forward from its last `context_frames` (+1
+anchor frame) through the same per-frame conditioning as `Pipeline.extend`, and only the
+frames a later window can still touch (the context, which the next join crossfades, and for
+a loop the opening frames) are held back. So memory is the same for ten seconds or an hour.
+`loop=True` ends on a transition into the video's own opening (see `cond.loop`).
+
+Drift: each window sees only generated frames, so small errors compound, window after window,
+into colour and contrast drift and a growing jump at every join. Two measures against it, each
+chosen by measurement with the default model over 15 chained windows (benchmarks/bench_long.py;
+figures in the README):
+- the context stays in latent space: a window's context chunks are the previous window's own
+  latents, not a re-encoding of their decoded frames (encode(decode(z)) != z, and that error
+  fed every window); only the lone anchor frame is encoded from pixels.
+- `drift="anchor"` (default) gives every window's new latents, before decoding, the per-channel
+  mean and spread of the opening's latents: a restoring pull towards where the video started.
+  Matching each window to its own context instead was measured too and drifted more than no
+  matching (it keeps every error it is handed); "none" leaves the latents alone.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from . import conditioning as cond
+from .patch import check_frame_count, check_pixel_size
+
+DRIFT = ("anchor", "none")
+DEFAULT_DRIFT = "anchor"
+
+# progress(window, windows, step, steps): windows and steps count from 1. It may raise to cancel.
+LongProgress = Callable[[int, int, int, int], None]
+
+
+def latent_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation over frames and space of (B, C, T, h, w) latents."""
+    return z.mean(dim=(2, 3, 4), keepdim=True), z.std(dim=(2, 3, 4), keepdim=True)
+
+
+def match_stats(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """`z` moved and scaled, channel by channel, to the given mean and spread."""
+    m, s = latent_stats(z)
+    return (z - m) * (std / s.clamp(min=1e-4)) + mean
+
+
+class LongVideo:
+    """A long video as an iterator of finished frame chunks; the constructor checks every input."""
+
+    def __init__(self, pipe, prompt: str, frames: int, *, width: int = 64, height: int = 64,
+                 start: torch.Tensor | None = None, loop: bool = False, window_frames: int = 17,
+                 new_frames: int = 16, context_frames: int = 8, blend_frames: int = cond.SEAM_BLEND,
+                 drift: str = DEFAULT_DRIFT, negative: str = "", seed: int = 0,
+                 progress: LongProgress | None = None, **sampling):
+        config = pipe.config
+        tf = config.vae.temporal_factor
+        pipe._check_request(prompt, dict(sampling, negative=negative, seed=seed))
+        if drift not in DRIFT:
+            raise ValueError(f"drift={drift!r} is not allowed; use one of {DRIFT}")
+        cond.check_chunks("new_frames", new_frames, tf)
+        cond.check_chunks("context_frames", context_frames, tf)
+        cond._check_blend(blend_frames)
+        if start is not None:
+            start = cond.as_frames("start", start).cpu()
+            width, height = start.shape[2], start.shape[1]
+        check_pixel_size(width, height, config.pixel_multiple)
+        if start is None or start.shape[0] == 1:
+            check_frame_count(window_frames, tf)
+            first = window_frames
+        else:
+            first = start.shape[0]
+        hold = context_frames + 1  # frames the next window sees; its join crossfades the last of them
+        # a loop leads back into the opening's first context_frames, which no join may crossfade
+        need = max(hold, context_frames + blend_frames if loop else 0)
+        if first < need:
+            raise ValueError(
+                f"the opening has {first} frames; context_frames={context_frames}"
+                + (f" and a loop with blend_frames={blend_frames}" if loop else "")
+                + f" need at least {need} "
+                + ("(window_frames)" if start is None or start.shape[0] == 1 else "(start clip frames)")
+            )
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < first + (tf if loop else 1):
+            raise ValueError(f"frames={frames!r} is not allowed: a long video is longer than its opening "
+                             f"({first} frames{' plus a loop transition' if loop else ''}); use at least "
+                             f"{first + (tf if loop else 1)}")
+        # The largest window (the opening, an extension, a loop's closing transition), before any work.
+        pipe._plan("long", width, height, max(window_frames, 1 + new_frames + context_frames * (1 + loop)),
+                   source=None if start is None else "start", encode_frames=1 + context_frames * (1 + loop),
+                   cfg=sampling.get("cfg", 5.0))
+        # New frames per window, in whole latent chunks; a loop's transition gets a full window.
+        todo = -(-(frames - first) // tf) * tf
+        pieces = [new_frames] * (todo // new_frames) + ([todo % new_frames] if todo % new_frames else [])
+        if loop and len(pieces) > 1 and pieces[-1] != new_frames:
+            pieces = [pieces[-1]] + pieces[:-1]
+        self.pipe, self.prompt, self.negative, self.seed = pipe, prompt, negative, seed
+        self.width, self.height, self.start, self.loop = width, height, start, loop
+        self.window_frames, self.context_frames, self.blend_frames = window_frames, context_frames, blend_frames
+        self.drift, self.progress, self.sampling = drift, progress, sampling
+        self.opening, self.pieces, self.hold = first, pieces, hold
+        self.frames = first + todo if loop else frames  # a loop keeps its whole transition
+        self.windows = len(pieces) + (start is None or start.shape[0] == 1)
+
+    @property
+    def joins(self) -> list[int]:
+        """Index of the last frame before each window's new frames (a loop's wrap, last frame to frame 0,
+        is not listed)."""
+        out, at = [], self.opening
+        for n in self.pieces:
+            out.append(at - 1)
+            at += n
+        return [j for j in out if j + 1 < self.frames]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        pipe, vae = self.pipe, self.pipe.model.vae
+        m = self.context_frames // vae.temporal_factor
+        reference = None  # latent statistics of the opening
+        previous = None  # the last window's final m latents: the next window's context
+        window = 0
+
+        def run(w: cond.Window, seed: int) -> torch.Tensor:
+            nonlocal window
+            window += 1
+            steps = self.sampling.get("steps", 20)
+            shown = window
+            progress = (lambda i, n: self.progress(shown, self.windows, i, n)) if self.progress else None
+
+            def adjust(z: torch.Tensor) -> torch.Tensor:
+                nonlocal reference, previous
+                new = (w.strength[0] > 0).to(z.device)
+                if reference is None:  # the opening: the anchor every later window is matched to
+                    reference = latent_stats(z[:, :, 1:])
+                elif self.drift == "anchor":
+                    z = z.clone()
+                    z[:, :, new] = match_stats(z[:, :, new], *reference)
+                previous = z[:, :, -m:].clone()
+                return z
+
+            if progress:
+                progress(0, steps)
+            return pipe.run(w, self.prompt, self.negative, progress=progress, on_latents=adjust, seed=seed,
+                            **self.sampling)
+
+        if self.start is None:
+            held = run(cond.empty_window(pipe.config, self.width, self.height, self.window_frames), self.seed)
+        elif self.start.shape[0] == 1:
+            held = run(cond.animate_image(vae, self.start.to(pipe.device), self.window_frames), self.seed)
+        else:
+            held = self.start.float().cpu()
+            tf = vae.temporal_factor
+            z = cond.encode_frames(vae, held[: 1 + (min(len(held), self.window_frames) - 1) // tf * tf].to(pipe.device))
+            reference = latent_stats(z[:, :, 1:].float())
+        head = held[: self.context_frames].clone()  # a loop's transition leads back into these
+        written = 0
+        for k, n in enumerate(self.pieces):
+            closing = self.loop and k == len(self.pieces) - 1
+            if len(held) > self.hold:
+                yield held[: -self.hold]
+                written += len(held) - self.hold
+            held = held[-self.hold :]
+            if closing:
+                out = self._close_loop(run, held, head, n, self.seed + k + 1, previous)
+            else:
+                w = cond.extend_forward(vae, held.to(pipe.device), n, self.context_frames, self.blend_frames)
+                if previous is not None:  # the context chunks as generated, not re-encoded from their pixels
+                    w.samples[:, :, 1 : 1 + m] = previous.to(w.samples)
+                out = run(w, self.seed + k + 1)
+            held = out
+        yield held[: self.frames - written]
+
+    def _close_loop(self, run, held: torch.Tensor, head: torch.Tensor, n: int, seed: int,
+                    previous: torch.Tensor | None) -> torch.Tensor:
+        """held + a transition that leads into `head`, the video's opening (already written: it cannot be
+        crossfaded as `cond.loop` does, so the transition's last frames absorb the VAE's error instead)."""
+        vae, device = self.pipe.model.vae, self.pipe.device
+        w = cond.connect(vae, held.to(device), head.to(device), n, self.context_frames, self.blend_frames)
+        if previous is not None:
+            w.samples[:, :, 1 : 1 + previous.shape[2]] = previous.to(w.samples)
+        splice, w.splice = w.splice, None
+        decoded = run(w, seed)
+        splice.after = None
+        out = splice.apply(decoded)  # held, crossfaded at its join, + the transition
+        k = min(self.blend_frames, n)
+        if k:
+            # decoded[keep_stop] is the model's own redraw of head[0], which the transition leads into
+            ramp = torch.arange(1, k + 1, dtype=out.dtype) / (k + 1)
+            out[-k:] += ramp.view(-1, 1, 1, 1) * (head[0] - decoded[splice.keep_stop]).to(out)
+            out = out.clamp(0, 1)
+        return out

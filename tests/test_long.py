@@ -1,0 +1,158 @@
+"""Long video by chained extension (sora_core.long), with the random-weight micro model."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from sora_core.long import LongVideo, latent_stats, match_stats
+from sora_core.pipeline import Pipeline
+
+FAST = dict(steps=1, cfg=1.0)
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def pipe(micro_model):
+    return Pipeline(micro_model)
+
+
+def ramp_clip(frames: int) -> torch.Tensor:
+    """A colour ramp drifting right: smooth, and every frame different."""
+    x = torch.linspace(0, 1, SIZE)
+    rows = [torch.stack([(x + t / 40) % 1, x.flip(0), torch.full_like(x, 0.3)], -1) for t in range(frames)]
+    return torch.stack(rows)[:, None].expand(frames, SIZE, SIZE, 3).contiguous()
+
+
+def test_the_plan_fills_the_length_in_whole_chunks_and_a_loop_keeps_a_full_transition(pipe):
+    job = LongVideo(pipe, "x", 60, width=SIZE, height=SIZE)
+    assert (job.opening, job.pieces, job.frames, job.windows) == (17, [16, 16, 12], 60, 4)
+    assert job.joins == [16, 32, 48]
+    loop = LongVideo(pipe, "x", 60, width=SIZE, height=SIZE, loop=True)
+    assert (loop.pieces, loop.frames) == ([12, 16, 16], 61)  # the transition is last and whole
+    clip = LongVideo(pipe, "x", 45, start=ramp_clip(13), new_frames=8, context_frames=4)
+    assert (clip.opening, clip.pieces, clip.windows, clip.joins) == (13, [8, 8, 8, 8], 4, [12, 20, 28, 36])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(drift="context"), "drift='context' is not allowed"),
+    (dict(new_frames=6), "new_frames=6 is not allowed: use a multiple of 4"),
+    (dict(context_frames=0), "context_frames=0 is not allowed"),
+    (dict(blend_frames=-1), "blend_frames=-1"),
+    (dict(width=30), "width=30 is not allowed"),
+    (dict(window_frames=16), "frames=16 is not allowed"),
+    (dict(frames=17), "frames=17 is not allowed: a long video is longer than its opening"),
+    (dict(start=ramp_clip(5)), "the opening has 5 frames; context_frames=8 need at least 9"),
+    (dict(start=ramp_clip(9), loop=True), "the opening has 9 frames.*loop with blend_frames=4 need at least 12"),
+    (dict(prompt=" "), "prompt is empty"),
+])
+def test_bad_settings_are_named_before_any_work(pipe, kwargs, message):
+    args = dict(prompt="a ball", frames=40, width=SIZE, height=SIZE) | kwargs
+    with pytest.raises(ValueError, match=message):
+        LongVideo(pipe, args.pop("prompt"), args.pop("frames"), **args)
+
+
+def test_frames_stream_out_as_each_window_finishes_and_the_start_clip_is_kept(pipe):
+    clip = ramp_clip(13)
+    events, chunks = [], []
+    job = LongVideo(pipe, "a ball", 45, start=clip, new_frames=8, context_frames=4, seed=3,
+                    progress=lambda w, n, s, t: events.append((w, s)), **FAST)
+    for chunk in job:
+        chunks.append((events[-1][0] if events else 0, chunk))
+    video = torch.cat([c for _, c in chunks])
+    assert video.shape == (45, SIZE, SIZE, 3)
+    # each chunk leaves before the next window starts: the clip's settled frames before window 1,
+    # then window k's frames (less the 5 the next window sees) before window k + 1
+    assert [w for w, _ in chunks] == [0, 1, 2, 3, 4] and [len(c) for _, c in chunks] == [8, 8, 8, 8, 13]
+    assert events == [(w, s) for w in range(1, 5) for s in (0, 1)]
+    assert torch.equal(video[:9], clip[:9])  # untouched but for the 4 frames crossfaded at the first join
+    assert not torch.equal(video[9:13], clip[9:13])
+
+
+def live_tensor_bytes() -> int:
+    """Bytes of every tensor storage alive in the process but the model's weights (counted once each)."""
+    storages = {}
+    for obj in gc.get_objects():
+        if type(obj) is torch.Tensor and obj.layout == torch.strided:
+            s = obj.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+    return sum(storages.values())
+
+
+def test_memory_stays_flat_in_the_length(pipe):
+    def peak(windows: int) -> int:
+        before = live_tensor_bytes()
+        seen = []
+        job = LongVideo(pipe, "a ball", 17 + 16 * windows, width=SIZE, height=SIZE,
+                        progress=lambda *_: seen.append(live_tensor_bytes()), **FAST)
+        total = sum(len(chunk) for chunk in job)  # a consumer that writes each chunk away
+        assert total == 17 + 16 * windows
+        return max(seen) - before
+
+    short, long = peak(2), peak(8)
+    frame = SIZE * SIZE * 3 * 4
+    # four times the length, the same memory (holding the video would add its 96 more frames)
+    assert long <= short + 2 * frame, (short, long)
+
+
+def test_the_context_stays_in_latent_space_and_anchor_matches_new_latents_to_the_opening(pipe, monkeypatch):
+    decoded = []
+    decode = pipe.model.vae.decode
+    monkeypatch.setattr(pipe.model.vae, "decode", lambda z, **kw: decoded.append(z.clone()) or decode(z, **kw))
+
+    def run(drift: str) -> list[torch.Tensor]:
+        decoded.clear()
+        list(LongVideo(pipe, "a ball", 49, width=SIZE, height=SIZE, drift=drift, seed=5, **FAST))
+        return list(decoded)
+
+    none, anchor = run("none"), run("anchor")
+    for run_ in (none, anchor):  # windows: a lone frame, 2 context chunks, 4 new; the opening: 1 + 4
+        for before, after in zip(run_, run_[1:]):
+            assert torch.equal(after[:, :, 1:3], before[:, :, -2:])  # the previous window's own latents
+    reference = latent_stats(anchor[0][:, :, 1:])  # the opening's chunks
+    for z in anchor[1:]:
+        for got, want in zip(latent_stats(z[:, :, 3:]), reference):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(none[0], anchor[0])  # the opening is never moved
+    gap = [(latent_stats(z[:, :, 3:])[0] - reference[0]).abs().max() for z in none[1:]]
+    assert min(gap) > 1e-2  # left alone, the windows do not match the opening on their own
+
+
+def test_match_stats_moves_every_channel_to_the_target():
+    z = torch.randn(1, 4, 3, 5, 5) * torch.tensor([1.0, 2.0, 0.5, 3.0]).view(1, 4, 1, 1, 1) + 7
+    mean, std = torch.arange(4.0).view(1, 4, 1, 1, 1), torch.full((1, 4, 1, 1, 1), 0.25)
+    for got, want in zip(latent_stats(match_stats(z, mean, std)), (mean, std)):
+        torch.testing.assert_close(got, want)
+
+
+def test_cancel_stops_between_steps_and_keeps_the_finished_chunks(pipe):
+    class Cancelled(Exception):
+        pass
+
+    def progress(window, windows, step, steps):
+        if window == 3 and step == 1:
+            raise Cancelled
+
+    got = []
+    with pytest.raises(Cancelled):
+        for chunk in LongVideo(pipe, "a ball", 81, width=SIZE, height=SIZE, progress=progress, **FAST):
+            got.append(chunk)
+    assert [len(c) for c in got] == [8, 16]  # windows 1 and 2, less the frames window 3 was to see
+
+
+def test_a_loop_ends_on_a_transition_into_its_own_unchanged_opening(pipe):
+    clip = ramp_clip(21)
+    frames = torch.cat(list(LongVideo(pipe, "a ball", 41, start=clip, loop=True, seed=1, **FAST)))
+    assert frames.shape[0] == 21 + 20 and torch.equal(frames[:17], clip[:17])
+    assert torch.isfinite(frames).all() and 0 <= frames.min() and frames.max() <= 1
+
+
+def test_eval_measures_drift_and_every_join_of_a_chain(pipe):
+    from sora_core.eval.run import long_chain
+
+    clip = ramp_clip(17)
+    drift, seams, frames = long_chain(pipe, clip, "a ball", windows=3, new_frames=8, context_frames=4, **FAST)
+    assert frames.shape[0] == 17 + 3 * 8 and len(seams) == 3
+    assert all(s > 0 for s in seams) and 0 <= drift <= 255
