@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sora_core.flow import SAMPLERS
-from sora_core.pipeline import sample_window
+from sora_core.engine import sample_window
 
 from . import host, wires
 

@@ -10,7 +10,7 @@ import torch
 
 from sora_core import conditioning as cond
 from sora_core.flow import noise_to_start
-from sora_core.pipeline import seeded_noise
+from sora_core.engine import seeded_noise
 
 from . import wires
 

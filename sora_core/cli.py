@@ -18,11 +18,27 @@ def _progress(label: str):
     return show
 
 
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
 def _pipeline(args):
+    import torch
+
     from .pipeline import Pipeline
 
     args.provenance = _provenance(args)  # first: strict provenance fails before any work
-    return Pipeline.load(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return Pipeline.load(args.model, vae=args.vae, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
+                         device=device, dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None,
+                         offload=args.offload)
+
+
+def _image_size(args, pipe) -> tuple[int | None, int | None]:
+    """Frame size for an image to animate: as asked, else a Wan model's native size (the image is cropped
+    to it), else the image's own size rounded down to what the model accepts. Clips keep their size."""
+    if pipe.family == "wan":
+        return args.width or pipe.defaults.width, args.height or pipe.defaults.height
+    return args.width, args.height
 
 
 def _load_frames(path: str, multiple: int, width: int | None = None, height: int | None = None,
@@ -44,20 +60,22 @@ def _load_frames(path: str, multiple: int, width: int | None = None, height: int
     return torch.from_numpy(frames).float() / 255.0
 
 
-def _save(frames, path: str, fps: float, provenance=None) -> None:
+def _save(frames, args, pipe) -> None:
     from .io import write_video
 
-    out = write_video(path, frames, fps, provenance=provenance)
+    path = args.output
+    out = write_video(path, frames, args.fps or pipe.defaults.fps, provenance=args.provenance)
     print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]})")
 
 
 def _sampling(args) -> dict:
     return dict(negative=args.negative, progress=_progress("sampling"), seed=args.seed, steps=args.steps,
-                cfg=args.cfg, sampler=args.sampler, shift=args.shift)
+                cfg=args.cfg, sampler=args.sampler, shift=args.shift, sequential_cfg=args.sequential_cfg,
+                decode_tile=args.vae_tile)
 
 
-def _prompt(args) -> str:
-    if args.no_recaption:
+def _prompt(args, pipe) -> str:
+    if args.no_recaption or pipe.family != "sora-nodes":  # the offline expander writes our training captions
         return args.prompt
     from .recaption import recaption
 
@@ -68,16 +86,16 @@ def _prompt(args) -> str:
 
 def _generate(args) -> int:
     pipe = _pipeline(args)
-    frames = pipe.generate(_prompt(args), args.width, args.height, args.frames, **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    frames = pipe.generate(_prompt(args, pipe), args.width, args.height, args.frames, **_sampling(args))
+    _save(frames, args, pipe)
     return 0
 
 
 def _animate(args) -> int:
     pipe = _pipeline(args)
-    image = _load_frames(args.image, pipe.config.pixel_multiple, args.width, args.height, max_frames=1)
-    frames = pipe.animate(image, _prompt(args), args.frames, **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    image = _load_frames(args.image, pipe.pixel_multiple, *_image_size(args, pipe), max_frames=1)
+    frames = pipe.animate(image, _prompt(args, pipe), args.frames, **_sampling(args))
+    _save(frames, args, pipe)
     return 0
 
 
@@ -87,39 +105,39 @@ def _joins(args) -> dict:
 
 def _extend(args) -> int:
     pipe = _pipeline(args)
-    video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
-    frames = pipe.extend(video, _prompt(args), args.new_frames, args.context_frames, args.direction,
+    video = _load_frames(args.video, pipe.pixel_multiple, args.width, args.height)
+    frames = pipe.extend(video, _prompt(args, pipe), args.new_frames, args.context_frames, args.direction,
                          **_joins(args), **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    _save(frames, args, pipe)
     return 0
 
 
 def _loop(args) -> int:
     pipe = _pipeline(args)
-    video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
-    frames = pipe.loop(video, _prompt(args), args.transition_frames, args.context_frames, **_joins(args),
+    video = _load_frames(args.video, pipe.pixel_multiple, args.width, args.height)
+    frames = pipe.loop(video, _prompt(args, pipe), args.transition_frames, args.context_frames, **_joins(args),
                        **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    _save(frames, args, pipe)
     return 0
 
 
 def _connect(args) -> int:
     pipe = _pipeline(args)
-    first = _load_frames(args.first, pipe.config.pixel_multiple, args.width, args.height)
-    second = _load_frames(args.second, pipe.config.pixel_multiple, first.shape[2], first.shape[1])
-    frames = pipe.connect(first, second, _prompt(args), args.transition_frames, args.context_frames,
+    first = _load_frames(args.first, pipe.pixel_multiple, args.width, args.height)
+    second = _load_frames(args.second, pipe.pixel_multiple, first.shape[2], first.shape[1])
+    frames = pipe.connect(first, second, _prompt(args, pipe), args.transition_frames, args.context_frames,
                           **_joins(args), **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    _save(frames, args, pipe)
     return 0
 
 
 def _edit(args) -> int:
     pipe = _pipeline(args)
-    video = _load_frames(args.video, pipe.config.pixel_multiple, args.width, args.height)
-    tf = pipe.config.vae.temporal_factor
+    video = _load_frames(args.video, pipe.pixel_multiple, args.width, args.height)
+    tf = pipe.temporal_factor
     video = video[: 1 + (video.shape[0] - 1) // tf * tf]  # the longest valid 1 + 4k prefix
-    frames = pipe.edit(video, _prompt(args), args.strength, **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    frames = pipe.edit(video, _prompt(args, pipe), args.strength, **_sampling(args))
+    _save(frames, args, pipe)
     return 0
 
 
@@ -140,18 +158,38 @@ def _common(p: argparse.ArgumentParser, prompt: bool = True) -> None:
     if prompt:
         p.add_argument("prompt", help="what to show; short prompts are expanded into detailed captions")
     p.add_argument("-o", "--output", required=True, help="output file: .mp4, .webm, .gif, .webp or .png")
-    p.add_argument("--model", default=None, help="checkpoint (default: the shipped model, or $SORA_MODEL)")
-    p.add_argument("--negative", default="", help="negative prompt for classifier-free guidance")
+    p.add_argument("--model", default=None, help="a sora-nodes checkpoint, or a Wan diffusion model file (with --vae "
+                   "and --text-encoder); default: the shipped model, or $SORA_MODEL")
+    p.add_argument("--negative", default=None, help="negative prompt for classifier-free guidance (default: the "
+                   "model's own; empty for the shipped model)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg", type=float, default=5.0)
-    p.add_argument("--shift", type=float, default=None, help="schedule shift (default: by video size)")
+    p.add_argument("--steps", type=int, default=None, help="default: the model's recipe (20 for the shipped model)")
+    p.add_argument("--cfg", type=float, default=None, help="default: the model's recipe (5 for the shipped model)")
+    p.add_argument("--shift", type=float, default=None, help="schedule shift (default: the model's recipe, else by "
+                   "video size)")
     p.add_argument("--sampler", default="euler", choices=["euler", "heun", "dpmpp_2m"])
-    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--fps", type=float, default=None, help="default: the model's (8 for the shipped model)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
-    p.add_argument("--no-recaption", action="store_true", help="use the prompt as written")
+    p.add_argument("--no-recaption", action="store_true", help="use the prompt as written (Wan models always do)")
+    _model_options(p)
     _provenance_options(p)
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Wan models (single files as ComfyUI keeps them; `inspect` says what a file is)")
+    g.add_argument("--vae", default=None, help="the VAE for a Wan --model: wan_2.1_vae.safetensors (1.3B, 14B) or "
+                   "wan2.2_vae.safetensors (TI2V-5B)")
+    g.add_argument("--text-encoder", default=None, help="umt5-xxl for a Wan --model, e.g. umt5_xxl_fp16.safetensors")
+    g.add_argument("--tokenizer", default=None, help="umt5's spiece.model, if the text encoder file holds none")
+    g.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="cast the weights (default: as stored; fp8 stays fp8)")
+    g.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None,
+                   help="load the text encoder and the DiT only while each runs (default: on, except on the CPU)")
+    g.add_argument("--sequential-cfg", action="store_true",
+                   help="run the prompt and the negative prompt one after the other (half the activation memory)")
+    g.add_argument("--vae-tile", type=int, default=None, help="decode in spatial tiles of this many latent cells")
 
 
 # -- provenance: a C2PA manifest on every output (sora_core.provenance) --------------------------
@@ -196,13 +234,14 @@ def _blend_option(p: argparse.ArgumentParser) -> None:
 def add_commands(sub) -> None:
     p = sub.add_parser("generate", help="text to video (--frames 1: text to image)")
     _common(p)
-    p.add_argument("--frames", type=int, default=17, help="1 + 4k frames")
-    p.set_defaults(func=_generate, width=64, height=64)
+    p.add_argument("--frames", type=int, default=None, help="1 + 4k frames (default: the model's, 17 for the "
+                   "shipped one; a Wan model also defaults to its native width and height)")
+    p.set_defaults(func=_generate)
 
     p = sub.add_parser("animate", help="image to video: the image becomes the first frame")
     p.add_argument("image")
     _common(p)
-    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--frames", type=int, default=None, help="1 + 4k frames (default: the model's)")
     p.set_defaults(func=_animate)
 
     p = sub.add_parser("extend", help="extend a clip forward or backward in time")
