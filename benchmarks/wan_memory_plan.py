@@ -25,7 +25,8 @@ import sys
 
 import torch
 
-from sora_core.wan.dit import RECIPES, WanDiT, WanDiTConfig, forward_memory
+from sora_core.budget import estimate
+from sora_core.wan.dit import RECIPES, WanConfig, WanDiT, WanDiTConfig, forward_memory
 from sora_core.wan.umt5 import UMT5Config, UMT5Encoder
 from sora_core.wan.vae import WAN21_VAE, WAN22_VAE, LiveBytes, decode_memory
 
@@ -104,6 +105,20 @@ def plan() -> None:
             setup = f"umt5 {umt5}, DiT {dit_w}, CFG {cfg}"
             print(f"{variant:<16} {setup:<38} {g(phases[0])} {g(phases[1])} {g(phases[2])} {g(peak)}  "
                   f"{'yes' if peak <= BUDGET else 'no'}")
+    print("\nthe up-front budget's closed-form estimate (sora_core.budget, what a request is refused by) against "
+          "these traces (GiB; sampling: traced activations + the sampler's latents)")
+    print(f"{'model':<16} {'sample b=2':>10} {'traced':>7} {'sample b=1':>10} {'traced':>7} {'decode':>7} {'traced':>7} "
+          f"{'tiled':>7} {'traced':>7}")
+    for variant, (w, h, f, vae) in RELEASES.items():
+        r, model = rows[variant], WanConfig(WanDiTConfig.released(variant), vae, variant)
+        est = {(cfg, tile): estimate(model, width=w, height=h, frames=f, chunk=1, tile=tile, guidance=cfg,
+                                     dtype=torch.bfloat16, device="cuda").stages
+               for cfg in (True, False) for tile in (None, 256 // vae.spatial_factor)}
+        tile = 256 // vae.spatial_factor
+        print(f"{variant:<16} {g(est[True, None]['sample']):>10} {g(r['two']['activations'] + r['state'])} "
+              f"{g(est[False, None]['sample']):>10} {g(r['one']['activations'] + r['state'])} "
+              f"{g(est[True, None]['decode'])} {g(r['full']['total'] - r['full']['weights'])} "
+              f"{g(est[True, tile]['decode'])} {g(r['tiled']['total'] - r['tiled']['weights'])}")
     peak = peaks["wan2.1-t2v-1.3B", "fp8", "bf16", "sequential"]
     print(f"\n1.3B at 832x480x81 on an 8 GiB card (umt5 fp8 offloaded before the DiT, bf16 DiT, sequential CFG, "
           f"tiled + chunked decode): peak {peak / GIB:.2f} GiB -> {'fits' if peak <= BUDGET else 'DOES NOT FIT'}")

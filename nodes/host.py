@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,7 @@ try:
     import comfy.utils
     import folder_paths
     import latent_preview
+    from comfy.cli_args import LatentPreviewMethod
     from comfy.latent_formats import LatentFormat
 
     IN_COMFYUI = True
@@ -88,6 +89,7 @@ class SoraPart:
     latent_rgb: LatentRGB | None = None
     patcher: object = None
     path: str | None = None  # the checkpoint file, for the save nodes' C2PA manifest
+    preview_vae: nn.Module | None = None  # the DiT's: decodes live previews with --preview-method taesd
 
     def load(self) -> nn.Module:
         """The network, on its compute device (ComfyUI may first offload other models to make room)."""
@@ -100,15 +102,21 @@ class SoraPart:
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
+    @property
+    def compute_device(self) -> torch.device:
+        """Where the network runs: inside ComfyUI the patcher's load device, else where it is."""
+        return self.patcher.load_device if self.patcher is not None else self.device
+
 
 def host_part(module: nn.Module, config: SoraConfig, kind: str, *, prefer_cpu: bool = False,
-              latent_rgb: LatentRGB | None = None, path: str | None = None) -> SoraPart:
+              latent_rgb: LatentRGB | None = None, path: str | None = None,
+              preview_vae: nn.Module | None = None) -> SoraPart:
     load, offload = devices(kind, prefer_cpu)
     module = module.to(offload).eval()
     patcher = None
     if IN_COMFYUI:
         patcher = comfy.model_patcher.ModelPatcher(_Holder(module), load_device=load, offload_device=offload)
-    return SoraPart(module, config, kind, latent_rgb, patcher, path)
+    return SoraPart(module, config, kind, latent_rgb, patcher, path, preview_vae)
 
 
 # -- progress, cancel, previews -----------------------------------------------------------------
@@ -146,13 +154,32 @@ if IN_COMFYUI:
 
 def previewer(part: SoraPart):
     """A function latent (B, C, 1, h, w) -> preview image for the progress bar, or None when
-    previews are off (ComfyUI's --preview-method none), unavailable, or outside ComfyUI."""
-    if not IN_COMFYUI or part.latent_rgb is None:
+    previews are off (ComfyUI's --preview-method none), unavailable, or outside ComfyUI.
+
+    latent2rgb / auto: ComfyUI's linear colour map (fast, approximate: a linear map cannot follow
+    the decoder closely). taesd: the frame decoded by the model's own VAE (exact colours, one
+    frame's decode per step); core has no TAESD for Sora latents, so this takes its place."""
+    if not IN_COMFYUI:
+        return None
+    method = latent_preview.args.preview_method  # the server's, or this prompt's override
+    if method == LatentPreviewMethod.NoPreviews:
+        return None
+    if method == LatentPreviewMethod.TAESD and part.preview_vae is not None:
+        vae = part.preview_vae
+        return lambda x0: ("JPEG", _decoded_preview(vae, x0), latent_preview.MAX_PREVIEW_RESOLUTION)
+    if part.latent_rgb is None:
         return None
     impl = latent_preview.get_previewer(part.device, SoraLatentFormat(part.config, part.latent_rgb))
     if impl is None:
         return None
     return lambda x0: impl.decode_latent_to_preview_image("JPEG", x0)
+
+
+@torch.no_grad()
+def _decoded_preview(vae: nn.Module, x0: torch.Tensor):
+    param = next(vae.parameters())
+    frame = vae.decode(x0[:1, :, :1].to(param.device, param.dtype)).float()[0, :, 0]  # (3, H, W) in [-1, 1]
+    return latent_preview.preview_to_image(frame.movedim(0, -1))
 
 
 # -- model files --------------------------------------------------------------------------------
@@ -189,6 +216,7 @@ def model_path(name: str) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"SORA_MODEL={str(path)!r} does not exist; unset it or point it at a .safetensors file")
         return path
+    _check_name(name, "ckpt_name")
     if IN_COMFYUI:
         found = folder_paths.get_full_path(MODEL_FOLDER, name)
         if found:
@@ -199,6 +227,15 @@ def model_path(name: str) -> Path:
             return candidate
     folders = " or ".join(repr(str(d)) for d in model_dirs())
     raise FileNotFoundError(f"Sora checkpoint {name!r} was not found; put the .safetensors file in {folders}")
+
+
+def _check_name(name: str, what: str) -> None:
+    """A name inside one of our folders: relative, no '..', so it can never reach outside them."""
+    parts = PurePosixPath(str(name).replace("\\", "/")).parts
+    if not isinstance(name, str) or not name.strip() or os.path.isabs(name) or PureWindowsPath(name).drive \
+            or (parts and parts[0] == "/") or ".." in parts:
+        raise ValueError(f"{what}={name!r} is not allowed: give a file name inside the folder, without '..' "
+                         f"or an absolute path")
 
 
 # -- output and input files ---------------------------------------------------------------------
@@ -213,6 +250,7 @@ def output_file(prefix: str, width: int, height: int, ext: str) -> tuple[Path, d
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             prefix, folder_paths.get_output_directory(), width, height)
     else:
+        _check_name(prefix, "filename_prefix")  # core's get_save_image_path refuses these inside ComfyUI
         subfolder, name = os.path.split(os.path.normpath(prefix))
         folder = OUTPUT_DIR / subfolder
         folder.mkdir(parents=True, exist_ok=True)
@@ -226,4 +264,6 @@ def input_file(name: str) -> Path:
     """A file named like LoadImage names them: in ComfyUI's input folder, or `name [output]` / `[temp]`."""
     if IN_COMFYUI:
         return Path(folder_paths.get_annotated_filepath(name))
+    if name.endswith(" [output]"):  # what the save nodes' `files` output gives
+        return OUTPUT_DIR / name[:-len(" [output]")]
     return Path(name)

@@ -58,9 +58,8 @@ class SoraPatchifyGrid:
             width, height = preset_size(aspect_ratio, long_side, m)
         check_pixel_size(width, height, m)
         check_frame_count(frames, config.vae.temporal_factor)
-        s = config.vae.spatial_factor
-        window = empty_window(batch_size, config.vae.latent_channels, latent_frames(frames, config.vae.temporal_factor),
-                              height // s, width // s)
+        wires.check_budget(config, "Sora Patchify Grid", width, height, frames, batch=batch_size, stages=("sample",))
+        window = empty_window(config, width, height, frames, batch_size)
         pt, ph, pw = config.dit.patch
         t, h, w = window.samples.shape[2:]
         info = (f"{width}x{height} px, {frames} frames -> latent {t}x{h}x{w} (frames x height x width), "
@@ -95,7 +94,9 @@ class SoraVAEEncode:
         }}
 
     def encode(self, vae, images, chunk):
-        wires.check_frames("images", images, vae.config)
+        images = wires.check_frames("images", images, vae.config)
+        wires.check_budget(vae.config, "Sora VAE Encode", images.shape[2], images.shape[1], images.shape[0],
+                           stages=("encode",), part=vae, encode_frames=images.shape[0], chunk_batch=chunk)
         module = vae.load()
         param = next(module.parameters())
         n = latent_frames(images.shape[0], vae.config.vae.temporal_factor)
@@ -129,6 +130,10 @@ class SoraVAEDecode:
         samples = wires.check_latent(latent, vae.config)
         if tile and tile < 8:
             raise ValueError(f"tile={tile} is not allowed: use 0 (off) or at least 8 latent cells")
+        b, _, t, h, w = samples.shape
+        s, tf = vae.config.vae.spatial_factor, vae.config.vae.temporal_factor
+        wires.check_budget(vae.config, "Sora VAE Decode", w * s, h * s, 1 + tf * (t - 1), batch=b,
+                           stages=("decode",), part=vae, chunk=chunk, tile=tile or None)
         module = vae.load()
         param = next(module.parameters())
         with torch.no_grad():
@@ -163,6 +168,15 @@ class SoraTrimFrames:
         }}
 
     def trim(self, images, drop_from, max_frames):
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images is empty or not IMAGE frames (count, height, width, 3): got {shape}; "
+                             f"Trim Frames needs at least one frame")
+        if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0:
+            raise ValueError(f"max_frames={max_frames!r} is not allowed: use 0 (keep as many as possible) or a "
+                             f"positive number of frames")
+        if drop_from not in ("end", "start"):
+            raise ValueError(f"drop_from={drop_from!r} is not allowed; use 'end' or 'start'")
         count = images.shape[0] if not max_frames else min(max_frames, images.shape[0])
         keep = 1 + (count - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR
         out = images[:keep] if drop_from == "end" else images[images.shape[0] - keep:]

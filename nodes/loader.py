@@ -64,7 +64,7 @@ class SoraModelLoader:
         dit_dtype = host.auto_dtype(dit_device) if dtype == "auto" else DTYPES[dtype]
         kw = {"prefer_cpu": prefer_cpu, "latent_rgb": rgb, "path": str(path)}
         return (
-            host.host_part(model.dit.to(dit_dtype), model.config, "dit", **kw),
+            host.host_part(model.dit.to(dit_dtype), model.config, "dit", preview_vae=model.vae, **kw),
             host.host_part(model.text, model.config, "text", **kw),
             host.host_part(model.vae, model.config, "vae", **kw),
         )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sora_core.flow import SAMPLERS
 from sora_core.engine import sample_window
+from sora_core.flow import SAMPLERS, check_sampling
 
 from . import host, wires
 
@@ -24,9 +24,12 @@ class SoraDiTSampler:
             "model": ("SORA_DIT",),
             "positive": ("CONDITIONING", {"tooltip": "From Sora Text Encode: what the video shows."}),
             "negative": ("CONDITIONING", {"tooltip": "From Sora Text Encode: what to steer away from (may be empty)."}),
-            "latent": ("LATENT", {"tooltip": "From Patchify Grid, Animate Image, Extend, Loop, Connect or SDEdit Noise."}),
+            "latent": ("LATENT", {"tooltip": (
+                "From Patchify Grid, Animate Image, Extend, Loop, Connect or SDEdit Noise (whose strength sets "
+                "how much of an input latent is re-drawn).")}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Noise seed; the same seed and settings give the same video on any device."}),
+                             "tooltip": ("Noise seed: the noise every generated (or SDEdit) frame starts from; the same "
+                                         "seed and settings give the same video on any device.")}),
             "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Sampling steps."}),
             "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01, "tooltip": (
                 "Classifier-free guidance scale; 1 = no guidance (one model pass per step instead of two).")}),
@@ -35,13 +38,11 @@ class SoraDiTSampler:
                 "(bigger or longer videos need more steps at high noise).")}),
             "sampler": (list(SAMPLERS), {"default": "euler", "tooltip": (
                 "euler: 1 model call per step; heun: 2 (more accurate); dpmpp_2m: 1, second order.")}),
-            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
-                "Caps every frame's strength: below 1 keeps part of the input latent (SDEdit). "
-                "Leave at 1 after SDEdit Noise, which sets the strength itself.")}),
         }}
 
-    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, sampler, denoise):
+    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, sampler):
         config = model.config
+        check_sampling(seed=seed, steps=steps, cfg=cfg, shift=shift or None, sampler=sampler)
         samples = wires.check_latent(latent, config)
         strength = wires.strength_of(latent, samples)
         emb, mask, text = wires.read_conditioning(positive, config, "positive")
@@ -49,17 +50,17 @@ class SoraDiTSampler:
         if not text.strip():
             raise ValueError("the positive prompt is empty; describe the video in the Sora Text Encode node "
                              "connected to 'positive'")
-        noised = bool(latent.get("sora_noised"))
-        if noised and denoise < 1.0:
-            raise ValueError(f"denoise={denoise}: this latent was already noised by Sora SDEdit Noise, which sets "
-                             f"the strength; set denoise to 1")
+        b, _, t, h, w = samples.shape
+        s, tf = config.vae.spatial_factor, config.vae.temporal_factor
+        wires.check_budget(config, "Sora DiT Sampler", w * s, h * s, 1 + tf * (t - 1), batch=b, stages=("sample",),
+                           part=model, guidance=cfg != 1.0)
         dit = model.load()
         device = model.device
-        callback = _step_callback(model, strength.clamp(max=denoise), steps)
+        callback = _step_callback(model, strength, steps)
         out = sample_window(dit, samples, strength, (emb.to(device), mask.to(device)),
                             (neg_emb.to(device), neg_mask.to(device)), seed=seed, steps=steps, cfg=cfg,
-                            shift=shift or None, sampler=sampler, denoise=denoise, noised=noised, callback=callback)
-        result = {k: v for k, v in latent.items() if k != "sora_noised"}  # the output is clean latents
+                            shift=shift or None, sampler=sampler, callback=callback)
+        result = dict(latent)
         result["samples"] = out.to(host.intermediate_device())
         return (result,)
 

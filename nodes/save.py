@@ -32,8 +32,9 @@ def _provenance_inputs() -> tuple[dict, dict]:
             "result, edit (SDEdit) as the input the model re-drew.")}),
         "sources": ("STRING", {"default": "", "multiline": True, "tooltip": (
             "The files the frames were made from, one per line, named as LoadImage names them (a file in "
-            "the input folder, or 'name [output]'). Each is recorded as an ingredient with its own manifest, "
-            "so an extend of an extend keeps the whole chain.")}),
+            "the input folder, or 'name [output]'), e.g. the files output of the save node that saved the "
+            "source clip. Each is recorded as an ingredient with its own manifest, so an extend of an extend "
+            "keeps the whole chain.")}),
     }
     return required, optional
 
@@ -66,6 +67,11 @@ def _source_names(sources: str | None) -> list[str]:
     return [line.strip() for line in (sources or "").splitlines() if line.strip()]
 
 
+def _annotated(entry: dict) -> str:
+    """A saved file's name as LoadImage names it, so it can feed another save node's sources."""
+    return "/".join(filter(None, (entry["subfolder"], entry["filename"]))) + " [output]"
+
+
 def _provenance(provenance, include_prompt, model, positive, operation, sources) -> Provenance | None:
     if provenance == "off":
         return None
@@ -83,8 +89,10 @@ class SoraSaveVideo:
     CATEGORY = CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("images", "files")
+    OUTPUT_TOOLTIPS = ("The frames, passed through.", "The saved file as 'name [output]': link it into the "
+                       "sources of the save node of a clip made from this one.")
     FORMATS = ["webp", "gif", "png", "mp4", "webm"]
 
     @classmethod
@@ -111,7 +119,7 @@ class SoraSaveVideo:
         path, entry = host.output_file(filename_prefix, images.shape[2], images.shape[1], f".{format}")
         prov = _provenance(provenance, include_prompt, model, positive, operation, sources)
         write_video(path, images, fps, quality=quality, provenance=prov)
-        return {"ui": {"images": [entry], "animated": (True,)}, "result": (images,)}
+        return {"ui": {"images": [entry], "animated": (True,)}, "result": (images, _annotated(entry))}
 
 
 class SoraSaveImage:
@@ -120,8 +128,10 @@ class SoraSaveImage:
     CATEGORY = CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("images", "files")
+    OUTPUT_TOOLTIPS = ("The images, passed through.", "The saved files as 'name [output]', one per line, for the "
+                       "sources of another save node.")
     FORMATS = ["png", "webp", "jpg"]
 
     @classmethod
@@ -148,4 +158,4 @@ class SoraSaveImage:
             path, entry = host.output_file(filename_prefix, image.shape[1], image.shape[0], f".{format}")
             write_video(path, image, 1.0, quality=quality, provenance=prov)
             entries.append(entry)
-        return {"ui": {"images": entries}, "result": (images,)}
+        return {"ui": {"images": entries}, "result": (images, "\n".join(map(_annotated, entries)))}

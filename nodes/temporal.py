@@ -2,6 +2,7 @@
 
 Each node builds a latent window whose given frames the sampler keeps exactly (see
 `sora_core.conditioning`); the VAE Decode node then splices the new frames onto the sources.
+Each checks the budget of the window it makes (encoding it and sampling it) before encoding.
 """
 
 from __future__ import annotations
@@ -9,10 +10,8 @@ from __future__ import annotations
 import torch
 
 from sora_core import conditioning as cond
-from sora_core.flow import noise_to_start
-from sora_core.engine import seeded_noise
 
-from . import wires
+from . import host, wires
 
 CATEGORY = "Sora/conditioning"
 
@@ -28,12 +27,20 @@ BLEND = {"optional": {"blend_frames": ("INT", {
         "frames come back exactly.")})}}
 
 
+HOLD = {"optional": {"blend_frames": ("INT", {
+    "default": cond.SEAM_BLEND, "min": 0, "max": 64, "tooltip": (
+        "Generated frames next to the image that crossfade from the still into the model's frames, hiding "
+        "the small jump where the exact image meets the generated video. The image itself always comes "
+        "back exactly; 0 = hard cut.")})}}
+
+
 def _chunk_input(default: int, tooltip: str):
     return ("INT", {"default": default, "min": 4, "max": 4096, "step": 4, "tooltip": f"{tooltip} {wires.CHUNK_TOOLTIP}"})
 
 
 class SoraAnimateImage:
-    DESCRIPTION = "Image-to-video: the image becomes the first (or last) frame of a generated video."
+    DESCRIPTION = ("Image-to-video: the image becomes the first (or last) frame of a generated video, exactly "
+                   "as given; Sora VAE Decode puts it back after decoding.")
     CATEGORY = CATEGORY
     FUNCTION = "build"
     RETURN_TYPES = ("LATENT",)
@@ -46,11 +53,13 @@ class SoraAnimateImage:
             "frames": ("INT", {"default": 17, "min": 5, "max": 4097, "step": 4, "tooltip": wires.FRAMES_TOOLTIP}),
             "position": (["first", "last"], {"default": "first", "tooltip": (
                 "first = the video starts from the image; last = the video ends on it.")}),
-        }}
+        }, **HOLD}
 
-    def build(self, vae, image, frames, position):
-        wires.check_frames("image", image[:1], vae.config)
-        return (wires.window_latent(cond.animate_image(vae.load(), image[:1], frames, at=position)),)
+    def build(self, vae, image, frames, position, blend_frames=cond.SEAM_BLEND):
+        image = wires.check_frames("image", image[:1], vae.config)
+        _check_budget(vae, "Sora Animate Image", image, frames, encode_frames=1)
+        window = cond.animate_image(vae.load(), image, frames, at=position, blend_frames=blend_frames)
+        return (wires.window_latent(window),)
 
 
 class SoraExtend:
@@ -72,9 +81,11 @@ class SoraExtend:
         }, **BLEND}
 
     def build(self, vae, video, direction, new_frames, context_frames, blend_frames=cond.SEAM_BLEND):
-        wires.check_frames("video", video, vae.config, any_count=True)
-        builder = cond.extend_forward if direction == "forward" else cond.extend_backward
-        return (wires.window_latent(builder(vae.load(), video, new_frames, context_frames, blend_frames)),)
+        video = wires.check_frames("video", video, vae.config, any_count=True)
+        _check_budget(vae, "Sora Extend Video", video, frames=None, encode_frames=1 + context_frames,
+                      new_frames=new_frames, context_frames=context_frames)
+        window = cond.extend(vae.load(), video, new_frames, context_frames, direction, blend_frames)
+        return (wires.window_latent(window),)
 
 
 class SoraLoop:
@@ -94,7 +105,9 @@ class SoraLoop:
         }, **BLEND}
 
     def build(self, vae, video, transition_frames, context_frames, blend_frames=cond.SEAM_BLEND):
-        wires.check_frames("video", video, vae.config, any_count=True)
+        video = wires.check_frames("video", video, vae.config, any_count=True)
+        _check_budget(vae, "Sora Seamless Loop", video, frames=None, encode_frames=1 + 2 * context_frames,
+                      transition_frames=transition_frames, context_frames=context_frames, clips=2)
         return (wires.window_latent(cond.loop(vae.load(), video, transition_frames, context_frames, blend_frames)),)
 
 
@@ -115,18 +128,21 @@ class SoraConnect:
         }, **BLEND}
 
     def build(self, vae, first, second, transition_frames, context_frames, blend_frames=cond.SEAM_BLEND):
-        wires.check_frames("first", first, vae.config, any_count=True)
-        wires.check_frames("second", second, vae.config, any_count=True)
+        first = wires.check_frames("first", first, vae.config, any_count=True)
+        second = wires.check_frames("second", second, vae.config, any_count=True)
+        _check_budget(vae, "Sora Connect Clips", first, frames=None, encode_frames=1 + 2 * context_frames,
+                      transition_frames=transition_frames, context_frames=context_frames, clips=2)
         window = cond.connect(vae.load(), first, second, transition_frames, context_frames, blend_frames)
         return (wires.window_latent(window),)
 
 
 class SoraSDEditNoise:
-    DESCRIPTION = ("SDEdit video-to-video: noises a latent (e.g. from Sora VAE Encode) part of the way, with its "
-                   "own seed; the DiT Sampler then re-draws it following the prompt. strength 0 keeps the input, "
-                   "1 ignores it. Frames already marked as given stay given.")
+    DESCRIPTION = ("SDEdit video-to-video: sets how much of a latent (e.g. from Sora VAE Encode) the DiT Sampler "
+                   "re-draws following the prompt: strength 0 keeps the input, 1 ignores it. The sampler adds "
+                   "the noise, with its seed, so different seeds give different edits. Frames already marked "
+                   "as given stay given.")
     CATEGORY = CATEGORY
-    FUNCTION = "noise"
+    FUNCTION = "set_strength"
     RETURN_TYPES = ("LATENT",)
 
     @classmethod
@@ -135,21 +151,30 @@ class SoraSDEditNoise:
             "latent": ("LATENT",),
             "strength": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
                 "How much to change: 0 = keep the input, 1 = ignore it (plain text-to-video).")}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Seed of the added noise."}),
         }}
 
-    def noise(self, latent, strength, seed):
+    def set_strength(self, latent, strength):
         samples = latent.get("samples") if isinstance(latent, dict) else None
         if samples is None or samples.ndim != 5:
             raise ValueError("latent must be a 5-D Sora video latent (from Sora VAE Encode or another Sora node)")
-        if latent.get("sora_noised"):
-            raise ValueError("this latent was already noised by Sora SDEdit Noise; connect the un-noised latent")
-        window = cond.sdedit(samples.float(), strength)
+        wires.check_finite("latent", samples)
+        window = cond.sdedit(samples, strength)
         if "sora_strength" in latent:
             window.strength = torch.minimum(window.strength, wires.strength_of(latent, samples).float())
-        start = float(window.strength.max())
-        x = noise_to_start(window.samples, seeded_noise(samples.shape, seed), start, window.strength)
         out = dict(latent)  # keeps a splice plan from Extend / Loop / Connect
-        out.update(wires.latent(x, window.strength, noised=True))
+        out["sora_strength"] = window.strength.to(host.intermediate_device())
         return (out,)
+
+
+def _check_budget(vae, what: str, clip: torch.Tensor, frames: int | None, *, encode_frames: int, clips: int = 1,
+                  **timings: int) -> None:
+    """The window a node is about to encode and hand to the sampler, checked before encoding. Timings
+    are checked by name first, so their errors name the node's own inputs."""
+    tf = vae.config.vae.temporal_factor
+    for name, value in timings.items():
+        cond.check_chunks(name, value, tf)
+    if frames is None:  # extend / loop / connect: the context (at each end) plus the new frames, after frame 0
+        new = timings.get("new_frames", timings.get("transition_frames", 0))
+        frames = 1 + new + clips * timings["context_frames"]
+    wires.check_budget(vae.config, what, clip.shape[2], clip.shape[1], frames, stages=("encode", "sample"),
+                       encode_frames=encode_frames)

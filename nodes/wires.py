@@ -5,7 +5,6 @@ LATENT is a dict:
     "sora_strength" (B, T) per latent frame: 0 = given and kept, 1 = generated, between = SDEdit
                     (absent = every frame generated, like a core empty latent)
     "sora_splice"   how the decoded frames join the source clips (Extend / Loop / Connect)
-    "sora_noised"   True when SDEdit Noise already noised the samples with its own seed
 CONDITIONING is core's [[embeddings (1, L, D), {"sora_mask": (1, L) bool, "sora_text": str}]].
 IMAGE is (frames, height, width, 3) in [0, 1]; a batch is the frames of ONE video.
 """
@@ -14,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from sora_core.conditioning import Splice, Window
+from sora_core import budget
+from sora_core.conditioning import Splice, Window, as_frames
 from sora_core.config import SoraConfig
 from sora_core.patch import check_frame_count, check_pixel_size
 
@@ -24,15 +24,12 @@ FRAMES_TOOLTIP = "Frame count: 1 + 4k (1, 5, 9, 13, 17, ...). One frame makes an
 CHUNK_TOOLTIP = "A multiple of 4 frames: the VAE turns every 4 frames into one latent frame."
 
 
-def latent(samples: torch.Tensor, strength: torch.Tensor | None = None, splice: Splice | None = None,
-           noised: bool = False) -> dict:
+def latent(samples: torch.Tensor, strength: torch.Tensor | None = None, splice: Splice | None = None) -> dict:
     out = {"samples": samples.to(host.intermediate_device())}
     if strength is not None:
         out["sora_strength"] = strength.to(host.intermediate_device())
     if splice is not None:
         out["sora_splice"] = splice
-    if noised:
-        out["sora_noised"] = True
     return out
 
 
@@ -49,7 +46,17 @@ def check_latent(value: dict, config: SoraConfig, name: str = "latent") -> torch
             f"{name} must be a Sora video latent of shape (batch, {c}, frames, height, width), made by a Sora "
             f"node (Patchify Grid, VAE Encode, Extend, ...); got samples of shape {shape}"
         )
+    check_finite(name, samples)
     return samples
+
+
+def check_finite(name: str, samples: torch.Tensor) -> None:
+    """NaN / inf in a latent, named before any sampling or decoding (it would spread to every frame)."""
+    bad = ~torch.isfinite(samples)
+    if bad.any():
+        frames = sorted({int(f) for f in bad.any(dim=(0, 1, 3, 4)).nonzero().flatten()})
+        raise ValueError(f"{name} holds {int(bad.sum())} NaN or inf values (in latent frames {frames}); "
+                         f"the node that made it is broken upstream (an image with NaN, a VAE in too narrow a dtype)")
 
 
 def strength_of(value: dict, samples: torch.Tensor) -> torch.Tensor:
@@ -59,13 +66,19 @@ def strength_of(value: dict, samples: torch.Tensor) -> torch.Tensor:
     if tuple(strength.shape) != (samples.shape[0], samples.shape[2]):
         raise ValueError(f"sora_strength has shape {tuple(strength.shape)}; expected (batch, latent frames) = "
                          f"{(samples.shape[0], samples.shape[2])}")
+    if not bool(((strength >= 0) & (strength <= 1)).all()):  # NaN fails both
+        raise ValueError(f"sora_strength holds values outside 0..1 ({strength.flatten().tolist()[:8]}); "
+                         f"rebuild the latent with a Sora node")
     return strength
 
 
-def check_frames(name: str, frames: torch.Tensor, config: SoraConfig, *, any_count: bool = False) -> None:
-    """Frames must be (T, H, W, 3) with H, W multiples of the model's pixel multiple (and T = 1 + 4k)."""
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"{name} must be IMAGE frames (count, height, width, 3); got shape {tuple(frames.shape)}")
+def check_frames(name: str, frames: torch.Tensor, config: SoraConfig, *, any_count: bool = False) -> torch.Tensor:
+    """Frames must be finite (T, H, W, 3) in 0..1 with H, W multiples of the model's pixel multiple (and
+    T = 1 + 4k); returns them as float."""
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ValueError(f"{name} must be IMAGE frames (count, height, width, 3); got {shape}")
+    frames = as_frames(name, frames)
     try:
         check_pixel_size(frames.shape[2], frames.shape[1], config.pixel_multiple)
         if not any_count:
@@ -73,6 +86,19 @@ def check_frames(name: str, frames: torch.Tensor, config: SoraConfig, *, any_cou
     except ValueError as err:
         raise ValueError(f"{name} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}): {err}. "
                          f"Resize with an Image Scale node or trim with Sora Trim Frames.") from None
+    return frames
+
+
+def check_budget(config: SoraConfig, what: str, width: int, height: int, frames: int, *, batch: int = 1,
+                 stages: tuple[str, ...], part=None, **kw) -> None:
+    """`sora_core.budget.check` on the device the work runs on: `part`'s, else where ComfyUI runs DiTs."""
+    if part is not None:
+        device, dtype = part.compute_device, next(part.module.parameters()).dtype
+    else:
+        device = host.devices("dit")[0]
+        dtype = host.auto_dtype(device)
+    budget.check(config, what=what, width=width, height=height, frames=frames, batch=batch, stages=stages,
+                 device=device, dtype=dtype, **kw)
 
 
 def conditioning(embeddings: torch.Tensor, mask: torch.Tensor, text: str) -> list:

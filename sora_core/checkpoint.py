@@ -95,26 +95,31 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     missing_parts = set(wanted) - set(stored)
     if missing_parts:
         raise ValueError(f"{str(path)!r} holds parts {stored}; it has no {sorted(missing_parts)}")
-    model = SoraModel(config, wanted)
+    # Shapes first, from the header and a weightless (meta) model: metadata that lies about sizes
+    # (a DiT 65536 wide in a small file) is refused before a single weight is allocated.
+    with torch.device("meta"):
+        model = SoraModel(config, wanted)
     expected = model.state_dict()
     problems = []
-    state = {}
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         for name, ref in expected.items():
             if name not in keys:
                 problems.append(f"missing {name}")
                 continue
-            value = f.get_tensor(name)
-            if value.shape != ref.shape:
-                problems.append(f"{name}: file has {tuple(value.shape)}, config expects {tuple(ref.shape)}")
-            state[name] = value
+            shape = tuple(f.get_slice(name).get_shape())
+            if shape != tuple(ref.shape):
+                problems.append(f"{name}: file has {shape}, config expects {tuple(ref.shape)}")
         wanted_prefixes = tuple(p + "." for p in wanted)
         unexpected = sorted(k for k in keys - set(expected) if k.startswith(wanted_prefixes))
         problems += [f"unexpected {k}" for k in unexpected]
-    if problems:
-        shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise ValueError(f"{str(path)!r} does not match its config: {shown}")
-    model.load_state_dict(state)
+        if problems:
+            shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
+            raise ValueError(f"{str(path)!r} does not match its config: {shown}")
+        state = {name: f.get_tensor(name) for name in expected}
+    if "vae.latent_std" in state and not bool((state["vae.latent_std"] > 0).all()):
+        raise ValueError(f"{str(path)!r} has a zero or negative vae.latent_std {state['vae.latent_std'].flatten().tolist()}; "
+                         f"latents are divided by it, so the checkpoint is broken")
+    model.load_state_dict(state, assign=True)  # the file's tensors become the weights: no second copy
     # Shipped weights may be fp16 to stay small; compute in float32 unless asked otherwise.
     return model.to(device=device, dtype=dtype or torch.float32).eval()

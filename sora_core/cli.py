@@ -21,16 +21,47 @@ def _progress(label: str):
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def _pipeline(args):
+def _pipeline(args, out_frames: int | None):
+    """Every check that needs no model (output, sampling settings, prompt, input files, limits), then
+    provenance (strict fails before any work), then the model (its files are identified and checked
+    against each other from their headers before any weights load)."""
     import torch
 
+    from .budget import Budget, parse_size
+    from .flow import check_sampling
+    from .io import check_output, probe_video
     from .pipeline import Pipeline
 
-    args.provenance = _provenance(args)  # first: strict provenance fails before any work
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return Pipeline.load(args.model, vae=args.vae, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
+    check_output(args.output, 1.0 if args.fps is None else args.fps, frames=out_frames)  # None: the model's own
+    check_sampling(**{k: v for k, v in dict(seed=args.seed, steps=args.steps, cfg=args.cfg, shift=args.shift,
+                                             sampler=args.sampler).items() if v is not None})
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty; describe the video, e.g. \"a red ball bouncing\"")
+    if getattr(args, "strength", None) is not None:
+        from .conditioning import check_strength
+
+        check_strength(args.strength)
+    for name in _SOURCES:
+        if getattr(args, name, None):
+            probe_video(getattr(args, name))  # exists, a readable format
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ValueError(f"--max-tokens={args.max_tokens} is not allowed: use a positive number of tokens")
+    if args.vae_tile is not None and args.vae_tile < 1:
+        raise ValueError(f"--vae-tile={args.vae_tile} is not allowed: use a positive number of latent cells")
+    try:
+        budget = Budget(max_tokens=args.max_tokens, max_memory=parse_size(args.max_memory) if args.max_memory else None)
+    except ValueError as err:
+        raise ValueError(f"--max-memory: {err}") from None
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise ValueError(f"--device={args.device!r} is not a device: {err}") from None
+    args.provenance = _provenance(args)
+    pipe = Pipeline.load(args.model, vae=args.vae, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
                          device=device, dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None,
                          offload=args.offload)
+    pipe.budget = budget
+    return pipe
 
 
 def _image_size(args, pipe) -> tuple[int | None, int | None]:
@@ -41,37 +72,49 @@ def _image_size(args, pipe) -> tuple[int | None, int | None]:
     return args.width, args.height
 
 
-def _load_frames(path: str, multiple: int, width: int | None = None, height: int | None = None,
+def _load_frames(pipe, path: str, width: int | None = None, height: int | None = None,
                  max_frames: int | None = None):
-    """A clip or image as (T, H, W, 3) float frames, resized to a size the model accepts."""
+    """A clip or image as (T, H, W, 3) float frames, resized to a size the model accepts; its size is
+    checked against the memory limit before it is read."""
+    import numpy as np
     import torch
 
+    from .budget import Budget, BudgetError, format_size
     from .data.video_folder import resize_cover
-    from .io import read_video
+    from .io import probe_video, read_video
+    from .patch import check_pixel_size
 
-    import numpy as np
-
+    multiple = pipe.config.pixel_multiple
+    if width or height:
+        check_pixel_size(width or multiple, height or multiple, multiple)
+    info = probe_video(path)
+    n = min(info.num_frames, max_frames or info.num_frames)
+    tw = width or max(multiple, info.width // multiple * multiple)
+    th = height or max(multiple, info.height // multiple * multiple)
+    need = n * (info.width * info.height * 3 + tw * th * 3 * 4 * 2)  # decoded, resized, as floats
+    limit, source = (pipe.budget or Budget()).memory_limit("cpu")
+    if limit is not None and need > limit:
+        raise BudgetError(f"{path}: {n} frames of {info.width}x{info.height} px need about {format_size(need)} to "
+                          f"read; the limit is {format_size(limit)} ({source}; set SORA_MAX_MEMORY or --max-memory). "
+                          f"Use a shorter clip.")
     frames, _ = read_video(path, max_frames=max_frames)
-    h, w = frames.shape[1:3]
-    tw = width or max(multiple, w // multiple * multiple)
-    th = height or max(multiple, h // multiple * multiple)
-    if (tw, th) != (w, h):
+    if (tw, th) != frames.shape[1:3][::-1]:
         frames = np.stack([resize_cover(f, tw, th) for f in frames])
     return torch.from_numpy(frames).float() / 255.0
 
 
-def _save(frames, args, pipe) -> None:
+def _save(frames, path: str, fps: float, provenance=None) -> None:
     from .io import write_video
 
-    path = args.output
-    out = write_video(path, frames, args.fps or pipe.defaults.fps, provenance=args.provenance)
+    out = write_video(path, frames, fps, provenance=provenance)
     print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]})")
 
 
 def _sampling(args) -> dict:
-    return dict(negative=args.negative, progress=_progress("sampling"), seed=args.seed, steps=args.steps,
-                cfg=args.cfg, sampler=args.sampler, shift=args.shift, sequential_cfg=args.sequential_cfg,
-                decode_tile=args.vae_tile)
+    """The pipeline's options; those not given (None) are the model's own."""
+    return dict({} if args.negative is None else {"negative": args.negative}, progress=_progress("sampling"),
+                seed=args.seed, steps=args.steps, cfg=args.cfg, sampler=args.sampler, shift=args.shift,
+                sequential_cfg=args.sequential_cfg, decode_tile=args.vae_tile)
 
 
 def _prompt(args, pipe) -> str:
@@ -85,17 +128,17 @@ def _prompt(args, pipe) -> str:
 
 
 def _generate(args) -> int:
-    pipe = _pipeline(args)
+    pipe = _pipeline(args, args.frames)
     frames = pipe.generate(_prompt(args, pipe), args.width, args.height, args.frames, **_sampling(args))
-    _save(frames, args, pipe)
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
 def _animate(args) -> int:
-    pipe = _pipeline(args)
-    image = _load_frames(args.image, pipe.pixel_multiple, *_image_size(args, pipe), max_frames=1)
+    pipe = _pipeline(args, args.frames)
+    image = _load_frames(pipe, args.image, *_image_size(args, pipe), max_frames=1)
     frames = pipe.animate(image, _prompt(args, pipe), args.frames, **_sampling(args))
-    _save(frames, args, pipe)
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
@@ -104,54 +147,48 @@ def _joins(args) -> dict:
 
 
 def _extend(args) -> int:
-    pipe = _pipeline(args)
-    video = _load_frames(args.video, pipe.pixel_multiple, args.width, args.height)
+    pipe = _pipeline(args, 2)
+    video = _load_frames(pipe, args.video, args.width, args.height)
     frames = pipe.extend(video, _prompt(args, pipe), args.new_frames, args.context_frames, args.direction,
                          **_joins(args), **_sampling(args))
-    _save(frames, args, pipe)
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
 def _loop(args) -> int:
-    pipe = _pipeline(args)
-    video = _load_frames(args.video, pipe.pixel_multiple, args.width, args.height)
+    pipe = _pipeline(args, 2)
+    video = _load_frames(pipe, args.video, args.width, args.height)
     frames = pipe.loop(video, _prompt(args, pipe), args.transition_frames, args.context_frames, **_joins(args),
                        **_sampling(args))
-    _save(frames, args, pipe)
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
 def _connect(args) -> int:
-    pipe = _pipeline(args)
-    first = _load_frames(args.first, pipe.pixel_multiple, args.width, args.height)
-    second = _load_frames(args.second, pipe.pixel_multiple, first.shape[2], first.shape[1])
+    pipe = _pipeline(args, 2)
+    first = _load_frames(pipe, args.first, args.width, args.height)
+    second = _load_frames(pipe, args.second, first.shape[2], first.shape[1])
     frames = pipe.connect(first, second, _prompt(args, pipe), args.transition_frames, args.context_frames,
                           **_joins(args), **_sampling(args))
-    _save(frames, args, pipe)
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
 def _edit(args) -> int:
-    pipe = _pipeline(args)
-    video = _load_frames(args.video, pipe.pixel_multiple, args.width, args.height)
-    tf = pipe.temporal_factor
+    pipe = _pipeline(args, None)
+    video = _load_frames(pipe, args.video, args.width, args.height)
+    tf = pipe.config.vae.temporal_factor
     video = video[: 1 + (video.shape[0] - 1) // tf * tf]  # the longest valid 1 + 4k prefix
     frames = pipe.edit(video, _prompt(args, pipe), args.strength, **_sampling(args))
-    _save(frames, args, pipe)
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
 def _train(args) -> int:
-    from .train import dit, vae
+    from .train import dit, recipe, vae
 
-    (vae if args.what == "vae" else dit).run(args)
+    {"vae": vae, "dit": dit, "default": recipe}[args.what].run(args)
     return 0
-
-
-def _eval(args) -> int:
-    from .eval import run
-
-    return run.run(args)
 
 
 def _common(p: argparse.ArgumentParser, prompt: bool = True) -> None:
@@ -172,6 +209,12 @@ def _common(p: argparse.ArgumentParser, prompt: bool = True) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--no-recaption", action="store_true", help="use the prompt as written (Wan models always do)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="refuse requests over this many DiT tokens (default: $SORA_MAX_TOKENS, else 65536 or the "
+                        "model's native size if more)")
+    p.add_argument("--max-memory", default=None,
+                   help="refuse requests estimated over this much memory, e.g. 16GB (default: $SORA_MAX_MEMORY, "
+                        "else the memory the device has)")
     _model_options(p)
     _provenance_options(p)
 
@@ -232,72 +275,96 @@ def _blend_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("generate", help="text to video (--frames 1: text to image)")
+    """Every subcommand, registered one way: a name, a help line, a function that adds its arguments
+    and one that runs it and returns the exit status."""
+    from .eval import run as evaluation
+    from .recaption import add_caption_folder_arguments, add_recaption_arguments, run_caption_folder, run_recaption
+
+    for name, help, arguments, run in (
+        ("generate", "text to video (--frames 1: text to image)", _generate_arguments, _generate),
+        ("animate", "image to video: the image becomes the first frame", _animate_arguments, _animate),
+        ("extend", "extend a clip forward or backward in time", _extend_arguments, _extend),
+        ("loop", "append a transition back to the start: a seamless infinite loop", _loop_arguments, _loop),
+        ("connect", "first clip + generated transition + second clip", _connect_arguments, _connect),
+        ("edit", "video-to-video editing with SDEdit", _edit_arguments, _edit),
+        ("train", "train the VAE or the DiT (torchrun for several GPUs/processes)", _train_arguments, None),
+        ("eval", "evaluate a model; the last output line is a JSON report", evaluation.add_arguments, evaluation.run),
+        ("recaption", "expand a short prompt into a detailed caption", add_recaption_arguments, run_recaption),
+        ("caption-folder", "write .txt captions for a folder of clips via a vision LLM", add_caption_folder_arguments,
+         run_caption_folder),
+        ("inspect", "what a model file is (family, variant, parameters, dtype), from its header", _inspect_arguments,
+         _inspect),
+    ):
+        register(sub, name, help, arguments, run)
+
+
+def register(sub, name: str, help: str, arguments, run) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help)
+    # SUPPRESS: absent here, a --debug given before the command still counts
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show an error's full traceback")
+    arguments(p)
+    if run is not None:
+        p.set_defaults(func=run)
+    return p
+
+
+def _generate_arguments(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--frames", type=int, default=None, help="1 + 4k frames (default: the model's, 17 for the "
-                   "shipped one; a Wan model also defaults to its native width and height)")
-    p.set_defaults(func=_generate)
+                   "shipped one; width and height default to the model's too, 64x64 for the shipped one)")
 
-    p = sub.add_parser("animate", help="image to video: the image becomes the first frame")
+
+def _animate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image")
     _common(p)
-    p.add_argument("--frames", type=int, default=None, help="1 + 4k frames (default: the model's)")
-    p.set_defaults(func=_animate)
+    p.add_argument("--frames", type=int, default=None, help="1 + 4k frames (default: the model's, 17 for the "
+                   "shipped one)")
 
-    p = sub.add_parser("extend", help="extend a clip forward or backward in time")
+
+def _extend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video")
     _common(p)
     p.add_argument("--direction", choices=["forward", "backward"], default="forward")
     p.add_argument("--new-frames", type=int, default=16, help="multiple of 4")
     p.add_argument("--context-frames", type=int, default=8, help="multiple of 4")
     _blend_option(p)
-    p.set_defaults(func=_extend)
 
-    p = sub.add_parser("loop", help="append a transition back to the start: a seamless infinite loop")
+
+def _loop_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video")
     _common(p)
     p.add_argument("--transition-frames", type=int, default=8)
     p.add_argument("--context-frames", type=int, default=8)
     _blend_option(p)
-    p.set_defaults(func=_loop)
 
-    p = sub.add_parser("connect", help="first clip + generated transition + second clip")
+
+def _connect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("first")
     p.add_argument("second")
     _common(p)
     p.add_argument("--transition-frames", type=int, default=16)
     p.add_argument("--context-frames", type=int, default=8)
     _blend_option(p)
-    p.set_defaults(func=_connect)
 
-    p = sub.add_parser("edit", help="video-to-video editing with SDEdit")
+
+def _edit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video")
     _common(p)
     p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 ignores it")
-    p.set_defaults(func=_edit)
 
-    train = sub.add_parser("train", help="train the VAE or the DiT (torchrun for several GPUs/processes)")
-    which = train.add_subparsers(dest="what", required=True)
-    from .train import dit, vae
 
-    vae.add_arguments(which.add_parser("vae", help="train the 3D VAE"))
-    dit.add_arguments(which.add_parser("dit", help="train the text encoder + DiT on a trained VAE"))
-    train.set_defaults(func=_train)
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from .train import dit, recipe, vae
 
-    from .eval import run
+    which = p.add_subparsers(dest="what", required=True)
+    register(which, "vae", "train the 3D VAE", vae.add_arguments, _train)
+    register(which, "dit", "train the text encoder + DiT on a trained VAE", dit.add_arguments, _train)
+    register(which, "default", "the default model's whole recipe: VAE, then DiT", recipe.add_arguments, _train)
 
-    ev = sub.add_parser("eval", help="evaluate a model; the last output line is a JSON report")
-    run.add_arguments(ev)
-    ev.set_defaults(func=_eval)
 
-    from .recaption import add_cli
-
-    add_cli(sub)
-
-    p = sub.add_parser("inspect", help="what a model file is (family, variant, parameters, dtype), from its header")
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help=".safetensors file (GGUF and pickles are named and refused, never opened)")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
-    p.set_defaults(func=_inspect)
 
 
 def _inspect(args) -> int:

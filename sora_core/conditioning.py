@@ -21,11 +21,19 @@ Frames here are float tensors (T, H, W, 3) in [0, 1], ComfyUI's IMAGE layout.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
+from .config import SoraConfig
+from .patch import check_frame_count, check_pixel_size, latent_frames
 from .vae import VideoVAE
+
+if TYPE_CHECKING:
+    from .wan.dit import WanConfig
 
 
 @dataclass
@@ -69,6 +77,12 @@ class Splice:
                 a = torch.cat([_crossfade(a[:k], ahead[:k], False), a[k:]])
             parts.append(a)
         return torch.cat(parts, dim=0)
+
+    def uses_from(self, first: int) -> bool:
+        """Whether `apply` reads any decoded frame from index `first` on."""
+        if self.keep_stop is None:
+            return True
+        return self.keep_stop + (self.blend if self.after is not None or self.wrap else 0) > first
 
 
 def _crossfade(source: torch.Tensor, decoded: torch.Tensor, towards_end: bool) -> torch.Tensor:
@@ -115,12 +129,34 @@ def _check_blend(blend_frames: int) -> int:
     return blend_frames
 
 
-def _check_frames(name: str, frames: torch.Tensor) -> None:
-    if frames.ndim != 4 or frames.shape[-1] != 3:
+def as_frames(name: str, frames) -> torch.Tensor:
+    """Frames as given by a user -> float (T, H, W, 3) in [0, 1]. uint8 (what `io.read_video` returns)
+    is scaled from 0..255; floats must be finite and on the 0..1 scale (a little over- or undershoot,
+    as bicubic resizing makes, is kept as it is)."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(frames)
+    if not isinstance(frames, torch.Tensor):
+        raise TypeError(f"{name} must be frames (a torch tensor or numpy array of shape (count, height, width, 3)); "
+                        f"got {type(frames).__name__}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise ValueError(f"{name} must be frames of shape (count, height, width, 3); got {tuple(frames.shape)}")
+    if frames.dtype == torch.uint8:
+        return frames.float() / 255
+    if not frames.is_floating_point():
+        raise ValueError(f"{name} has dtype {frames.dtype}; use float frames in 0..1 or uint8 frames in 0..255")
+    finite = torch.isfinite(frames)
+    if not finite.all():
+        first = int((~finite).flatten(1).any(1).nonzero()[0])
+        raise ValueError(f"{name} holds {int((~finite).sum())} NaN or inf values (the first in frame {first}); "
+                         f"frames must be finite numbers in 0..1")
+    low, high = float(frames.min()), float(frames.max())
+    if low < -0.5 or high > 1.5:
+        raise ValueError(f"{name} holds values from {low:g} to {high:g}; frames are floats in 0..1 "
+                         f"(or uint8 in 0..255), not {'-1..1' if low < -0.5 and high <= 1.5 else '0..255'}")
+    return frames.float()
 
 
-def _check_chunks(name: str, value: int, tf: int, minimum: int = 1) -> int:
+def check_chunks(name: str, value: int, tf: int, minimum: int = 1) -> int:
     if not isinstance(value, int) or value < minimum * tf or value % tf:
         raise ValueError(
             f"{name}={value} is not allowed: use a multiple of {tf} frames, at least {minimum * tf} "
@@ -164,36 +200,57 @@ def _window(parts: list[tuple[torch.Tensor | int, float]], like: torch.Tensor) -
     return torch.cat(samples, dim=2), torch.cat(strength, dim=1)
 
 
-def empty_window(batch: int, channels: int, latent_t: int, latent_h: int, latent_w: int) -> Window:
-    """Text-to-video: every frame generated."""
-    return Window(torch.zeros(batch, channels, latent_t, latent_h, latent_w), torch.ones(batch, latent_t))
+def empty_window(config: SoraConfig | WanConfig, width: int, height: int, frames: int, batch: int = 1) -> Window:
+    """Text-to-video: `batch` videos of width x height px x `frames` frames, every frame generated."""
+    check_pixel_size(width, height, config.pixel_multiple)
+    t = latent_frames(frames, config.vae.temporal_factor)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch={batch!r} is not allowed: use an integer >= 1")
+    s = config.vae.spatial_factor
+    return Window(torch.zeros(batch, config.vae.latent_channels, t, height // s, width // s), torch.ones(batch, t))
 
 
-def animate_image(vae: VideoVAE, image: torch.Tensor, frames: int, *, at: str = "first") -> Window:
-    """Image-to-video: the image is the first (or last) frame of a `frames`-long video."""
-    _check_frames("image", image)
+def animate_image(vae: VideoVAE, image: torch.Tensor, frames: int, *, at: str = "first",
+                  blend_frames: int = SEAM_BLEND) -> Window:
+    """Image-to-video: the image is the first (or last) frame of a `frames`-long video.
+
+    The output's first (last) frame is the image exactly; the decoder's version of it differs (the
+    VAE is lossy), so the next `blend_frames` frames crossfade from the still into the generated ones.
+    """
+    image = as_frames("image", image)
     if at not in ("first", "last"):
         raise ValueError(f"at={at!r} is not allowed; use 'first' or 'last'")
     tf = vae.temporal_factor
-    new = _check_chunks("frames - 1", frames - 1, tf)
+    check_frame_count(frames, tf)
+    if frames < 1 + tf:
+        raise ValueError(f"frames={frames} is not allowed: animating an image needs at least {1 + tf} frames "
+                         f"(the image and {tf} new ones)")
+    new = (frames - 1) // tf
+    k = min(_check_blend(blend_frames), frames - 1)
+    # The image held for 1 + k frames is the source clip: its k frames next to the join crossfade
+    # into the generated frames there, and the frame at the far end is the image untouched.
+    held = image[:1].expand(1 + k, *image.shape[1:])
+    tail = None
+    if at == "first" or not vae.history_dependent:
+        z = encode_frames(vae, image[:1])  # our VAE: a still image's latent is also a still chunk's latent
+    else:  # a causal VAE: the last latent frame is the image held for tf frames after the generated ones
+        still = image[:1].expand(tf, *image.shape[1:])
+        z, tail = encode_chunk_frames(vae, still), Tail(new, still)
+    samples, strength = _window([(z, 0.0), (new, 1.0)] if at == "first" else [(new, 1.0), (z, 0.0)], z)
     if at == "first":
-        z = encode_frames(vae, image[:1])
-        samples, strength = _window([(z, 0.0), (new, 1.0)], z)
-        return Window(samples, strength)
-    still = image[:1].expand(tf, -1, -1, -1)  # the last latent frame is a chunk of tf frames: the image held
-    # our VAE: a still image's latent is also a still chunk's latent; a causal VAE's depends on what precedes it
-    z = encode_chunk_frames(vae, still) if vae.history_dependent else encode_frames(vae, image[:1])
-    samples, strength = _window([(new, 1.0), (z, 0.0)], z)
-    return Window(samples, strength, tail=Tail(new, still))
+        splice = Splice(keep_start=1 + k, keep_stop=None, before=held, blend=k)
+    else:
+        splice = Splice(keep_start=0, keep_stop=frames - 1 - k, after=held, blend=k)
+    return Window(samples, strength, splice, tail)
 
 
 def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int,
                    blend_frames: int = SEAM_BLEND) -> Window:
     """Continue `video` for `new_frames` frames, seeing its last `context_frames` (+1 anchor frame)."""
-    _check_frames("video", video)
+    video = as_frames("video", video)
     tf = vae.temporal_factor
-    n = _check_chunks("new_frames", new_frames, tf)
-    m = _check_chunks("context_frames", context_frames, tf)
+    n = check_chunks("new_frames", new_frames, tf)
+    m = check_chunks("context_frames", context_frames, tf)
     if video.shape[0] < tf * m + 1:
         raise ValueError(
             f"video has {video.shape[0]} frames; extending with context_frames={context_frames} "
@@ -208,10 +265,10 @@ def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_
 def extend_backward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int,
                     blend_frames: int = SEAM_BLEND) -> Window:
     """Generate `new_frames` frames that lead into `video`, seeing its first `context_frames`."""
-    _check_frames("video", video)
+    video = as_frames("video", video)
     tf = vae.temporal_factor
-    n = _check_chunks("new_frames", new_frames, tf)
-    m = _check_chunks("context_frames", context_frames, tf)
+    n = check_chunks("new_frames", new_frames, tf)
+    m = check_chunks("context_frames", context_frames, tf)
     if video.shape[0] < tf * m:
         raise ValueError(f"video has {video.shape[0]} frames; context_frames={context_frames} needs at least that many")
     ctx = encode_chunk_frames(vae, video[: tf * m])
@@ -221,19 +278,30 @@ def extend_backward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context
                                              blend=_check_blend(blend_frames)), Tail(1 + n, video[: tf * m]))
 
 
+DIRECTIONS = ("forward", "backward")
+
+
+def extend(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int, direction: str = "forward",
+           blend_frames: int = SEAM_BLEND) -> Window:
+    """`extend_forward` or `extend_backward`, by name."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r} is not allowed; use 'forward' or 'backward'")
+    build = extend_forward if direction == "forward" else extend_backward
+    return build(vae, video, new_frames, context_frames, blend_frames)
+
+
 def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition_frames: int, context_frames: int,
             blend_frames: int = SEAM_BLEND) -> Window:
     """A generated transition of `transition_frames` from the end of `first` into the start of `second`."""
-    _check_frames("first", first)
-    _check_frames("second", second)
+    first, second = as_frames("first", first), as_frames("second", second)
     if first.shape[1:] != second.shape[1:]:
         raise ValueError(
             f"the two clips must have the same frame size; first is {tuple(first.shape[1:3])} (height, width), "
             f"second is {tuple(second.shape[1:3])}"
         )
     tf = vae.temporal_factor
-    n = _check_chunks("transition_frames", transition_frames, tf)
-    m = _check_chunks("context_frames", context_frames, tf)
+    n = check_chunks("transition_frames", transition_frames, tf)
+    m = check_chunks("context_frames", context_frames, tf)
     for name, clip, need in (("first", first, tf * m + 1), ("second", second, tf * m)):
         if clip.shape[0] < need:
             raise ValueError(f"{name} has {clip.shape[0]} frames; context_frames={context_frames} needs at least {need}")
@@ -249,17 +317,31 @@ def loop(vae: VideoVAE, video: torch.Tensor, transition_frames: int, context_fra
          blend_frames: int = SEAM_BLEND) -> Window:
     """A seamless loop: `video` followed by a generated transition from its end back to its start.
     Played on repeat, the last output frame leads straight into the first."""
+    video = as_frames("video", video)  # checked here so errors name the loop's one clip, not connect's two
+    tf = vae.temporal_factor
+    check_chunks("transition_frames", transition_frames, tf)
+    m = check_chunks("context_frames", context_frames, tf)
+    if video.shape[0] < tf * m + 1:
+        raise ValueError(f"video has {video.shape[0]} frames; looping with context_frames={context_frames} "
+                         f"needs at least {tf * m + 1}")
     window = connect(vae, video, video, transition_frames, context_frames, blend_frames)
     window.splice.after = None  # the loop's next frame is the video's own first frame
     window.splice.wrap = True
     return window
 
 
+def check_strength(strength: float) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength={strength!r} is not allowed: use a number from 0 (keep the input) to 1 "
+                         f"(ignore it)")
+    return float(strength)
+
+
 def sdedit(latent: torch.Tensor, strength: float) -> Window:
-    """Video-to-video editing (SDEdit, Meng et al. 2022): every frame noised to `strength`, then denoised."""
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength={strength} must be between 0 and 1 (0 = unchanged, 1 = ignore the input)")
-    return Window(latent, torch.full((latent.shape[0], latent.shape[2]), float(strength), device=latent.device))
+    """Video-to-video editing (SDEdit, Meng et al. 2022): every frame noised to `strength` by the
+    sampler (with its seed), then denoised."""
+    strength = check_strength(strength)
+    return Window(latent, torch.full((latent.shape[0], latent.shape[2]), strength, device=latent.device))
 
 
 def decode(vae: VideoVAE, window: Window, latents: torch.Tensor, **decode_options) -> torch.Tensor:
@@ -267,13 +349,14 @@ def decode(vae: VideoVAE, window: Window, latents: torch.Tensor, **decode_option
 
     With a history-dependent VAE the tail's latents (estimated before sampling) are first replaced by
     its exact in-clip latents: the tail re-encoded after the frames the window decodes to before it.
-    That is skipped when the splice drops every decoded tail frame anyway (no crossfade at the join).
+    That is skipped when the splice keeps none of the decoded tail frames (no crossfade at the join).
     `decode_options` (chunk, tile) go to the VAE's decode.
     """
     options = {k: v for k, v in decode_options.items() if v is not None}
     dtype = _vae_dtype(vae)
     tail, splice = window.tail, window.splice
-    if tail is not None and vae.history_dependent and (splice is None or splice.blend > 0):
+    if tail is not None and vae.history_dependent and (splice is None or splice.uses_from(
+            1 + vae.temporal_factor * (tail.start - 1))):
         head = vae.decode(latents[:, :, : tail.start].to(dtype), **options)  # (1, 3, 1+tf*(start-1), H, W)
         exact = encode_chunk_frames(vae, tail.frames, history=head)
         latents = torch.cat([latents[:, :, : tail.start], exact.to(latents)], dim=2)

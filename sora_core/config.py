@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 
@@ -40,11 +41,18 @@ class VAEConfig:
             raise ValueError(f"VAEConfig.temporal_factor={self.temporal_factor} is not allowed: use an integer >= 1")
         for name in ("latent_mean", "latent_std"):
             value = getattr(self, name)
-            if value is not None and len(value) != self.latent_channels:
+            if value is None:
+                continue
+            if len(value) != self.latent_channels:
                 raise ValueError(
                     f"VAEConfig.{name} has {len(value)} entries; it needs one per latent channel "
                     f"({self.latent_channels})"
                 )
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+                raise ValueError(f"VAEConfig.{name}={list(value)} is not allowed: every entry must be a finite number")
+        if self.latent_std is not None and min(self.latent_std) <= 0:
+            # latents are divided by it: zero gives inf, negative flips the channel the DiT was trained on
+            raise ValueError(f"VAEConfig.latent_std={list(self.latent_std)} is not allowed: every entry must be > 0")
 
 
 @dataclass

@@ -107,30 +107,24 @@ def sample_window(
     cfg: float = 5.0,
     shift: float | None = None,
     sampler: str = "euler",
-    denoise: float = 1.0,
-    noised: bool = False,
     sequential_cfg: bool = False,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
-    """Fill a latent window: frames with strength 0 come back exactly as given.
-
-    `denoise` < 1 caps every frame's strength (plain SDEdit on any latent). `noised` says the
-    samples are already at their starting noise (an SDEdit Noise node did it with its own seed).
+    """Fill a latent window: frames with strength 0 come back exactly as given; the others start
+    from the samples noised to their strength (1 = pure noise, below = SDEdit) with `seed`'s noise.
     `shift` None: by the number of tokens (`flow.resolution_shift`).
     """
-    if not 0.0 <= denoise <= 1.0:
-        raise ValueError(f"denoise={denoise} must be between 0 and 1")
     if cfg < 0:
         raise ValueError(f"cfg={cfg} must be >= 0")
     device = next(dit.parameters()).device
     x0 = samples.to(device, torch.float32)
-    strength = strength.to(device, torch.float32).clamp(max=denoise)
+    strength = strength.to(device, torch.float32)
     start = float(strength.max())
     if start == 0.0:
         return x0.clone()
     sigmas = sigmas_for(steps, shift if shift is not None else resolution_shift(num_tokens(dit, x0)), start)
     g = torch.Generator("cpu").manual_seed(int(seed))  # first draw: seeded_noise(seed)
-    x = x0 if noised else noise_to_start(x0, _draw(g, x0), start, strength)
+    x = noise_to_start(x0, _draw(g, x0), start, strength)
     model = guided_velocity(dit, text, negative, cfg, sequential=sequential_cfg)
     if not getattr(dit, "per_frame_t", True):
         model = one_time_per_sample(model, _draw(g, x0))  # second draw: independent of the first

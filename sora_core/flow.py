@@ -13,6 +13,7 @@ the whole schedule; frames in between wait, partially noised, until the schedule
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -39,14 +40,47 @@ def resolution_shift(num_tokens: int, base_tokens: int = 256, base_shift: float 
     return float(min(max_shift, max(base_shift, base_shift * math.sqrt(num_tokens / base_tokens))))
 
 
+def check_shift(shift: float) -> float:
+    """A schedule shift must be a finite number > 0: 1 leaves the schedule alone, and at 0 or below
+    `time_shift` collapses every step onto t = 0 (one silent step)."""
+    if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not math.isfinite(shift) or shift <= 0:
+        raise ValueError(f"shift={shift!r} is not allowed: use a number > 0 (1 = no shift; larger spends "
+                         f"more steps at high noise)")
+    return float(shift)
+
+
+SEED_MAX = 2**64 - 1  # ComfyUI's seed widgets go up to 0xffffffffffffffff
+
+
+def check_seed(seed: int) -> int:
+    """Seeds are integers 0 .. 2**64 - 1, as ComfyUI allows; torch's generators take that whole range."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"seed={seed!r} is not allowed: use an integer from 0 to 2**64 - 1 ({SEED_MAX})")
+    return int(seed)
+
+
+def check_sampling(*, seed: int = 0, steps: int = 20, cfg: float = 5.0, shift: float | None = None,
+                   sampler: str = "euler") -> None:
+    """The sampling settings a user gives, each named with its value when it is not allowed."""
+    check_seed(seed)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= 10_000:
+        raise ValueError(f"steps={steps!r} is not allowed: use an integer from 1 to 10000")
+    if isinstance(cfg, bool) or not isinstance(cfg, numbers.Real) or not 0 <= cfg < math.inf:
+        raise ValueError(f"cfg={cfg!r} is not allowed: use a number >= 0 (1 = no guidance)")
+    if shift is not None:
+        check_shift(shift)
+    get_sampler(sampler)
+
+
 def sigmas_for(steps: int, shift: float = 1.0, start: float = 1.0) -> torch.Tensor:
     """steps+1 decreasing times from `start` to 0, evenly spaced before the shift.
 
-    `start` < 1 begins part-way (SDEdit / denoise): the spacing is the one the full schedule
+    `start` < 1 begins part-way (SDEdit): the spacing is the one the full schedule
     would have below that point, so 'strength 0.5 with 10 steps' spends its steps well.
     """
-    if steps < 1:
-        raise ValueError(f"steps={steps} must be at least 1")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps={steps!r} is not allowed: use an integer >= 1")
+    check_shift(shift)
     if not 0.0 < start <= 1.0:
         raise ValueError(f"start={start} must be in (0, 1]")
     u = torch.linspace(inverse_time_shift(start, shift), 0.0, steps + 1, dtype=torch.float64)
@@ -165,7 +199,7 @@ SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp
 
 
 def get_sampler(name: str):
-    if name not in SAMPLERS:
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"sampler={name!r} is not available; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name]
 

@@ -9,12 +9,12 @@
     frames = wan.generate("a corgi running on a beach", seed=1)  # 832x480x81, the model's own recipe
 
 Frames are float tensors (T, H, W, 3) in [0, 1] (ComfyUI's IMAGE layout). Sampling is
-`engine.sample_window`, conditioning `conditioning`; this module only wires them to the models.
+`engine.sample_window` (the ComfyUI nodes call it too), conditioning `conditioning`; this module
+checks requests and wires them to the models.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -24,15 +24,20 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from . import budget
 from . import conditioning as cond
+from .budget import Budget
 from .checkpoint import load_checkpoint
 from .engine import sample_window
-from .patch import check_frame_count, check_pixel_size, latent_frames
+from .flow import check_sampling
+from .patch import check_frame_count, check_pixel_size
 from .wan import files
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sora-tiny.safetensors"
 
 Progress = Callable[[int, int], None]
+SAMPLING = ("seed", "steps", "cfg", "shift", "sampler")  # checked by `flow.check_sampling`
+OPTIONS = (*SAMPLING, "negative", "progress", "decode_chunk", "decode_tile", "sequential_cfg")
 
 
 def default_model_path() -> Path:
@@ -51,6 +56,7 @@ class Defaults:
     cfg: float = 5.0
     shift: float | None = None  # None: by the number of tokens (`flow.resolution_shift`)
     negative: str = ""
+    decode_chunk: int = 4  # latent frames per VAE decode step
 
 
 Part = nn.Module | Callable[[], nn.Module]  # resident, or loaded from its mapped file for each use (offload)
@@ -59,15 +65,24 @@ Part = nn.Module | Callable[[], nn.Module]  # resident, or loaded from its mappe
 class Pipeline:
     """A VAE, a text encoder and a DiT (ours or Wan's), and the capabilities of the report as methods.
 
+    Every method checks its inputs and the request's budget (`sora_core.budget`: DiT tokens and
+    memory) before any work; set `pipe.budget = Budget(max_tokens=..., max_memory=...)` to change
+    the limits. Frames go in as float (T, H, W, 3) in [0, 1] or uint8 in 0..255 (what
+    `io.read_video` returns) and come out as float in [0, 1]. Sizes and sampling settings left out
+    (or None) are the model's own (`defaults`); `negative` left out is the model's negative prompt.
+
     `text` and `dit` may be loaders instead of modules (offload): then each is loaded for its use and
     released after it (the text encoder before the DiT runs, the DiT before the VAE decodes), and the
-    `text` / `dit` properties load a fresh one at each access."""
+    `text` / `dit` properties load a fresh one at each access.
+    """
 
-    def __init__(self, vae: nn.Module, text: Part, dit: Part, *, pixel_multiple: int, defaults: Defaults = Defaults(),
-                 family: str = "sora-nodes", device: str | torch.device = "cpu"):
+    budget: Budget | None = None  # None: SORA_MAX_TOKENS / SORA_MAX_MEMORY, else the defaults
+
+    def __init__(self, vae: nn.Module, text: Part, dit: Part, *, config, dit_dtype: torch.dtype,
+                 defaults: Defaults = Defaults(), family: str = "sora-nodes", device: str | torch.device = "cpu"):
         self.vae, self._text, self._dit = vae, text, dit
-        self.pixel_multiple, self.defaults, self.family = pixel_multiple, defaults, family
-        self.device = torch.device(device)
+        self.config, self.dit_dtype = config, dit_dtype  # a SoraConfig or a wan.dit.WanConfig
+        self.defaults, self.family, self.device = defaults, family, torch.device(device)
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -97,16 +112,16 @@ class Pipeline:
         missing = {"vae", "text", "dit"} - set(m.parts)
         if missing:
             raise ValueError(f"a Pipeline needs a full model; {str(path)!r} lacks {sorted(missing)}")
-        return cls(m.vae, m.text, m.dit, pixel_multiple=m.config.pixel_multiple, device=device)
+        return cls(m.vae, m.text, m.dit, config=m.config, dit_dtype=next(m.dit.parameters()).dtype, device=device)
 
     @classmethod
     def _load_wan(cls, path, vae, text_encoder, tokenizer, device, dtype, offload) -> "Pipeline":
-        from .wan.dit import load_wan_dit, recipe_for
+        from .wan.dit import WanConfig, WanDiTConfig, load_wan_dit
         from .wan.umt5 import load_umt5, umt5_tokenizer
         from .wan.vae import load_wan_vae
 
-        _, dit = files.open_component(path, "diffusion_model")
-        channels, recipe = dit.config["in_channels"], recipe_for(dit.variant, dit.config["in_channels"])
+        header, dit = files.open_component(path, "diffusion_model")
+        channels = dit.config["in_channels"]
         vae_name = {16: "a Wan 2.1 VAE (wan_2.1_vae.safetensors)", 48: "the Wan 2.2 VAE (wan2.2_vae.safetensors)"}.get(
             channels, f"a Wan VAE with {channels} latent channels")
         needs = [f"{flag} ({what})" for flag, given, what in (
@@ -129,11 +144,15 @@ class Pipeline:
         text_part = partial(load_umt5, text_encoder, tokenizer=tok, device=device, dtype=dtype)
         dit_part = partial(load_wan_dit, path, device=device, dtype=dtype)
         vae_module = load_wan_vae(vae, device=device, dtype=dtype)
-        s, (_, ph, pw) = vae_module.spatial_factor, dit.config["patch"]
-        defaults = Defaults(recipe.width, recipe.height, recipe.frames, recipe.fps, recipe.steps, recipe.cfg,
-                            recipe.shift, recipe.negative_prompt) if recipe else Defaults()
+        config = WanConfig(WanDiTConfig(**dit.config), vae_module.config, dit.variant)
+        stored = files.DTYPES[header.tensors[dit.prefix + "blocks.0.ffn.0.weight"].dtype]
+        dit_dtype = stored if dtype is None or stored in files.FP8 else dtype
+        r = config.recipe
+        defaults = Defaults(r.width, r.height, r.frames, r.fps, r.steps, r.cfg, r.shift, r.negative_prompt,
+                            decode_chunk=1) if r else Defaults(decode_chunk=1)
         return cls(vae_module, text_part if offload else text_part(), dit_part if offload else dit_part(),
-                   pixel_multiple=math.lcm(s * ph, s * pw), defaults=defaults, family="wan", device=device)
+                   config=config, dit_dtype=torch.bfloat16 if dit_dtype in files.FP8 else dit_dtype,
+                   defaults=defaults, family="wan", device=device)
 
     # -- parts --------------------------------------------------------------------------------
     @property
@@ -143,10 +162,6 @@ class Pipeline:
     @property
     def dit(self) -> nn.Module:
         return self._dit if isinstance(self._dit, nn.Module) else self._dit()
-
-    @property
-    def temporal_factor(self) -> int:
-        return self.vae.temporal_factor
 
     def _release(self) -> None:
         """After an offloaded part's use: give its memory back to the device."""
@@ -173,72 +188,141 @@ class Pipeline:
         self._release()
         return out
 
-    # -- running ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def run(self, window: cond.Window, prompt: str, negative: str | None = None, *, progress: Progress | None = None,
-            decode_chunk: int | None = None, decode_tile: int | None = None, **sampling) -> torch.Tensor:
-        """Sample a window, decode it, splice in the source frames -> (T, H, W, 3) frames.
-
-        `negative`, `steps`, `cfg`, `shift` default to the model's recipe (`defaults`); other options
-        go to `engine.sample_window` (seed, sampler, sequential_cfg ...)."""
+    # -- checks, before any work ----------------------------------------------------------------
+    def _settings(self, prompt, kw: dict) -> dict:
+        """The prompts and options of a request, checked, with the model's defaults filled in."""
+        unknown = sorted(set(kw) - set(OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown option{'s' * (len(unknown) > 1)} {', '.join(unknown)}; allowed: {', '.join(OPTIONS)}")
+        kw = dict(kw)
+        kw.setdefault("negative", self.defaults.negative)  # given as None: refused below
+        for key in ("steps", "cfg", "shift", "decode_chunk"):
+            if kw.get(key) is None:
+                kw[key] = getattr(self.defaults, key)
+        for name, text in (("prompt", prompt), ("negative", kw["negative"])):
+            if not isinstance(text, str):
+                raise TypeError(f"{name} must be a string; got {type(text).__name__}"
+                                + (" (use '' for no negative prompt)" if name == "negative" else ""))
         if not prompt.strip():
             raise ValueError("prompt is empty; describe the video to generate")
-        for key in ("steps", "cfg", "shift"):
-            if sampling.get(key) is None:
-                sampling[key] = getattr(self.defaults, key)
-        steps = sampling["steps"]
+        for name, allowed_none, what in (("decode_chunk", False, "latent frames per step"),
+                                         ("decode_tile", True, "latent cells per tile, or None: no tiling")):
+            value = kw.get(name)
+            if (value is not None or not allowed_none) and (isinstance(value, bool) or not isinstance(value, int)
+                                                            or value < 1):
+                raise ValueError(f"{name}={value!r} is not allowed: use an integer >= 1 ({what})")
+        check_sampling(**{k: kw[k] for k in SAMPLING if k in kw})
+        return kw
+
+    def _plan(self, what: str, width: int, height: int, frames: int, kw: dict, *, source: str | None = None,
+              encode_frames: int = 0, batch: int = 1) -> None:
+        """Sizes and budget of a request, before any work; a pixel size is named by its input."""
+        try:
+            check_pixel_size(width, height, self.config.pixel_multiple)
+        except ValueError as err:
+            if source is None:
+                raise
+            raise ValueError(f"{source} is {width}x{height} px (width x height): {err}") from None
+        check_frame_count(frames, self.config.vae.temporal_factor)
+        budget.check(self.config, what=what, width=width, height=height, frames=frames, batch=batch,
+                     stages=budget.STAGES if encode_frames else ("sample", "decode"), encode_frames=encode_frames,
+                     chunk=kw["decode_chunk"], tile=kw.get("decode_tile"),
+                     guidance=kw["cfg"] != 1.0 and not kw.get("sequential_cfg"), dtype=self.dit_dtype,
+                     device=self.device, budget=self.budget)
+
+    def _frames(self, name: str, frames) -> torch.Tensor:
+        return cond.as_frames(name, frames).to(self.device)
+
+    def _chunks(self, **values: int) -> int:
+        """Check extend / loop / connect timings by name; returns their sum in frames."""
+        for name, value in values.items():
+            cond.check_chunks(name, value, self.config.vae.temporal_factor)
+        return sum(values.values())
+
+    # -- running ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, window: cond.Window, prompt: str, **kw) -> torch.Tensor:
+        """Sample a window, decode it, splice in the source frames -> (T, H, W, 3) frames. Options:
+        `negative`, `progress`, `decode_chunk`, `decode_tile` here, the rest go to `engine.sample_window`
+        (seed, steps, cfg, shift, sampler, sequential_cfg)."""
+        kw = self._settings(prompt, kw)
+        b, _, t, h, w = window.samples.shape
+        s, tf = self.config.vae.spatial_factor, self.config.vae.temporal_factor
+        self._plan("run", w * s, h * s, 1 + tf * (t - 1), kw, batch=b)
+        progress, negative = kw.pop("progress", None), kw.pop("negative")
+        chunk, tile = kw.pop("decode_chunk"), kw.pop("decode_tile", None)
+        steps = kw["steps"]
         callback = (lambda d: progress(d["i"] + 1, steps)) if progress else None
-        text, neg = self.encode_texts(prompt, self.defaults.negative if negative is None else negative)
-        latents = self.sample(window, text, neg, callback=callback, **sampling)
-        return cond.decode(self.vae, window, latents, chunk=decode_chunk, tile=decode_tile)
-
-    def _check_size(self, width: int, height: int, frames: int) -> None:
-        check_pixel_size(width, height, self.pixel_multiple)
-        check_frame_count(frames, self.temporal_factor)
-
-    def empty_window(self, width: int, height: int, frames: int, batch: int = 1) -> cond.Window:
-        self._check_size(width, height, frames)
-        s = self.vae.spatial_factor
-        t = latent_frames(frames, self.temporal_factor)
-        return cond.empty_window(batch, self.vae.latent_channels, t, height // s, width // s)
+        text, neg = self.encode_texts(prompt, negative)
+        latents = self.sample(window, text, neg, callback=callback, **kw)
+        return cond.decode(self.vae, window, latents, chunk=chunk, tile=tile)
 
     def generate(self, prompt: str, width: int | None = None, height: int | None = None, frames: int | None = None,
                  **kw) -> torch.Tensor:
         """Text to video (frames=1: text to image); sizes default to the model's native ones."""
+        kw = self._settings(prompt, kw)
         d = self.defaults
-        return self.run(self.empty_window(width or d.width, height or d.height, frames or d.frames), prompt, **kw)
+        width, height, frames = width or d.width, height or d.height, frames or d.frames
+        self._plan("generate", width, height, frames, kw)
+        return self.run(cond.empty_window(self.config, width, height, frames), prompt, **kw)
 
-    def animate(self, image: torch.Tensor, prompt: str, frames: int | None = None, **kw) -> torch.Tensor:
-        """Image to video: `image` (1, H, W, 3) becomes the first frame."""
+    def animate(self, image, prompt: str, frames: int | None = None, at: str = "first",
+                blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
+        """Image to video: `image` (1, H, W, 3) is exactly the first (or last) frame; the next
+        `blend_frames` frames crossfade from it into the generated ones."""
+        kw = self._settings(prompt, kw)
         frames = frames or self.defaults.frames
-        self._check_size(image.shape[2], image.shape[1], frames)
-        return self.run(cond.animate_image(self.vae, image.to(self.device), frames), prompt, **kw)
+        image = self._frames("image", image)[:1]
+        self._plan("animate", image.shape[2], image.shape[1], frames, kw, source="image", encode_frames=1)
+        return self.run(cond.animate_image(self.vae, image, frames, at=at, blend_frames=blend_frames), prompt, **kw)
 
-    def extend(self, video: torch.Tensor, prompt: str, new_frames: int = 16, context_frames: int = 8,
+    def extend(self, video, prompt: str, new_frames: int = 16, context_frames: int = 8,
                direction: str = "forward", blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
         """Extend a clip forward (what happens next) or backward (what led up to it) in time;
         `blend_frames` of the clip crossfade at the join (0: the clip comes back bit-identical)."""
-        builders = {"forward": cond.extend_forward, "backward": cond.extend_backward}
-        if direction not in builders:
+        kw = self._settings(prompt, kw)
+        if direction not in cond.DIRECTIONS:
             raise ValueError(f"direction={direction!r} is not allowed; use 'forward' or 'backward'")
-        return self.run(builders[direction](self.vae, video.to(self.device), new_frames, context_frames,
-                                            blend_frames), prompt, **kw)
+        video = self._frames("video", video)
+        total = self._chunks(new_frames=new_frames, context_frames=context_frames)
+        self._plan("extend", video.shape[2], video.shape[1], 1 + total, kw, source="video",
+                   encode_frames=1 + context_frames)
+        window = cond.extend(self.vae, video, new_frames, context_frames, direction, blend_frames)
+        return self.run(window, prompt, **kw)
 
-    def loop(self, video: torch.Tensor, prompt: str, transition_frames: int = 8, context_frames: int = 8,
+    def loop(self, video, prompt: str, transition_frames: int = 8, context_frames: int = 8,
              blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
         """Append a generated transition back to the start: the result plays as a seamless infinite loop."""
-        window = cond.loop(self.vae, video.to(self.device), transition_frames, context_frames, blend_frames)
+        kw = self._settings(prompt, kw)
+        video = self._frames("video", video)
+        self._chunks(transition_frames=transition_frames, context_frames=context_frames)
+        self._plan("loop", video.shape[2], video.shape[1], 1 + transition_frames + 2 * context_frames, kw,
+                   source="video", encode_frames=1 + 2 * context_frames)
+        window = cond.loop(self.vae, video, transition_frames, context_frames, blend_frames)
         return self.run(window, prompt, **kw)
 
-    def connect(self, first: torch.Tensor, second: torch.Tensor, prompt: str, transition_frames: int = 16,
+    def connect(self, first, second, prompt: str, transition_frames: int = 16,
                 context_frames: int = 8, blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
         """first + a generated transition + second."""
-        window = cond.connect(self.vae, first.to(self.device), second.to(self.device), transition_frames,
-                              context_frames, blend_frames)
+        kw = self._settings(prompt, kw)
+        first, second = self._frames("first", first), self._frames("second", second)
+        self._chunks(transition_frames=transition_frames, context_frames=context_frames)
+        for name, clip in (("first", first), ("second", second)):
+            self._plan("connect", clip.shape[2], clip.shape[1], 1 + transition_frames + 2 * context_frames, kw,
+                       source=name, encode_frames=1 + 2 * context_frames)
+        window = cond.connect(self.vae, first, second, transition_frames, context_frames, blend_frames)
         return self.run(window, prompt, **kw)
 
-    def edit(self, video: torch.Tensor, prompt: str, strength: float = 0.6, **kw) -> torch.Tensor:
+    def edit(self, video, prompt: str, strength: float = 0.6, **kw) -> torch.Tensor:
         """Video-to-video editing with SDEdit: strength 0 keeps the input, 1 ignores it."""
-        self._check_size(video.shape[2], video.shape[1], video.shape[0])
-        latent = cond.encode_frames(self.vae, video.to(self.device))
+        kw = self._settings(prompt, kw)
+        cond.check_strength(strength)
+        video = self._frames("video", video)
+        try:
+            check_frame_count(video.shape[0], self.config.vae.temporal_factor)
+        except ValueError as err:
+            raise ValueError(f"video has {video.shape[0]} frames: {err}") from None
+        self._plan("edit", video.shape[2], video.shape[1], video.shape[0], kw, source="video",
+                   encode_frames=video.shape[0])
+        latent = cond.encode_frames(self.vae, video)
         return self.run(cond.sdedit(latent, strength), prompt, **kw)

@@ -299,7 +299,7 @@ class Provenance:
                    "softwareAgent": dict(GENERATOR), "description": description}
         actions = [created]
         ids = [f"source{i}" for i in range(len(self.sources))]
-        if relationship == "inputTo":
+        if ids and relationship == "inputTo":
             created["parameters"] = {"ingredientIds": ids}
         elif ids:
             actions.append({"action": "c2pa.placed", "parameters": {"ingredientIds": ids}})

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import logging
+import math
 import os
 import re
 import socket
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -31,8 +34,9 @@ import cv2
 import numpy as np
 
 from .data.prompt_parser import parse_prompt
-from .fsutil import atomic_write
 from .data.synthetic import describe, sample_scene
+from .flow import check_seed
+from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def expand_offline(prompt: str, *, seed: int = 0) -> str:
     """Deterministic detailed caption for a short prompt, no network (see module docstring)."""
     prompt = _check_prompt(prompt)
     spec = parse_prompt(prompt)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     width, height, frames = _SCENE_SIZE
     options = spec.scene_options(rng)
     options.setdefault("camera", "still")  # users who want a pan say so
@@ -80,31 +84,101 @@ def chat_url(endpoint: str | None) -> str:
     return url + ("/chat/completions" if url.endswith("/v1") else "/v1/chat/completions")
 
 
+MAX_REPLY_BYTES = 1 << 20  # a caption is a few hundred bytes; anything near this is a broken or hostile server
+
+
+class _Deadline:
+    """One deadline for a whole HTTP exchange. urllib's timeout bounds each socket operation, so a
+    server that drip-feeds bytes could hold a request for ever; at the deadline this shuts down the
+    connection's socket, which ends whatever connect or read is waiting."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._sockets: list = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        self.expired = True  # first: a connection made after this sees it (see `opener`)
+        for sock in list(self._sockets):
+            _shut(sock)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's opener (proxies, redirects) whose connections this deadline can cut."""
+        deadline = self
+
+        def tracked(cls):
+            class Connection(cls):
+                def connect(self):
+                    super().connect()
+                    # The socket itself, not the connection: urllib drops `conn.sock` once the
+                    # headers are in, and the body is read through the response's own reference.
+                    deadline._sockets.append(self.sock)
+                    if deadline.expired:
+                        _shut(self.sock)
+
+            return Connection
+
+        class HTTP(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(tracked(http.client.HTTPConnection), req)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(tracked(http.client.HTTPSConnection), req, context=self._context)
+
+        return urllib.request.build_opener(HTTP, HTTPS)
+
+
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def chat(endpoint: str, messages: list[dict], *, model: str | None = None, api_key: str | None = None,
          timeout: float = 30.0, seed: int | None = None, temperature: float = 0.7, max_tokens: int = 400) -> str:
-    """One OpenAI-style chat completion; returns the reply text or raises RecaptionError."""
+    """One OpenAI-style chat completion within `timeout` seconds in all (connecting, waiting and
+    reading); returns the reply text or raises RecaptionError."""
     url = chat_url(endpoint)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ValueError(f"timeout={timeout!r} is not allowed: use a number of seconds > 0")
     body = {"messages": messages, "temperature": temperature, "max_tokens": max_tokens}
     if model:
         body["model"] = model
     if seed is not None:
-        body["seed"] = seed
+        body["seed"] = check_seed(seed) % 2**63  # servers keep seeds as signed 64-bit integers
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    deadline = _Deadline(timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as e:
-        detail = e.read()[:300].decode("utf-8", "replace")
-        raise RecaptionError(f"chat endpoint {url} answered HTTP {e.code}: {detail}") from e
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, (TimeoutError, socket.timeout)):
+        with deadline:
+            try:
+                with deadline.opener().open(request, timeout=timeout) as response:
+                    raw = response.read(MAX_REPLY_BYTES + 1)
+            except urllib.error.HTTPError as e:
+                detail = e.read(300).decode("utf-8", "replace")
+                raise RecaptionError(f"chat endpoint {url} answered HTTP {e.code}: {detail}") from e
+    except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, IncompleteRead, ...
+        if deadline.expired or isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
             raise RecaptionError(f"chat endpoint {url} did not answer within {timeout} s") from e
-        raise RecaptionError(f"chat endpoint {url} is unreachable: {e.reason}") from e
-    except (TimeoutError, socket.timeout) as e:
-        raise RecaptionError(f"chat endpoint {url} did not answer within {timeout} s") from e
+        reason = getattr(e, "reason", None) or str(e) or type(e).__name__
+        raise RecaptionError(f"chat endpoint {url} is unreachable or broke off: {reason}") from e
+    if deadline.expired:  # the cut can also look like a short but complete read
+        raise RecaptionError(f"chat endpoint {url} did not answer within {timeout} s")
+    if len(raw) > MAX_REPLY_BYTES:
+        raise RecaptionError(f"chat endpoint {url} sent more than {MAX_REPLY_BYTES >> 10} KiB; a caption is "
+                             f"far shorter, so the reply was refused")
     try:
         text = json.loads(raw)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as e:
@@ -137,6 +211,7 @@ def recaption(prompt: str, *, seed: int = 0, backend: str = "offline", endpoint:
     the offline expansion, `fallback=False` raises RecaptionError naming endpoint and reason.
     """
     prompt = _check_prompt(prompt)
+    check_seed(seed)
     if backend == "offline":
         return expand_offline(prompt, seed=seed)
     if backend != "llm":
@@ -236,43 +311,42 @@ def caption_folder(folder: str | os.PathLike, endpoint: str, model: str | None =
 # --------------------------------------------------------------------------- command line
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register `recaption` and `caption-folder` on the main CLI; each sets `func(args)`."""
-    key_help = "API key (default: $SORA_LLM_API_KEY or $OPENAI_API_KEY)"
-    p = subparsers.add_parser("recaption", help="expand a short prompt into a detailed caption")
+KEY_HELP = "API key (default: $SORA_LLM_API_KEY or $OPENAI_API_KEY)"
+
+
+def add_recaption_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS, default="offline")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1")
     p.add_argument("--model")
-    p.add_argument("--api-key", help=key_help)
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--api-key", help=KEY_HELP)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole request")
     p.add_argument("--no-fallback", action="store_true", help="fail instead of expanding offline")
-    p.set_defaults(func=_run_recaption)
 
-    c = subparsers.add_parser("caption-folder", help="write .txt captions for a folder of clips via a vision LLM")
-    c.add_argument("folder")
-    c.add_argument("--endpoint", required=True)
-    c.add_argument("--model")
-    c.add_argument("--api-key", help=key_help)
-    c.add_argument("--frames", type=int, default=4, help="frames per clip sent to the model")
-    c.add_argument("--overwrite", action="store_true", help="replace existing .txt captions")
-    c.add_argument("--recursive", action="store_true")
-    c.add_argument("--timeout", type=float, default=60.0)
-    c.set_defaults(func=_run_caption_folder)
+
+def add_caption_folder_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--model")
+    p.add_argument("--api-key", help=KEY_HELP)
+    p.add_argument("--frames", type=int, default=4, help="frames per clip sent to the model")
+    p.add_argument("--overwrite", action="store_true", help="replace existing .txt captions")
+    p.add_argument("--recursive", action="store_true")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds for each clip's whole request")
 
 
 def _api_key(args) -> str | None:
     return args.api_key or os.environ.get("SORA_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
 
 
-def _run_recaption(args) -> int:
+def run_recaption(args) -> int:
     print(recaption(args.prompt, seed=args.seed, backend=args.backend, endpoint=args.endpoint, model=args.model,
                     api_key=_api_key(args), timeout=args.timeout, fallback=not args.no_fallback))
     return 0
 
 
-def _run_caption_folder(args) -> int:
+def run_caption_folder(args) -> int:
     report = caption_folder(args.folder, args.endpoint, args.model, api_key=_api_key(args), frames=args.frames,
                             overwrite=args.overwrite, timeout=args.timeout, recursive=args.recursive)
     print(f"wrote {len(report.written)}, kept {len(report.skipped)} existing, failed {len(report.failed)}")

@@ -215,15 +215,17 @@ class VideoVAE(nn.Module):
             )
         check_pixel_size(video.shape[-1], video.shape[-2], self.spatial_factor)
 
-    def moments(self, chunks: torch.Tensor, chunk_batch: int = 8, progress: Progress | None = None):
-        """Posterior mean and log-variance (N, C, h, w) for (N, 3, tf, H, W) chunks, `chunk_batch` at a time."""
+    def moments(self, chunks: torch.Tensor, chunk_batch: int | None = 8, progress: Progress | None = None):
+        """Posterior mean and log-variance (N, C, h, w) for (N, 3, tf, H, W) chunks, `chunk_batch` at a
+        time (None: all at once)."""
+        step = chunk_batch or chunks.shape[0]
         means, logvars = [], []
-        for i in range(0, chunks.shape[0], chunk_batch):
-            m, lv = self.encoder(chunks[i : i + chunk_batch]).chunk(2, dim=1)
+        for i in range(0, chunks.shape[0], step):
+            m, lv = self.encoder(chunks[i : i + step]).chunk(2, dim=1)
             means.append(m)
             logvars.append(lv.clamp(-30.0, 20.0))
             if progress:
-                progress(min(i + chunk_batch, chunks.shape[0]), chunks.shape[0])
+                progress(min(i + step, chunks.shape[0]), chunks.shape[0])
         return torch.cat(means), torch.cat(logvars)
 
     def normalize(self, z_raw: torch.Tensor) -> torch.Tensor:
@@ -232,10 +234,14 @@ class VideoVAE(nn.Module):
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.latent_std + self.latent_mean
 
-    def _encode_chunks(self, chunks, batch, chunk_batch, sample, generator, progress, tile, overlap):
+    def _latents(self, chunks: torch.Tensor, batch: int, *, chunk_batch: int, tile: int | None, overlap: int,
+                 progress: Progress | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(batch*k, 3, tf, H, W) chunks -> normalised (batch, C, k, h, w) latents: the posterior mean,
+        or a sample from it when a `generator` is given."""
+
         def run(c):
             mean, logvar = self.moments(c, chunk_batch, progress)
-            if sample:
+            if generator is not None:
                 noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean)
                 mean = mean + torch.exp(0.5 * logvar) * noise
             return mean
@@ -251,7 +257,6 @@ class VideoVAE(nn.Module):
         self,
         video: torch.Tensor,
         *,
-        sample: bool = False,
         generator: torch.Generator | None = None,
         chunk_batch: int = 8,
         tile: int | None = None,
@@ -260,14 +265,17 @@ class VideoVAE(nn.Module):
     ) -> torch.Tensor:
         """(B, 3, 1+tf*k, H, W) in [-1, 1] -> normalised latents (B, C, 1+k, H/s, W/s).
 
-        `chunk_batch` chunks go through the encoder at once (peak memory ~ chunk_batch, not frames);
-        `tile` (latent cells) also splits space, for frames too large for memory.
+        The posterior mean, or with a `generator` a sample of the posterior. `chunk_batch` chunks go
+        through the encoder at once (peak memory ~ chunk_batch, not frames); `tile` (latent cells)
+        also splits space, for frames too large for memory.
         """
         self._check_video(video)
         check_frame_count(video.shape[2], self.temporal_factor)
-        return self._encode_chunks(self.to_chunks(video), video.shape[0], chunk_batch, sample, generator, progress, tile, overlap)
+        return self._latents(self.to_chunks(video), video.shape[0], chunk_batch=chunk_batch, tile=tile,
+                             overlap=overlap, progress=progress, generator=generator)
 
-    def encode_chunks(self, video: torch.Tensor, **kwargs) -> torch.Tensor:
+    def encode_chunks(self, video: torch.Tensor, *, chunk_batch: int = 8, tile: int | None = None, overlap: int = 4,
+                      progress: Progress | None = None) -> torch.Tensor:
         """(B, 3, tf*k, H, W) -> (B, C, k, h, w): frames taken as k whole chunks, with no lone first frame.
 
         Gives the latents those frames have anywhere after frame 0 of a longer video, e.g. the
@@ -278,8 +286,8 @@ class VideoVAE(nn.Module):
         if video.shape[2] < tf or video.shape[2] % tf:
             raise ValueError(f"encode_chunks needs a multiple of {tf} frames; got {video.shape[2]}")
         chunks = rearrange(video, "b c (k f) h w -> (b k) c f h w", f=tf)
-        return self._encode_chunks(chunks, video.shape[0], kwargs.get("chunk_batch", 8), False, None,
-                                   kwargs.get("progress"), kwargs.get("tile"), kwargs.get("overlap", 4))
+        return self._latents(chunks, video.shape[0], chunk_batch=chunk_batch, tile=tile, overlap=overlap,
+                             progress=progress)
 
     # -- decoding -------------------------------------------------------------------------
     def _decode_stream(self, z_raw: torch.Tensor, chunk: int, progress: Progress | None) -> torch.Tensor:
@@ -327,7 +335,7 @@ class VideoVAE(nn.Module):
         self._check_video(video)
         check_frame_count(video.shape[2], self.temporal_factor)
         b = video.shape[0]
-        mean, logvar = self.moments(self.to_chunks(video), chunk_batch=1 << 30)
+        mean, logvar = self.moments(self.to_chunks(video), chunk_batch=None)  # training: one batch, one graph
         noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean)
         z = mean + torch.exp(0.5 * logvar) * noise
         z = rearrange(z, "(b k) c h w -> b c k h w", b=b)

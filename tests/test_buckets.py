@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from sora_core.data.buckets import Bucket, BucketBatcher, BucketBatchSampler, BucketConfig, collate
+from sora_core.data.buckets import Bucket, BucketBatcher, BucketConfig, collate
 
 CFG = BucketConfig(resolutions=("64px", "128px"), frames=(1, 9, 17, 33), tokens_per_batch=2048)
 
@@ -93,20 +93,6 @@ def test_batcher_ddp_shards_are_disjoint_and_even():
     assert len({len(s) for s in shards}) == 1 and len(shards[0]) > 0
     with pytest.raises(ValueError, match=r"rank=3 .*world_size=3"):
         BucketBatcher(CFG, rank=3, world_size=3)
-
-
-def test_batch_sampler_seed_epoch_and_skips():
-    buckets = [b for b, _ in stream(120)] + [None]
-    s = BucketBatchSampler(buckets, CFG, seed=1)
-    first = list(s)
-    assert first == list(BucketBatchSampler(buckets, CFG, seed=1))
-    assert all(len({buckets[i] for i in batch}) == 1 for batch in first)
-    assert 120 not in {i for batch in first for i in batch}  # None bucket skipped
-    s.set_epoch(1)
-    assert list(s) != first and len(s) == len(list(s))
-    ranks = [BucketBatchSampler(buckets, CFG, seed=1, rank=r, world_size=2) for r in range(2)]
-    a, b = ({i for batch in r for i in batch} for r in ranks)
-    assert not a & b
 
 
 def test_collate_stacks_same_bucket_and_rejects_mixed():

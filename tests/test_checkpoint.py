@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors with the config inside; pickles refused unopened; clear mismatch errors."""
+"""Checkpoints: safetensors with the config inside; pickles refused unopened; sizes checked against
+the header before anything is built; clear mismatch errors."""
 
 import json
 import pickle
@@ -8,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sora_core import checkpoint
 from sora_core.checkpoint import SoraModel, load_checkpoint, read_metadata, save_checkpoint
 from sora_core.config import SoraConfig, preset
 
@@ -72,6 +74,38 @@ def test_a_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path, micro_model
     tensors = {k: v for k, v in wider.state_dict().items()}
     save_file(tensors, path, metadata={**meta, "config": micro_model.config.to_json()})
     with pytest.raises(ValueError, match=r"does not match its config: .*dit\..*file has \(.*60.*\), config expects"):
+        load_checkpoint(path)
+
+
+def test_metadata_that_lies_about_sizes_is_refused_before_any_weight_is_allocated(tmp_path, micro_model, monkeypatch):
+    path = tmp_path / "liar.safetensors"
+    save_checkpoint(micro_model, path)
+    meta = read_metadata(path)
+    huge = replace(micro_model.config, dit=replace(micro_model.config.dit, dim=65536))  # a 17 GB DiT, if built
+    save_file(dict(micro_model.state_dict()), path, metadata={**meta, "config": huge.to_json()})
+    built = []
+
+    class Recording(SoraModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append({p.device.type for p in self.parameters()})
+
+    monkeypatch.setattr(checkpoint, "SoraModel", Recording)
+    with pytest.raises(ValueError, match=r"does not match its config: .*dit.x_embed.weight: file has \(48, 16\), "
+                                         r"config expects \(65536, 16\)"):
+        load_checkpoint(path)
+    assert built == [{"meta"}]
+
+
+def test_a_zero_latent_std_is_refused_in_the_config_and_in_the_weights(tmp_path, micro_model):
+    with pytest.raises(ValueError, match=r"VAEConfig.latent_std=\[1.0, 0.0, 1.0, 1.0\] is not allowed: every entry must be > 0"):
+        SoraModel(replace(preset("micro"), vae=replace(preset("micro").vae, latent_std=(1.0, 0.0, 1.0, 1.0))))
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(micro_model, path)
+    tensors = dict(micro_model.state_dict())
+    tensors["vae.latent_std"] = torch.zeros_like(tensors["vae.latent_std"])
+    save_file(tensors, path, metadata=read_metadata(path))
+    with pytest.raises(ValueError, match="has a zero or negative vae.latent_std"):
         load_checkpoint(path)
 
 

@@ -1,6 +1,8 @@
-"""`python -m sora_core`: the command line an artist or a script uses, run as a real process."""
+"""`python -m sora_core`: the command line an artist or a script uses, run as a real process, and its
+errors (one line, exit status 2, before any work) through the same `main`."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sora_core.__main__ import main
 from sora_core.io import read_video
+from sora_core.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--no-recaption"]
@@ -47,8 +51,76 @@ def test_loop_keeps_the_clip_and_crossfades_only_next_to_the_joins(clip, tmp_pat
     assert not np.array_equal(soft[:4], source[:4])  # the default blends 4 frames at each end
 
 
-def test_a_bad_blend_is_refused_by_name(clip, tmp_path):
+def test_a_bad_blend_is_refused_by_name_in_one_line(clip, tmp_path):
     r = cli("extend", clip, "x", "-o", tmp_path / "x.png", "--new-frames", 4, "--context-frames", 4,
             "--blend-frames", -1, *FAST)
-    assert r.returncode != 0 and "blend_frames=-1" in r.stderr
-    assert not (tmp_path / "x.png").exists()
+    assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("error: blend_frames=-1 is not allowed")
+    assert "Traceback" not in r.stderr and not (tmp_path / "x.png").exists()
+
+
+# -- errors: one line, exit status 2, before any work (in-process: the same main() the process runs) ------
+
+def run_main(capsys, *args):
+    status = main([str(a) for a in args])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-o", "x.xyz"], r"error: cannot write '.*x\.xyz': extension '\.xyz' is not supported; use one of"),
+    (["-o", "x.gif", "--fps", 0], r"error: fps=0\.0 is not allowed for '.*x\.gif': use a positive number"),
+    (["-o", "x.jpg", "--frames", 17], r"error: cannot write 17 frames to '.*x\.jpg': JPEG holds one frame"),
+    (["-o", "x.gif", "--shift", 0], r"error: shift=0\.0 is not allowed: use a number > 0"),
+    (["-o", "x.gif", "--shift", -3], r"error: shift=-3\.0 is not allowed"),
+    (["-o", "x.gif", "--seed", -1], r"error: seed=-1 is not allowed: use an integer from 0 to 2\*\*64 - 1"),
+    (["-o", "x.gif", "--seed", 2**64], r"error: seed=18446744073709551616 is not allowed"),
+    (["-o", "x.gif", "--steps", 0], r"error: steps=0 is not allowed"),
+    (["-o", "x.gif", "--max-memory", "lots"], r"error: --max-memory: memory size 'lots' is not allowed"),
+    (["-o", "x.gif", "--max-tokens", 0], r"error: --max-tokens=0 is not allowed"),
+])
+def test_errors_found_before_any_work_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Pipeline, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    status, err = run_main(capsys, "generate", "a red ball", *args, "--no-recaption")
+    assert status == 2 and re.fullmatch(message + ".*\n", err) and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_input_file_is_named_before_loading(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(Pipeline, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    status, err = run_main(capsys, "animate", tmp_path / "still.png", "x", "-o", tmp_path / "x.gif")
+    assert status == 2 and err == f"error: video file not found: '{tmp_path / 'still.png'}'\n"
+
+
+def test_an_absurd_size_is_refused_before_sampling(capsys, tmp_path, micro_checkpoint, monkeypatch):
+    monkeypatch.delenv("SORA_MAX_TOKENS", raising=False)
+    status, err = run_main(capsys, "generate", "x", "-o", tmp_path / "x.gif", "--width", 65536, "--height", 65536,
+                           "--model", micro_checkpoint, "--no-recaption", "--no-provenance")
+    assert status == 2 and err.startswith("error: generate: 65536x65536 px x 17 frames is 335,544,320 DiT tokens; "
+                                          "the limit is 65,536") and err.count("\n") == 1
+    status, err = run_main(capsys, "generate", "x", "-o", tmp_path / "x.gif", "--width", 32, "--height", 32,
+                           "--max-tokens", 10, "--model", micro_checkpoint, "--no-recaption", "--no-provenance")
+    assert status == 2 and "32x32 px x 17 frames is 80 DiT tokens; the limit is 10 (as asked" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_shows_the_traceback_instead(capsys, tmp_path):
+    for args in (["--debug", "generate", "x", "-o", tmp_path / "x.xyz"], ["generate", "x", "-o", tmp_path / "x.xyz", "--debug"]):
+        with pytest.raises(ValueError, match="extension '.xyz' is not supported"):
+            main([str(a) for a in args])
+
+
+def test_argument_errors_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["generate", "x", "-o", "x.gif", "--frames", "many"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert err == "error: argument --frames: invalid int value: 'many' (see python -m sora_core generate --help)\n"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pipeline, "load", interrupted)
+    status, err = run_main(capsys, "generate", "x", "-o", tmp_path / "x.gif", "--no-recaption", "--no-provenance")
+    assert status == 130 and err == "interrupted\n"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -116,6 +117,11 @@ def test_the_web_extension_and_workflows_are_served(server):
     assert any(PACK_NAME in path and path.endswith("sora_text.js") for path in server.get("/extensions"))
     templates = server.get("/api/workflow_templates")
     assert sorted(templates.get(PACK_NAME, [])) == sorted(p.stem for p in WORKFLOWS)
+    for name in templates[PACK_NAME]:  # what the template browser asks for: the workflow and its thumbnail
+        for suffix in (".json", ".jpg"):
+            url = f"{server.url}/api/workflow_templates/{PACK_NAME}/{urllib.parse.quote(name + suffix)}"
+            with urllib.request.urlopen(url, timeout=60) as r:
+                assert r.status == 200 and r.read(), url
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -145,13 +151,14 @@ def test_workflow_runs_on_the_server(server, object_info, path):
         time.sleep(0.5)
     errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
     assert entry["status"]["status_str"] == "success", json.dumps(errors, indent=1)[:4000]
-    saved = [nid for nid, node in prompt.items() if node["class_type"] in ("SaveAnimatedWEBP", "SaveImage")]
+    saved = [nid for nid, node in prompt.items() if node["class_type"] in ("SoraSaveVideo", "SoraSaveImage")]
     for nid in saved:
         assert entry["outputs"][nid]["images"], f"{path.stem}: node {nid} saved nothing"
 
 
-def _watch(server: Server, prompt: dict, *, interrupt_after_progress: bool = False) -> dict:
-    """Queue `prompt` with a websocket open; collect its progress events, preview images and final event."""
+def _watch(server: Server, prompt: dict, *, interrupt_after_progress: bool = False, extra_data: dict | None = None) -> dict:
+    """Queue `prompt` with a websocket open; collect its progress events, preview images (the count and
+    the last one's JPEG bytes) and final event."""
     import asyncio
     import struct
 
@@ -159,15 +166,18 @@ def _watch(server: Server, prompt: dict, *, interrupt_after_progress: bool = Fal
 
     async def run():
         client_id = str(uuid.uuid4())
-        seen = {"progress": [], "previews": 0, "end": None}
+        seen = {"progress": [], "previews": 0, "last_preview": None, "end": None}
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"{server.url}/ws?clientId={client_id}") as ws:
-                response = await session.post(f"{server.url}/prompt", json={"prompt": prompt, "client_id": client_id})
-                prompt_id = (await response.json())["prompt_id"]
+                response = await session.post(f"{server.url}/prompt", json={"prompt": prompt, "client_id": client_id,
+                                                                            "extra_data": extra_data or {}})
+                prompt_id = seen["prompt_id"] = (await response.json())["prompt_id"]
                 while seen["end"] is None:
                     msg = await asyncio.wait_for(ws.receive(), PROMPT_TIMEOUT)
                     if msg.type == aiohttp.WSMsgType.BINARY:
-                        seen["previews"] += struct.unpack(">I", msg.data[:4])[0] in (1, 2, 4)  # preview events
+                        if struct.unpack(">I", msg.data[:4])[0] in (1, 2, 4):  # preview events
+                            seen["previews"] += 1
+                            seen["last_preview"] = msg.data[msg.data.find(b"\xff\xd8\xff"):]  # the JPEG
                         continue
                     event = json.loads(msg.data)
                     data = event.get("data", {})
@@ -185,7 +195,7 @@ def _watch(server: Server, prompt: dict, *, interrupt_after_progress: bool = Fal
 
 
 def _text_to_video(object_info: dict, *, seed: int, steps: int) -> tuple[dict, str]:
-    prompt = ui_to_api(json.loads((REPO / "workflows" / "text_to_video.json").read_text()), object_info_specs(object_info))
+    prompt = ui_to_api(json.loads((REPO / "workflows" / "1. Text to video.json").read_text()), object_info_specs(object_info))
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "SoraDiTSampler")
     prompt[sampler]["inputs"].update(seed=seed, steps=steps)  # a new seed: not answered from the cache
     return prompt, sampler
@@ -197,6 +207,31 @@ def test_the_sampler_shows_progress_and_previews_every_step(server, object_info)
     assert seen["end"] == "execution_success"
     assert [(v, m) for node, v, m in seen["progress"] if node == sampler] == [(i, 6) for i in range(1, 7)]
     assert seen["previews"] >= 6
+
+
+def test_taesd_previews_show_the_decoded_colours(server, object_info):
+    """--preview-method taesd (here per prompt, as the frontend's setting sends it) decodes the preview with
+    the model's own VAE, so the last preview looks like the saved video's first frame."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    prompt, _ = _text_to_video(object_info, seed=626262, steps=6)
+    seen = _watch(server, prompt, extra_data={"preview_method": "taesd"})
+    assert seen["end"] == "execution_success" and seen["last_preview"]
+    save = next(k for k, n in prompt.items() if n["class_type"] == "SoraSaveVideo")
+    deadline = time.time() + 60
+    while not (entry := server.get(f"/history/{seen['prompt_id']}").get(seen["prompt_id"])):  # written just after
+        assert time.time() < deadline
+        time.sleep(0.2)
+    image = entry["outputs"][save]["images"][0]
+    query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
+    with urllib.request.urlopen(f"{server.url}/view?{query}", timeout=60) as r:
+        first = Image.open(io.BytesIO(r.read())).convert("RGB")  # the animated WebP's first frame
+    preview = Image.open(io.BytesIO(seen["last_preview"])).convert("RGB").resize(first.size, Image.BICUBIC)
+    difference = np.abs(np.asarray(preview, np.float32) - np.asarray(first, np.float32)).mean((0, 1)) / 255
+    assert difference.max() < 0.05, difference
 
 
 def test_cancel_stops_the_sampler(server, object_info):

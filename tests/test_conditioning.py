@@ -34,6 +34,22 @@ def test_an_image_can_be_the_last_frame_instead(vae):
     assert given(cond.animate_image(vae, clip(1), 9, at="last")) == [False, False, True]
 
 
+@pytest.mark.parametrize("at", ["first", "last"])
+@torch.no_grad()
+def test_animate_splices_the_image_back_exactly_and_crossfades_after_it(vae, at):
+    image, decoded = clip(1), clip(9, seed=1)
+    out = cond.animate_image(vae, image, 9, at=at, blend_frames=3).splice.apply(decoded)
+    if at == "last":  # the same plan, mirrored in time
+        out, decoded = out.flip(0), decoded.flip(0)
+    assert out.shape == decoded.shape and torch.equal(out[0], image[0])
+    for j, w in ((1, 1 / 4), (2, 2 / 4), (3, 3 / 4)):  # from the still into the generated frames
+        assert torch.allclose(out[j], image[0] * (1 - w) + decoded[j] * w)
+    assert torch.equal(out[4:], decoded[4:])
+    hard = cond.animate_image(vae, image, 9, at=at, blend_frames=0).splice.apply(decoded.flip(0) if at == "last" else decoded)
+    hard = hard.flip(0) if at == "last" else hard
+    assert torch.equal(hard[0], image[0]) and torch.equal(hard[1:], decoded[1:])
+
+
 @torch.no_grad()
 def test_extend_forward_gives_the_sources_last_chunks_at_the_start(vae):
     video = clip(17)

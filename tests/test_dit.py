@@ -114,12 +114,6 @@ def test_training_steps_on_a_fixed_batch_lower_the_loss():
     assert losses[-1] < 0.8 * losses[0]
 
 
-def test_the_xl_preset_is_a_billion_parameter_class_model():
-    with torch.device("meta"):  # shapes only: never allocates the weights
-        big = DiT(preset("xl").dit)
-    assert 0.8e9 < parameter_count(big) < 1.6e9
-
-
 def test_forward_flops_are_about_two_per_parameter_per_token_plus_attention():
     config = preset("xl").dit  # at this size the blocks hold nearly all weights
     with torch.device("meta"):

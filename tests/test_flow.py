@@ -142,3 +142,9 @@ def test_the_exact_velocity_has_zero_flow_loss_excess_and_given_frames_are_exclu
 def test_unknown_sampler_names_the_choices():
     with pytest.raises(ValueError, match="sampler='magic'.*euler"):
         get_sampler("magic")
+
+
+@pytest.mark.parametrize("shift", [0, 0.0, -1.0, float("nan"), float("inf")])
+def test_a_shift_that_would_collapse_the_schedule_is_refused(shift):
+    with pytest.raises(ValueError, match=r"shift=.* is not allowed: use a number > 0"):
+        sigmas_for(10, shift=shift)

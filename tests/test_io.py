@@ -1,4 +1,4 @@
-"""sora_core.io: round trips, fps resampling, errors, atomic writes, contact sheets."""
+"""sora_core.io: round trips, fps resampling, errors checked before any work, atomic writes."""
 
 from pathlib import Path
 
@@ -8,8 +8,7 @@ import pytest
 from sora_core import io as vio
 from sora_core.data.real_clips import find_template_clips
 from sora_core.io import (
-    contact_sheet,
-    mp4_codec,
+    check_output,
     probe_video,
     read_video,
     to_uint8_frames,
@@ -46,10 +45,6 @@ def test_round_trip(tmp_path, ext, tol):
     info = probe_video(path)
     assert (info.width, info.height, info.num_frames) == (48, 32, 10)
     assert info.duration == pytest.approx(1.0)
-
-
-def test_mp4_codec_is_known():
-    assert mp4_codec() in ("avc1", "mp4v")
 
 
 @pytest.mark.parametrize("ext", ["mp4", "gif"])
@@ -133,6 +128,25 @@ def test_write_errors(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_output_is_checked_before_any_frames_exist(tmp_path):
+    check_output(tmp_path / "new" / "folder" / "a.gif", 8, frames=9)  # missing folders are made when writing
+    with pytest.raises(ValueError, match=r"extension '\.mp3' is not supported"):
+        check_output(tmp_path / "a.mp3", 8)
+    with pytest.raises(ValueError, match="fps=0 is not allowed"):
+        check_output(tmp_path / "a.gif", 0)
+    with pytest.raises(ValueError, match="fps=nan is not allowed"):
+        check_output(tmp_path / "a.gif", float("nan"))
+    with pytest.raises(ValueError, match="cannot write 17 frames .*JPEG holds one frame"):
+        check_output(tmp_path / "a.jpg", 8, frames=17)
+    (tmp_path / "dir.gif").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        check_output(tmp_path / "dir.gif", 8)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        check_output(tmp_path / "file" / "a.gif", 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.gif", "file"]  # nothing made
+
+
 def test_atomic_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     target = tmp_path / "out.gif"
     write_video(target, ramp(3), 8)
@@ -165,21 +179,6 @@ def test_tensor_layout_helpers():
     assert np.array_equal(video_tensor_to_frames(t[None]), frames)
     with pytest.raises(ValueError, match=r"\[3,T,H,W\]"):
         video_tensor_to_frames(torch.zeros(2, 3, 4, 4, 4))
-
-
-def test_contact_sheet_png_and_gif(tmp_path):
-    snow, _ = read_video(FIXTURES / "fox_snow.webp")
-    fox, _ = read_video(FIXTURES / "fox_portrait.gif")
-    rows = [("landscape: fox in snow", snow), ("portrait", fox)]
-    sheet = contact_sheet(rows, tmp_path / "s.png", columns=4, cell_height=48, label_width=100, gap=2)
-    assert sheet.ndim == 3 and sheet.shape[0] == 2 + 2 * 50
-    assert (sheet[2:50, :100] < 128).any(), "label text drawn"
-    assert read_video(tmp_path / "s.png")[0].shape == (1, *sheet.shape)
-    anim = contact_sheet(rows, tmp_path / "s.gif", cell_height=48, fps=8)
-    assert anim.shape[0] == 12  # the longest row plays fully
-    assert read_video(tmp_path / "s.gif")[0].shape[0] == 12
-    with pytest.raises(ValueError, match="at least one"):
-        contact_sheet([], tmp_path / "e.png")
 
 
 def test_template_clips_lookup():

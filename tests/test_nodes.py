@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host
+from nodes import latent as latent_nodes
+from nodes import sampler as sampler_node
 from nodes.latent import SoraPatchifyGrid, SoraTrimFrames, SoraVAEDecode, SoraVAEEncode
 from nodes.loader import SoraModelLoader
 from nodes.sampler import SoraDiTSampler
+from nodes.save import SoraSaveVideo
 from nodes.temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
 from nodes.text import SoraRecaption, SoraTextEncode
+from sora_core.budget import BudgetError
 from sora_core.checkpoint import save_checkpoint
 from sora_core.preview import METADATA_KEY, LatentRGB
 
@@ -55,7 +57,7 @@ def grid(vae, frames=FRAMES, width=SIZE, height=SIZE, batch=1):
 
 
 def sample(dit, prompts, latent, seed=0, steps=2, **kw):
-    settings = dict(cfg=3.0, shift=0.0, sampler="euler", denoise=1.0) | kw
+    settings = dict(cfg=3.0, shift=0.0, sampler="euler") | kw
     return SoraDiTSampler().sample(dit, *prompts, latent, seed, steps, **settings)[0]
 
 
@@ -81,27 +83,31 @@ def test_every_constrained_input_has_a_tooltip():
                 assert not constrained or opts.get("tooltip"), f"{node_id}.{name} needs a tooltip"
 
 
-def test_the_nodes_run_without_comfyui():
-    assert not host.IN_COMFYUI and "comfy" not in sys.modules
-
-
 # -- loader --------------------------------------------------------------------------------------
 
 def test_loader_gives_dit_text_encoder_and_vae_of_one_model(parts):
     dit, text, vae = parts
     assert (dit.kind, text.kind, vae.kind) == ("dit", "text", "vae")
     assert dit.config is vae.config and dit.config.name == "micro"
-    assert SoraModelLoader.RETURN_TYPES == ("SORA_DIT", "SORA_TEXT_ENCODER", "SORA_VAE")
-
-
-def test_loader_lists_the_shipped_default_model():
-    assert SoraModelLoader.INPUT_TYPES()["required"]["ckpt_name"][0][0] == "sora-tiny.safetensors"
 
 
 def test_loader_error_for_a_missing_file_names_the_folder_to_put_it_in(monkeypatch):
     monkeypatch.delenv("SORA_MODEL", raising=False)
     with pytest.raises(FileNotFoundError, match="put the .safetensors file in .*models"):
         SoraModelLoader().load("not-there.safetensors", "auto", "default")
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "../sora-tiny.safetensors", "/etc/passwd", "sub/../../x.safetensors"])
+def test_loader_refuses_paths_out_of_the_models_folder(name, monkeypatch):
+    monkeypatch.delenv("SORA_MODEL", raising=False)
+    with pytest.raises(ValueError, match=r"ckpt_name=.* is not allowed: give a file name inside the folder"):
+        SoraModelLoader().load(name, "auto", "default")
+
+
+def test_loader_refuses_an_absolute_path_even_to_a_real_checkpoint(micro_checkpoint, monkeypatch):
+    monkeypatch.delenv("SORA_MODEL", raising=False)
+    with pytest.raises(ValueError, match="is not allowed"):
+        SoraModelLoader().load(micro_checkpoint, "auto", "default")
 
 
 def test_loader_dtype_applies_to_the_dit_only(micro_checkpoint, monkeypatch):
@@ -178,6 +184,32 @@ def test_patchify_grid_refuses_invalid_sizes_clearly(vae, width, height, frames,
         grid(vae, frames=frames, width=width, height=height)
 
 
+def test_patchify_grid_refuses_its_own_declared_maximums_before_allocating(vae, monkeypatch):
+    limits = {name: spec[1]["max"] for name, spec in SoraPatchifyGrid.INPUT_TYPES()["required"].items()
+              if len(spec) > 1 and isinstance(spec[1], dict) and "max" in spec[1]}
+    monkeypatch.delenv("SORA_MAX_TOKENS", raising=False)
+    monkeypatch.setattr(latent_nodes, "empty_window", lambda *a: pytest.fail("allocated the latent"))
+    with pytest.raises(BudgetError, match=r"Sora Patchify Grid: 64 videos of 4096x4096 px x 4097 frames is "
+                                          r"17,196,646,400 DiT tokens; the limit is 65,536 \(the default"):
+        SoraPatchifyGrid().make(vae, "custom", 64, limits["width"], limits["height"], limits["frames"],
+                                limits["batch_size"])
+
+
+def test_the_token_limit_is_configurable(vae, monkeypatch):
+    monkeypatch.setenv("SORA_MAX_TOKENS", "100")
+    with pytest.raises(BudgetError, match=r"48x48 px x 9 frames is 108 DiT tokens; the limit is 100 \(SORA_MAX_TOKENS"):
+        grid(vae, width=48, height=48)
+    grid(vae, width=40, height=40)  # 75 tokens
+
+
+def test_decode_refuses_what_does_not_fit_in_memory_before_decoding(vae, monkeypatch):
+    latent = grid(vae)["result"][0]
+    monkeypatch.setenv("SORA_MAX_MEMORY", "1MB")
+    with pytest.raises(BudgetError, match=r"Sora VAE Decode: 32x32 px x 9 frames needs about .* MiB of memory .*"
+                                          r"the limit is 1.0 MiB \(SORA_MAX_MEMORY"):
+        decode(vae, latent)
+
+
 def test_an_invalid_long_side_is_refused(vae):
     with pytest.raises(ValueError, match="long_side=60 is not allowed"):
         SoraPatchifyGrid().make(vae, "16:9", 60, 8, 8, 1, 1)
@@ -240,6 +272,32 @@ def test_nan_output_is_reported_clearly(parts, vae, prompts):
             weight.copy_(saved)
 
 
+def test_a_nan_in_the_latent_is_named_before_sampling(dit, vae, prompts, monkeypatch):
+    latent = grid(vae)["result"][0]
+    latent["samples"][0, 1, 2, 3, 3] = float("nan")
+    monkeypatch.setattr(sampler_node, "sample_window", lambda *a, **k: pytest.fail("sampled"))
+    with pytest.raises(ValueError, match=r"latent holds 1 NaN or inf values \(in latent frames \[2\]\)"):
+        sample(dit, prompts, latent)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"seed": -1}, r"seed=-1 is not allowed: use an integer from 0 to 2\*\*64 - 1"),
+    ({"seed": 2**64}, r"seed=18446744073709551616 is not allowed"),
+    ({"shift": -1.0}, r"shift=-1.0 is not allowed: use a number > 0"),
+    ({"cfg": float("nan")}, r"cfg=nan is not allowed"),
+    ({"steps": 0}, r"steps=0 is not allowed"),
+])
+def test_sampler_settings_are_checked_by_name(dit, vae, prompts, settings, message):
+    with pytest.raises(ValueError, match=message):
+        sample(dit, prompts, grid(vae)["result"][0], **settings)
+
+
+def test_the_largest_comfyui_seed_samples(dit, vae, prompts):
+    latent = grid(vae)["result"][0]
+    top, zero = (sample(dit, prompts, latent, seed=s)["samples"] for s in (2**64 - 1, 0))
+    assert torch.isfinite(top).all() and not torch.equal(top, zero)
+
+
 def test_sampler_refuses_a_latent_that_is_not_a_sora_video_latent(dit, prompts):
     with pytest.raises(ValueError, match="must be a Sora video latent"):
         sample(dit, prompts, {"samples": torch.zeros(1, 4, 8, 8)})
@@ -252,6 +310,13 @@ def test_encode_then_decode_keeps_the_frame_count_and_size(vae, clip):
     assert latent["samples"].shape == (1, 4, 3, 8, 8) and "sora_strength" not in latent
     frames = decode(vae, latent)
     assert frames.shape == clip.shape and frames.min() >= 0 and frames.max() <= 1
+
+
+def test_encode_names_nan_frames_before_encoding(vae, clip):
+    broken = clip.clone()
+    broken[4, 0, 0, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"images holds 1 NaN or inf values \(the first in frame 4\)"):
+        SoraVAEEncode().encode(vae, broken, 8)
 
 
 def test_encode_refuses_a_frame_count_that_is_not_1_plus_4k(vae, clip):
@@ -282,7 +347,9 @@ def test_animate_image_gives_the_image_as_first_or_last_frame(dit, vae, prompts,
     assert latent["sora_strength"][0, given] == 0 and latent["sora_strength"][0].sum() == 2
     out = sample(dit, prompts, latent)
     assert torch.equal(out["samples"][:, :, given], latent["samples"][:, :, given])
-    assert decode(vae, out).shape == (9, SIZE, SIZE, 3)
+    frames = decode(vae, out)
+    assert frames.shape == (9, SIZE, SIZE, 3)
+    assert torch.equal(frames[given], clip[0])  # the image itself, not the VAE's version of it
 
 
 def test_extend_forward_output_is_the_source_then_the_new_frames(dit, vae, prompts, clip):
@@ -333,33 +400,40 @@ def test_extend_refuses_more_context_than_the_clip_has(vae, clip):
 
 def test_sdedit_strength_0_returns_the_input(dit, vae, prompts, clip):
     (latent,) = SoraVAEEncode().encode(vae, clip, 8)
-    (noised,) = SoraSDEditNoise().noise(latent, 0.0, 5)
-    assert torch.equal(sample(dit, prompts, noised)["samples"], latent["samples"])
+    (marked,) = SoraSDEditNoise().set_strength(latent, 0.0)
+    assert torch.equal(sample(dit, prompts, marked)["samples"], latent["samples"])
 
 
-def test_sdedit_noises_every_frame_to_the_strength_with_its_own_seed(vae, clip):
+def test_sdedit_sets_the_strength_and_the_samplers_seed_picks_the_edit(dit, vae, prompts, clip):
     (latent,) = SoraVAEEncode().encode(vae, clip, 8)
-    a, b, c = (SoraSDEditNoise().noise(latent, 0.5, s)[0] for s in (1, 1, 2))
-    assert a["sora_noised"] and a["sora_strength"].eq(0.5).all()
-    assert torch.equal(a["samples"], b["samples"]) and not torch.equal(a["samples"], c["samples"])
+    (marked,) = SoraSDEditNoise().set_strength(latent, 0.5)
+    assert marked["sora_strength"].eq(0.5).all() and torch.equal(marked["samples"], latent["samples"])
+    a, b, c = (sample(dit, prompts, marked, seed=s)["samples"] for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert "denoise" not in SoraDiTSampler.INPUT_TYPES()["required"]  # one way to start part-way: this node
+
+
+def test_sdedit_changes_more_with_more_strength(dit, vae, prompts, clip):
+    (latent,) = SoraVAEEncode().encode(vae, clip, 8)
+    change = [(sample(dit, prompts, SoraSDEditNoise().set_strength(latent, s)[0], seed=3)["samples"]
+               - latent["samples"]).abs().mean() for s in (0.2, 0.9)]
+    assert change[0] < change[1]
 
 
 def test_sdedit_keeps_given_frames_given(vae, clip):
     (window,) = SoraExtend().build(vae, clip, "forward", 8, 4)
-    (noised,) = SoraSDEditNoise().noise(window, 0.7, 1)
-    assert noised["sora_strength"][0].tolist() == pytest.approx([0, 0, 0.7, 0.7])
-    assert torch.equal(noised["samples"][:, :, :2], window["samples"][:, :, :2]) and "sora_splice" in noised
+    (marked,) = SoraSDEditNoise().set_strength(window, 0.7)
+    assert marked["sora_strength"][0].tolist() == pytest.approx([0, 0, 0.7, 0.7])
+    assert torch.equal(marked["samples"], window["samples"]) and "sora_splice" in marked
+    (again,) = SoraSDEditNoise().set_strength(marked, 0.9)  # strengths only ever go down
+    assert again["sora_strength"][0].tolist() == pytest.approx([0, 0, 0.7, 0.7])
 
 
-def test_sdedit_output_is_sampled_clean_and_only_once_noised(dit, vae, prompts, clip):
+@pytest.mark.parametrize("bad", [1.5, -0.1, float("nan")])
+def test_sdedit_refuses_a_strength_outside_0_1(vae, clip, bad):
     (latent,) = SoraVAEEncode().encode(vae, clip, 8)
-    (noised,) = SoraSDEditNoise().noise(latent, 0.5, 1)
-    out = sample(dit, prompts, noised)
-    assert "sora_noised" not in out
-    with pytest.raises(ValueError, match="already noised"):
-        SoraSDEditNoise().noise(noised, 0.5, 1)
-    with pytest.raises(ValueError, match="set denoise to 1"):
-        sample(dit, prompts, noised, denoise=0.5)
+    with pytest.raises(ValueError, match=r"strength=.* is not allowed: use a number from 0"):
+        SoraSDEditNoise().set_strength(latent, bad)
 
 
 # -- glue ------------------------------------------------------------------------------------------
@@ -370,6 +444,20 @@ def test_trim_frames_keeps_the_longest_valid_length(count, drop_from, max_frames
     frames = torch.rand(count, 8, 8, 3)
     images, n = SoraTrimFrames().trim(frames, drop_from, max_frames)
     assert torch.equal(images, frames[kept]) and n == images.shape[0]
+
+
+@pytest.mark.parametrize("images,max_frames,message", [
+    (torch.rand(0, 8, 8, 3), 0, r"images is empty .*needs at least one frame"),
+    (torch.rand(5, 8, 8, 3), -1, r"max_frames=-1 is not allowed"),
+])
+def test_trim_frames_refuses_empty_input_and_a_negative_maximum(images, max_frames, message):
+    with pytest.raises(ValueError, match=message):
+        SoraTrimFrames().trim(images, "end", max_frames)
+
+
+def test_save_refuses_a_prefix_that_leaves_the_output_folder(clip):
+    with pytest.raises(ValueError, match=r"filename_prefix='../escape' is not allowed"):
+        SoraSaveVideo().save(clip, "../escape", "gif", 8.0, 90, "off", False)
 
 
 # -- recaption ------------------------------------------------------------------------------------------

@@ -141,14 +141,17 @@ def test_sdedit_records_its_input_as_what_the_model_redrew_and_connect_both_clip
     assert "active_manifest" in joined["ingredients"][0] and "active_manifest" not in joined["ingredients"][1]
 
 
-def test_a_tampered_file_fails_validation(tmp_path):
-    out = write_video(tmp_path / "t.mp4", FRAMES, 8)
+@pytest.mark.parametrize("ext, chunk, code", [(".mp4", b"mdat", "assertion.bmffHash.mismatch"),
+                                              (".png", b"IDAT", "assertion.dataHash.mismatch")])
+def test_a_tampered_file_fails_validation(tmp_path, ext, chunk, code):
+    out = write_video(tmp_path / f"t{ext}", FRAMES, 8)
+    assert store(out)["validation_state"] == "Valid"
     data = bytearray(out.read_bytes())
-    at = data.find(b"mdat") + 64
+    at = data.find(chunk) + 64
     data[at:at + 8] = bytes(255 - x for x in data[at:at + 8])  # change the picture, not the manifest
     out.write_bytes(bytes(data))
     s = store(out)
-    assert s["validation_state"] == "Invalid" and "assertion.bmffHash.mismatch" in failures(s)
+    assert s["validation_state"] == "Invalid" and code in failures(s)
 
 
 def test_the_prompt_is_recorded_only_when_asked_for(tmp_path):
@@ -178,8 +181,16 @@ def test_a_format_c2pa_cannot_carry_warns_once_and_still_writes(tmp_path, caplog
     assert read_video(first)[0].shape == read_video(second)[0].shape == FRAMES.shape
 
 
-def test_a_missing_c2pa_warns_and_writes(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "c2pa", None)  # `import c2pa` now raises ImportError
+def broken_native_library():
+    raise OSError("libc2pa_c.so: cannot open shared object file")
+
+
+@pytest.mark.parametrize("install", ["missing", "broken"])
+def test_a_missing_or_broken_c2pa_warns_and_writes(tmp_path, monkeypatch, caplog, install):
+    if install == "missing":
+        monkeypatch.setitem(sys.modules, "c2pa", None)  # `import c2pa` now raises ImportError
+    else:
+        monkeypatch.setattr(c2pa, "sdk_version", broken_native_library)
     with caplog.at_level(logging.WARNING):
         out = write_video(tmp_path / "x.mp4", FRAMES, 8)
         write_video(tmp_path / "y.gif", FRAMES, 8)
@@ -256,21 +267,19 @@ def test_the_model_hash_is_computed_once_per_file_version(tmp_path):
 
 # -- the command line ----------------------------------------------------------------------------------------
 
-def cli_args(*argv):
-    from sora_core.__main__ import build_parser
-
-    return build_parser().parse_args([str(a) for a in argv])
-
-
-def test_strict_provenance_fails_before_the_model_is_even_loaded(tmp_path, micro_checkpoint, monkeypatch):
+def test_strict_provenance_fails_before_the_model_is_even_loaded(tmp_path, micro_checkpoint, monkeypatch, capsys):
     from sora_core import pipeline
     from sora_core.__main__ import main
 
     loads = []
     monkeypatch.setattr(pipeline.Pipeline, "load", classmethod(lambda cls, *a, **k: loads.append(a)))
     for out, extra in [(tmp_path / "x.webm", []), (tmp_path / "y.mp4", ["--c2pa-cert", tmp_path / "missing.pem"])]:
-        with pytest.raises(ProvenanceError, match="strict"):
-            main(["generate", "x", "-o", str(out), "--model", micro_checkpoint, "--provenance-strict",
+        status = main(["generate", "x", "-o", str(out), "--model", micro_checkpoint, "--provenance-strict",
+                       *map(str, extra)])
+        err = capsys.readouterr().err
+        assert status == 2 and err.startswith("error: ") and "strict" in err and err.count("\n") == 1
+        with pytest.raises(ProvenanceError, match="strict"):  # the same check, with its traceback
+            main(["--debug", "generate", "x", "-o", str(out), "--model", micro_checkpoint, "--provenance-strict",
                   *map(str, extra)])
     assert loads == [] and os.listdir(tmp_path) == []
 
@@ -288,13 +297,31 @@ def test_the_cli_signs_with_the_model_the_prompt_and_the_users_certificate(tmp_p
     assert generation["prompt"] == "a red ball" and generation["model"]["family"] == "sora-micro"
     assert m["signature_info"]["common_name"] == "CLI Signer"
     assert read_video(out)[0].shape == (5, 16, 16, 3)
-    # the other options, without another run: the manifest each command would write
-    extend = cli_args("extend", out, "more", "-o", tmp_path / "e.gif")
-    from sora_core.cli import _provenance
 
-    prov = _provenance(extend)
-    assert prov.operation == "extend" and prov.sources == (str(out),) and not prov.include_prompt
-    assert _provenance(cli_args("loop", out, "x", "-o", tmp_path / "l.mp4", "--no-provenance")) is None
+
+def test_the_cli_chains_an_extend_of_an_extend_and_no_provenance_writes_none(tmp_path, micro_checkpoint):
+    from sora_core.__main__ import main
+
+    tiny = ["--model", micro_checkpoint, "--width", "16", "--height", "16", "--steps", "1", "--no-recaption"]
+    more = ["--new-frames", "4", "--context-frames", "4", *tiny]
+    a, b, c, plain = (str(tmp_path / n) for n in ("a.gif", "b.mp4", "c.webp", "plain.png"))
+    assert main(["generate", "a red ball", "-o", a, "--frames", "5", *tiny]) == 0
+    assert main(["extend", a, "further right", "-o", b, *more]) == 0
+    assert main(["extend", b, "further still", "-o", c, *more]) == 0
+    s = store(c)
+    assert s["validation_state"] == "Valid"
+    chain, label = [], s["active_manifest"]
+    while label:
+        m = s["manifests"][label]
+        generation = assertion(m, provenance.ASSERTION)
+        chain.append((m["title"], generation["operation"], [i["title"] for i in m.get("ingredients", [])]))
+        assert generation["model"]["family"] == "sora-micro" and "prompt" not in generation
+        label = m["ingredients"][0]["active_manifest"] if m.get("ingredients") else None
+    assert chain == [("c.webp", "extend", ["b.mp4"]), ("b.mp4", "extend", ["a.gif"]), ("a.gif", "generate", [])]
+    assert main(["loop", c, "back to the start", "-o", plain, "--no-provenance", *tiny]) == 0
+    with open(plain, "rb") as f:
+        assert c2pa.Reader.try_create("image/png", f) is None
+    assert read_video(plain)[0].shape[1:] == (16, 16, 3)
 
 
 # -- inside ComfyUI: the save nodes -----------------------------------------------------------------------------
@@ -314,17 +341,18 @@ def test_the_save_nodes_write_signed_files_into_the_output_folder(tmp_path, monk
     result = SoraSaveVideo().save(frames, "sora/clip", "webp", 8.0, 90, "on", True, model=dit, positive=positive)
     entry = result["ui"]["images"][0]
     assert entry == {"filename": "clip_00001_.webp", "subfolder": "sora", "type": "output"}
+    assert result["result"][1] == "sora/clip_00001_.webp [output]"  # as LoadImage names it
     saved = tmp_path / "output" / "sora" / entry["filename"]
     generation = assertion(active(store(saved)), provenance.ASSERTION)
     assert generation["prompt"] == "a blue square" and generation["model"]["family"] == "sora-micro"
-    # the chain continues inside ComfyUI: the saved clip, extended, as a source
-    monkeypatch.setattr(host, "input_file", lambda name: tmp_path / "output" / "sora" / name)
+    # the chain continues inside ComfyUI: the saved clip, extended, its `files` output as the source
     again = SoraSaveVideo().save(frames, "sora/clip", "mp4", 8.0, 90, "on", False, operation="extend",
-                                 sources=entry["filename"])
+                                 sources=result["result"][1])
     second = active(store(tmp_path / "output" / "sora" / again["ui"]["images"][0]["filename"]))
     assert [i["title"] for i in second["ingredients"]] == ["clip_00001_.webp"]
-    images = SoraSaveImage().save(frames[:2], "sora/still", "png", 95, "off", False)["ui"]["images"]
-    assert [e["filename"] for e in images] == ["still_00001_.png", "still_00002_.png"]
+    stills = SoraSaveImage().save(frames[:2], "sora/still", "png", 95, "off", False)
+    assert [e["filename"] for e in stills["ui"]["images"]] == ["still_00001_.png", "still_00002_.png"]
+    assert stills["result"][1] == "sora/still_00001_.png [output]\nsora/still_00002_.png [output]"
     assert provenance.read_manifest(tmp_path / "output" / "sora" / "still_00001_.png") is None
 
 

@@ -1,6 +1,5 @@
 """Recaptioning: offline expansion, the LLM backend against a local fake server, folder captioning."""
 
-import argparse
 import json
 import socket
 import threading
@@ -14,7 +13,8 @@ import pytest
 import sora_core.recaption as rc
 from sora_core.data.prompt_parser import parse_prompt
 from sora_core.data.synthetic import render, sample_scene, short_prompt
-from sora_core.recaption import RecaptionError, add_cli, caption_folder, chat_url, recaption
+from sora_core.__main__ import build_parser
+from sora_core.recaption import RecaptionError, caption_folder, chat_url, recaption
 
 
 def test_offline_is_deterministic_per_seed_and_varies_across_seeds():
@@ -88,7 +88,7 @@ def test_chat_url_forms():
 class FakeChat:
     """A local OpenAI-style chat server in a thread; records the requests it gets."""
 
-    def __init__(self, reply="A detailed caption.", delay=0.0, status=200):
+    def __init__(self, reply="A detailed caption.", delay=0.0, status=200, behaviour=None):
         self.requests = []
         outer = self
 
@@ -96,6 +96,11 @@ class FakeChat:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                if behaviour is not None:
+                    try:
+                        return behaviour(self)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # the client gave up
                 time.sleep(delay)
                 payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
                 self.send_response(status)
@@ -174,6 +179,68 @@ def test_llm_http_error_names_the_status(fake_chat):
         recaption("a red ball", backend="llm", endpoint=server.url, fallback=False)
 
 
+def _headers(handler, **headers):
+    handler.send_response(200)
+    for k, v in headers.items():
+        handler.send_header(k.replace("_", "-"), v)
+    handler.end_headers()
+
+
+def drip(handler):
+    """A valid start, then one byte every 50 ms: each read is quick, the whole never ends."""
+    _headers(handler, Content_Length="100000")
+    for _ in range(100000):
+        handler.wfile.write(b" ")
+        time.sleep(0.05)
+
+
+def huge(handler):
+    payload = json.dumps({"choices": [{"message": {"content": "a" * (2 << 20)}}]}).encode()
+    _headers(handler, Content_Length=str(len(payload)))
+    handler.wfile.write(payload)
+
+
+def truncated(handler):
+    _headers(handler, Content_Length="1000")
+    handler.wfile.write(b'{"choices": [')
+
+
+def truncated_chunks(handler):  # http.client raises IncompleteRead here
+    _headers(handler, Transfer_Encoding="chunked")
+    handler.wfile.write(b"20\r\n{\"choices\": [")
+
+
+def hang_up(handler):
+    handler.close_connection = True
+
+
+def test_a_drip_feeding_server_is_cut_at_the_overall_deadline(fake_chat):
+    server = fake_chat(behaviour=drip)
+    with pytest.raises(RecaptionError, match="did not answer within 0.5 s"):
+        recaption("a red ball", backend="llm", endpoint=server.url, timeout=0.5, fallback=False)
+
+
+@pytest.mark.parametrize("behaviour,message", [(huge, "sent more than 1024 KiB"), (truncated, "sent no chat completion"),
+                                               (truncated_chunks, "broke off: IncompleteRead"),
+                                               (hang_up, "broke off: Remote end closed connection")])
+def test_broken_replies_are_errors_that_fall_back_offline(fake_chat, caplog, behaviour, message):
+    server = fake_chat(behaviour=behaviour)
+    with pytest.raises(RecaptionError, match=message):
+        recaption("a red ball", backend="llm", endpoint=server.url, timeout=5, fallback=False)
+    with caplog.at_level("WARNING"):
+        assert recaption("a red ball", backend="llm", endpoint=server.url, timeout=5, seed=1) == recaption("a red ball", seed=1)
+    assert "using the offline expansion" in caplog.text
+
+
+def test_seeds_cover_comfyuis_range_and_are_checked(fake_chat):
+    with pytest.raises(ValueError, match=r"seed=-1 is not allowed: use an integer from 0 to 2\*\*64 - 1"):
+        recaption("a red ball", seed=-1)
+    assert recaption("a red ball", seed=2**64 - 1) != recaption("a red ball", seed=0)
+    server = fake_chat()
+    recaption("a red ball", backend="llm", endpoint=server.url, seed=2**64 - 1)
+    assert server.requests[0]["body"]["seed"] == (2**64 - 1) % 2**63  # servers keep signed 64-bit seeds
+
+
 def _make_clips(folder: Path) -> list[Path]:
     from sora_core.io import write_video
 
@@ -222,8 +289,7 @@ def test_caption_folder_stops_when_endpoint_is_down(tmp_path):
 
 
 def test_cli_subcommands(capsys, fake_chat, tmp_path):
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["recaption", "a blue star spinning", "--seed", "2"])
     assert args.func(args) == 0
     assert capsys.readouterr().out.strip() == recaption("a blue star spinning", seed=2)

@@ -1,7 +1,6 @@
-"""The synthetic world: sampling, rendering, ground truth, captions and the clip stream."""
+"""The synthetic world: sampling, rendering, ground truth, captions, training batches and the held-out split."""
 
 import json
-import time
 
 import cv2
 import numpy as np
@@ -9,18 +8,19 @@ import pytest
 import torch
 
 import sora_core.data.synthetic as synthetic
+from sora_core.data.buckets import BucketConfig
 from sora_core.data.synthetic import (
     BACKGROUNDS,
     PALETTE,
     Scene,
-    SyntheticClips,
     describe,
     ground_truth,
+    heldout_clip,
     render,
-    render_with_truth,
     sample_scene,
     short_prompt,
 )
+from sora_core.train.data import synthetic_batches
 
 TRAIN_SIZES = [(48, 80), (56, 72), (64, 64), (72, 56), (80, 48), (88, 48)]
 MOTION_WORDS = {
@@ -192,52 +192,29 @@ def test_invalid_options_name_the_input():
         scene(0, objects=[{"shape": "hexagon"}])
 
 
-def test_render_is_fast():
-    s = scene(0, 64, 64, 33, n_objects=3)
-    render(s)
-    start = time.perf_counter()
-    render_with_truth(s)
-    per_frame = (time.perf_counter() - start) / 33
-    assert per_frame < 0.004  # measured ~0.3 ms/frame at 64 px; generous for busy CI machines
-
-
-def test_clip_stream_items_are_valid_and_reproducible():
-    ds = SyntheticClips((64, 48, 9), seed=3, length=4)
-    items = list(ds)
-    assert len(items) == 4
-    item = items[0]
+def test_heldout_items_are_valid_and_depend_only_on_seed_and_index():
+    item = heldout_clip(2, 64, 48, 9, seed=3)
     assert item["video"].shape == (3, 9, 48, 64) and item["video"].dtype == torch.float32
     assert -1.0 <= float(item["video"].min()) and float(item["video"].max()) <= 1.0
     assert isinstance(item["caption"], str) and isinstance(item["prompt"], str)
-    again = SyntheticClips((64, 48, 9), seed=3, length=4).item(0)
+    again = heldout_clip(2, 64, 48, 9, seed=3)
     assert torch.equal(again["video"], item["video"]) and again["caption"] == item["caption"]
-    assert Scene.from_dict(item["scene"]).width == 64
+    assert Scene.from_dict(item["scene"]) == Scene.from_dict(again["scene"])
+    assert heldout_clip(1, 64, 48, 9, seed=3)["scene"] != item["scene"]
+    assert heldout_clip(2, 64, 48, 9, seed=4)["scene"] != item["scene"]
 
 
 def test_heldout_split_never_repeats_training_scenes():
-    train = {json.dumps(SyntheticClips((64, 64, 5), split="train").item(i)["scene"]) for i in range(20)}
-    held = {json.dumps(SyntheticClips((64, 64, 5), split="heldout").item(i)["scene"]) for i in range(20)}
-    assert not train & held
+    buckets = BucketConfig(resolutions=("64px",), aspect_ratios=("1:1",), frames=(5,), size_multiple=8,
+                           tokens_per_batch=4 * 128)  # 64x64 px x 5 frames is 128 tokens: 4 clips a batch
+    stream = synthetic_batches(buckets, seed=0)
+    train = {bytes(v.numpy()) for _ in range(5) for v in next(stream)["video"]}
+    held = {bytes(heldout_clip(i, 64, 64, 5, seed=0)["video"].contiguous().numpy()) for i in range(20)}
+    assert len(train) == 20 and len(held) == 20 and not train & held
 
 
-def test_workers_take_disjoint_shares(monkeypatch):
-    ds = SyntheticClips((48, 48, 2), length=6, group=1)
-    seen = []
-    for worker in range(2):
-        info = type("Info", (), {"id": worker, "num_workers": 2})()
-        monkeypatch.setattr(synthetic, "get_worker_info", lambda info=info: info)
-        seen.append([json.dumps(x["scene"]) for x in ds])
-    assert len(seen[0]) == len(seen[1]) == 3
-    assert not set(seen[0]) & set(seen[1])
-    monkeypatch.setattr(synthetic, "get_worker_info", lambda: None)
-    assert sorted(seen[0] + seen[1]) == sorted(json.dumps(x["scene"]) for x in ds)
-
-
-def test_size_callable_is_shared_within_a_group():
-    sizes = [(48, 80, 9), (64, 64, 5), (80, 48, 17)]
-    ds = SyntheticClips(lambda rng: sizes[rng.integers(len(sizes))], length=12, group=4)
-    got = [ds.size_of(i) for i in range(12)]
-    for g in range(3):
-        assert len(set(got[4 * g: 4 * g + 4])) == 1
-    assert all(s in sizes for s in got)
-    assert ds.item(5)["video"].shape[1:] == (got[5][2], got[5][1], got[5][0])
+def test_training_items_are_the_same_clips_as_heldout_items_from_the_same_rng():
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    with_text = synthetic.clip(rng_a, 48, 32, 5)
+    without = synthetic.clip(rng_b, 48, 32, 5, captions=False)
+    assert torch.equal(with_text["video"], without["video"]) and "caption" not in without

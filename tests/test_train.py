@@ -140,3 +140,25 @@ def test_the_loss_curve_is_a_png(tmp_path):
     plot_curve(list(range(1, 101)), [1 / s for s in range(1, 101)], tmp_path / "curve.png", "loss")
     img = cv2.imread(str(tmp_path / "curve.png"))
     assert img is not None and img.shape == (400, 800, 3) and img.std() > 5
+
+
+def test_train_default_runs_the_whole_recipe_vae_then_dit_and_resumes_without_retraining_the_vae(tmp_path):
+    out = tmp_path / "default"
+    args = ["-m", "sora_core", "train", "default", "--profile", "micro", "--out", str(out), "--data-workers", "0",
+            "--threads", "1"]
+    r = _cli(args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = load_checkpoint(out / "model.safetensors")
+    assert model.parts == ("vae", "text", "dit") and model.config.dit.abs_pos
+    vae = load_checkpoint(out / "vae" / "vae.safetensors", parts=("vae",))
+    for name, value in vae.vae.state_dict().items():  # the DiT stage ran on the VAE the first stage made
+        assert torch.equal(value.half().float(), model.vae.state_dict()[name].float()), name
+    vae_written = (out / "vae" / "vae.safetensors").stat().st_mtime_ns
+
+    r = _cli(args + ["--resume", "--dit-steps", "3"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "vae" / "vae.safetensors").stat().st_mtime_ns == vae_written
+    assert torch.load(out / "dit" / "dit_state.pt", weights_only=True)["step"] == 3
+
+    r = _cli(args + ["--dit-steps", "0"])
+    assert r.returncode != 0 and "--dit-steps=0 is not allowed" in r.stderr

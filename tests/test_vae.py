@@ -22,8 +22,6 @@ def test_compresses_four_frames_and_eight_pixels_per_latent_cell():
     v = VideoVAE(preset("tiny").vae).eval()
     z = v.encode(video(17, 64, 96))
     assert z.shape == (1, v.config.latent_channels, 5, 16, 24)  # tiny preset: 4x spatial, 4x temporal
-    big = VideoVAE(preset("base").vae)
-    assert big.spatial_factor == 8 and big.temporal_factor == 4
 
 
 @torch.no_grad()
@@ -81,18 +79,28 @@ def test_chunked_encode_matches_encoding_everything_at_once(vae):
     assert torch.allclose(vae.encode(x, chunk_batch=1), vae.encode(x, chunk_batch=64), atol=1e-6)
 
 
-@torch.no_grad()
-def test_tiled_decode_equals_plain_decode_when_one_tile_covers_the_frame(vae):
-    z = vae.encode(video(5))
-    assert torch.equal(vae.decode(z, tile=64), vae.decode(z))
+def smooth_video(frames, h, w):
+    """Gradients and a moving blob: content whose decode depends little on far-away pixels."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    t = torch.arange(frames)[:, None, None] / frames
+    blob = torch.exp(-((x - t + 0.5) ** 2 + y**2) * 8)
+    return torch.stack([blob, x.expand_as(blob) * 0.5, y.expand_as(blob) * 0.5])[None] * 0.8
 
 
 @torch.no_grad()
-def test_tiled_decode_covers_the_frame_and_stays_finite(vae):
-    z = vae.encode(video(5, 64, 96))
+def test_tiled_decode_with_several_tiles_matches_the_untiled_decode(vae):
+    from sora_core.vae import tile_windows
+
+    z = vae.encode(smooth_video(5, 64, 96))  # latent 16 x 24
+    tiles = list(tile_windows(16, 24, 12, 4, 4))
+    assert len(tiles) >= 4  # several tiles in both directions, overlapping
+    whole = vae.decode(z)
     tiled = vae.decode(z, tile=12, overlap=4)
-    assert tiled.shape == (1, 3, 5, 64, 96)
-    assert torch.isfinite(tiled).all()
+    assert tiled.shape == whole.shape == (1, 3, 5, 64, 96)
+    error = (tiled - whole).abs()
+    # tiles see less context at their edges, so only close, not equal; a misplaced tile or a wrong
+    # blend weight shows up as errors of the size of the picture itself
+    assert error.mean() < 0.01 * whole.abs().mean() and error.max() < 0.1 * whole.abs().max()
 
 
 def test_frame_count_errors_name_the_value_and_nearest_valid_counts(vae):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sora_core.data.buckets import Bucket, BucketBatchSampler, BucketConfig, collate
+from sora_core.data.buckets import Bucket, BucketConfig
 from sora_core.data.real_clips import find_template_clips
 from sora_core.data.video_folder import VideoFolderDataset, load_captions, resize_cover
+from sora_core.train.data import folder_batches
 
 FIXTURES = Path(__file__).parent / "fixtures" / "clips"
 SMALL = BucketConfig(resolutions=("32px",), frames=(1, 5, 9))
@@ -116,14 +117,17 @@ def test_resize_cover_keeps_aspect_and_crops_only_excess():
     assert square[:, 0].max() == 0 and square[:, -1].max() == 0
 
 
-def test_dataloader_with_bucket_sampler():
-    ds = VideoFolderDataset(FIXTURES, buckets=SMALL)
-    sampler = BucketBatchSampler(ds.buckets, SMALL, seed=0)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
-    batches = list(loader)
-    assert sorted(b["video"].shape[-1] for b in batches) == [24, 40]  # one wide, one tall batch
-    for b in batches:
-        assert b["video"].shape[:3] == (1, 3, 9) and isinstance(b["bucket"], Bucket)
+def test_folder_batches_are_same_bucket_deterministic_and_split_between_ranks():
+    one_a_batch = BucketConfig(resolutions=("32px",), frames=(1, 5, 9), tokens_per_batch=1)
+    batches = folder_batches(str(FIXTURES), one_a_batch, seed=0)
+    first = [next(batches) for _ in range(2)]  # one pass over the two clips
+    assert sorted(b["video"].shape[-1] for b in first) == [24, 40]  # one wide, one tall batch
+    for b in first:
+        assert b["video"].shape[:3] == (1, 3, 9) and isinstance(b["bucket"], Bucket) and b["prompt"] == b["caption"]
+    again = folder_batches(str(FIXTURES), one_a_batch, seed=0)
+    assert [next(again)["path"] for _ in range(2)] == [b["path"] for b in first]
+    ranks = [next(folder_batches(str(FIXTURES), one_a_batch, seed=0, rank=r, world=2))["path"] for r in range(2)]
+    assert ranks[0] != ranks[1]
 
 
 def test_template_clips_as_a_dataset(tmp_path):

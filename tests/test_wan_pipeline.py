@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -113,7 +114,7 @@ def clip(frames: int, size: int = 32, seed: int = 0) -> torch.Tensor:
 def test_generate_and_extend_run_a_wan_file_end_to_end(wan, pipe):
     family, *_ = wan
     recipe = RECIPES[FAMILIES[family][2]]
-    assert pipe.family == "wan" and pipe.pixel_multiple == recipe.pixel_multiple
+    assert pipe.family == "wan" and pipe.config.pixel_multiple == recipe.pixel_multiple
     assert (pipe.defaults.steps, pipe.defaults.cfg, pipe.defaults.shift, pipe.defaults.negative) == (
         recipe.steps, recipe.cfg, recipe.shift, NEGATIVE_PROMPT)
     assert pipe.dit.per_frame_t == (family == "2.2")
@@ -150,6 +151,50 @@ def test_the_cli_generates_and_extends_with_wan_files(wan, tmp_path):
                                   "--blend-frames", 0, *files]]) == 0
     extended, _ = read_video(longer)
     assert extended.shape == (9, 32, 32, 3) and (extended[:5] == frames).all()
+
+
+def test_animating_to_the_last_frame_gives_the_image_back_exactly_after_reencoding_it(pipe, monkeypatch):
+    image = clip(1, seed=4)
+    encoded = []
+    encode = cond.encode_chunk_frames
+    monkeypatch.setattr(cond, "encode_chunk_frames", lambda v, f, history=None: encoded.append(history) or encode(
+        v, f, history=history))
+    video = pipe.animate(image, "x", 9, at="last", blend_frames=2, **FAST)
+    assert video.shape == (9, 32, 32, 3) and torch.equal(video[-1], image[0])
+    # the held image estimated before sampling, then encoded after the 5 frames the window decodes to before it
+    assert encoded[0] is None and encoded[1].shape == (1, 3, 5, 32, 32)
+
+
+# -- the budget, before any work ------------------------------------------------------------------
+
+def test_a_wan_request_over_the_budget_is_refused_before_any_work(pipe, monkeypatch):
+    from sora_core.budget import Budget, BudgetError
+
+    monkeypatch.delenv("SORA_MAX_TOKENS", raising=False)
+    monkeypatch.setattr(cond, "empty_window", lambda *a: pytest.fail("allocated the latent"))
+    monkeypatch.setattr(pipe, "encode_texts", lambda *a: pytest.fail("encoded the prompt"))
+    per_frame = pipe.config.vae.spatial_factor * 2
+    with pytest.raises(BudgetError, match=rf"^generate: {per_frame * 512}x{per_frame * 512} px x 1 frame is "
+                                          r"262,144 DiT tokens; the limit is 65,536 \(the default"):
+        pipe.generate("x", per_frame * 512, per_frame * 512, 1, **FAST)
+    monkeypatch.setattr(pipe, "budget", Budget(max_memory=1 << 16))
+    monkeypatch.setattr(cond, "encode_frames", lambda *a: pytest.fail("encoded the clip"))
+    with pytest.raises(BudgetError, match=r"^extend: 32x32 px x 9 frames needs about .* VAE encode .* the limit is "
+                                          r"64.0 KiB \(as asked"):
+        pipe.extend(clip(9), "x", new_frames=4, context_frames=4, **FAST)
+
+
+def test_a_released_size_is_within_the_default_token_limit_at_its_native_size():
+    from sora_core.budget import Budget, BudgetError, check
+    from sora_core.wan.dit import WanConfig
+    from sora_core.wan.vae import WAN21_VAE
+
+    config = WanConfig(WanDiTConfig.released("wan-t2v-14B"), WAN21_VAE, "wan-t2v-14B")  # 75,600 tokens at 1280x720x81
+    roomy = Budget(max_memory=1 << 50)
+    assert check(config, what="generate", width=1280, height=720, frames=81, budget=roomy).tokens == 75_600
+    with pytest.raises(BudgetError, match=r"1280x720 px x 85 frames is 79,200 DiT tokens; the limit is 75,600 "
+                                          r"\(the default"):
+        check(config, what="generate", width=1280, height=720, frames=85, budget=roomy)
 
 
 # -- one conditioning mechanism ---------------------------------------------------------------
@@ -322,7 +367,8 @@ def test_umt5_files_load_in_every_stored_dtype_prefix_and_scaled_fp8(tmp_path, t
         load_umt5(write(tmp_path / "bare.safetensors", state))
 
 
-def test_wrong_or_mismatched_files_are_refused_by_name_before_loading(wan, tmp_path, micro_checkpoint, monkeypatch):
+def test_wrong_or_mismatched_files_are_refused_by_name_before_loading(wan, tmp_path, micro_checkpoint, monkeypatch,
+                                                                    capsys):
     family, dit, vae, te = wan
     other = FAMILIES["2.2" if family == "2.1" else "2.1"]
     other_vae = write_random_file(tmp_path / "other_vae.safetensors", other[1])
@@ -349,7 +395,9 @@ def test_wrong_or_mismatched_files_are_refused_by_name_before_loading(wan, tmp_p
                                                                            heads=4, ffn_dim=96, layers=1)))
     with pytest.raises(ValueError, match=r"bare_te\.safetensors.*no `spiece_model`"):
         Pipeline.load(dit, vae=vae, text_encoder=bare)
-    with pytest.raises(ValueError, match=r"other_vae\.safetensors.*latent channels"):  # the CLI says the same
-        main(["generate", "x", "-o", str(tmp_path / "x.png"), "--model", dit, "--vae", other_vae, "--text-encoder", te,
-              "--no-provenance"])
+    # the CLI says the same in one line
+    assert main(["generate", "x", "-o", str(tmp_path / "x.png"), "--model", dit, "--vae", other_vae,
+                 "--text-encoder", te, "--no-provenance"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: .*other_vae\.safetensors.*latent channels.*\n", err) and err.count("\n") == 1
     assert loads == [] and not (tmp_path / "x.png").exists()

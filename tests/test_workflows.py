@@ -2,6 +2,7 @@
 
 The model is the shipped default when it exists, else a random-weight micro checkpoint (set
 through SORA_MODEL), so these check wiring, sizes and splicing rather than picture quality.
+The save nodes are the pack's own: they write signed files into a temporary output folder.
 """
 
 from __future__ import annotations
@@ -10,32 +11,39 @@ import functools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from nodes import NODE_CLASS_MAPPINGS
-from sora_core.pipeline import DEFAULT_MODEL
+from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host
+from sora_core.pipeline import DEFAULT_MODEL, default_model_path
+from sora_core.provenance import ASSERTION, DIGITAL_SOURCE_TYPE, file_sha256, read_manifest
 
-from .workflow_api import CORE_DOUBLES, Recorder, class_specs, execute, ui_to_api
+from .workflow_api import (CORE_DISPLAY_NAMES, CORE_DOUBLES, TEXT_DISPLAY, TITLE_H, Recorder, class_specs, execute,
+                           min_node_size, ui_to_api)
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 CLASSES = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES}
+SAVE_NODES = ("SoraSaveVideo", "SoraSaveImage")
 
 # workflow -> {filename prefix: (frames, width, height)} of what it saves or previews
 EXPECTED = {
-    "text_to_video": {"sora/text_to_video": (17, 64, 64)},
-    "text_to_image": {"sora/text_to_image": (1, 128, 128)},
-    "aspect_ratios": {"sora/aspect_widescreen": (17, 88, 48), "sora/aspect_vertical": (17, 48, 88),
-                      "sora/aspect_square": (17, 64, 64)},
-    "prototype_then_full_res": {"preview": (17, 32, 32), "sora/prototype_full_res": (17, 64, 64)},
-    "animate_image": {"preview": (1, 64, 64), "sora/animate_image": (17, 64, 64)},
-    "extend_forward": {"sora/extend_source": (17, 64, 64), "sora/extend_forward": (33, 64, 64)},
-    "extend_backward": {"sora/extend_backward_ending": (17, 64, 64), "sora/extend_backward_seed32": (33, 64, 64),
-                        "sora/extend_backward_seed33": (33, 64, 64), "sora/extend_backward_seed34": (33, 64, 64)},
-    "seamless_loop": {"sora/seamless_loop": (25, 64, 64)},
-    "video_to_video_sdedit": {"sora/sdedit_source": (17, 64, 64), "sora/sdedit_edited": (17, 64, 64)},
-    "connect_two_clips": {"sora/connect_two_clips": (50, 64, 64)},
-    "recaption": {"sora/recaption": (17, 64, 64)},
+    "1. Text to video": {"sora/text_to_video": (17, 64, 64)},
+    "2. Text to image": {"sora/text_to_image": (1, 128, 128)},
+    "3. Aspect ratios": {"sora/aspect_widescreen": (17, 88, 48), "sora/aspect_vertical": (17, 48, 88),
+                         "sora/aspect_square": (17, 64, 64)},
+    "4. Prototype small, then full resolution": {"sora/prototype": (17, 32, 32),
+                                                 "sora/prototype_full_res": (17, 64, 64)},
+    "5. Animate an image": {"preview": (1, 64, 64), "sora/animate_image": (17, 64, 64)},
+    "6. Extend a video forward": {"sora/extend_source": (17, 64, 64), "sora/extend_forward": (33, 64, 64)},
+    "7. Extend backward (three beginnings)": {
+        "sora/extend_backward_ending": (17, 64, 64), "sora/extend_backward_seed32": (33, 64, 64),
+        "sora/extend_backward_seed33": (33, 64, 64), "sora/extend_backward_seed34": (33, 64, 64)},
+    "8. Seamless loop": {"sora/seamless_loop": (25, 64, 64)},
+    "9. Video to video (SDEdit)": {"sora/sdedit_source": (17, 64, 64), "sora/sdedit_edited": (17, 64, 64)},
+    "10. Connect two clips": {"sora/connect_two_clips": (50, 64, 64)},
+    "11. Recaption a short prompt": {"sora/recaption": (17, 64, 64)},
 }
 
 
@@ -45,13 +53,32 @@ def model_file(monkeypatch, micro_checkpoint):
         monkeypatch.setenv("SORA_MODEL", micro_checkpoint)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def output_folder(tmp_path_factory):
+    """The save nodes' output folder for this module (run() is cached, so its files stay put)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(host, "OUTPUT_DIR", tmp_path_factory.mktemp("output"))
+        yield host.OUTPUT_DIR
+
+
 @functools.cache
 def run(name: str) -> tuple[dict, dict, dict, dict]:
-    """(API prompt, saved frames by filename prefix, node outputs, node UI) of one workflow, run once."""
+    """(API prompt, saved or previewed frames by filename prefix, node outputs, node UI) of one workflow, run once."""
     prompt = ui_to_api(json.loads((WORKFLOWS / f"{name}.json").read_text()), class_specs(CLASSES))
     Recorder.saved = {}
     outputs, ui = execute(prompt, CLASSES)
-    return prompt, Recorder.saved, outputs, ui
+    saved = dict(Recorder.saved)
+    for nid, node in prompt.items():
+        if node["class_type"] in SAVE_NODES:
+            saved[node["inputs"]["filename_prefix"]] = outputs[nid][0]
+    return prompt, saved, outputs, ui
+
+
+def saved_files(name: str) -> dict[str, list]:
+    """The files each save node of a workflow wrote, by filename prefix."""
+    prompt, _, _, ui = run(name)
+    return {node["inputs"]["filename_prefix"]: [host.OUTPUT_DIR / e["subfolder"] / e["filename"] for e in ui[nid]["images"]]
+            for nid, node in prompt.items() if node["class_type"] in SAVE_NODES}
 
 
 def node_of(prompt: dict, class_type: str) -> tuple[str, dict]:
@@ -60,6 +87,12 @@ def node_of(prompt: dict, class_type: str) -> tuple[str, dict]:
 
 def test_every_shipped_workflow_is_covered():
     assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == sorted(EXPECTED)
+
+
+def test_every_workflow_saves_through_the_signing_save_nodes():
+    for path in WORKFLOWS.glob("*.json"):
+        types = {n["type"] for n in json.loads(path.read_text())["nodes"]}
+        assert types & set(SAVE_NODES) and not types & {"SaveAnimatedWEBP", "SaveImage", "SaveVideo"}, path.stem
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -73,13 +106,18 @@ def test_workflow_runs_and_saves_the_expected_videos(name):
 
 
 def test_extend_forward_output_starts_with_the_untouched_source():
-    _, saved, _, _ = run("extend_forward")
+    _, saved, _, _ = run("6. Extend a video forward")
     # untouched except the 4 frames that crossfade into the new ones at the join
     assert torch.equal(saved["sora/extend_forward"][:13], saved["sora/extend_source"][:13])
 
 
+def test_animate_output_starts_with_the_still_exactly():
+    _, saved, _, _ = run("5. Animate an image")
+    assert torch.equal(saved["sora/animate_image"][0], saved["preview"][0])
+
+
 def test_extend_backward_gives_different_beginnings_to_the_same_ending():
-    _, saved, _, _ = run("extend_backward")
+    _, saved, _, _ = run("7. Extend backward (three beginnings)")
     ending = saved["sora/extend_backward_ending"]
     videos = [saved[f"sora/extend_backward_seed{s}"] for s in (32, 33, 34)]
     for video in videos:
@@ -89,7 +127,7 @@ def test_extend_backward_gives_different_beginnings_to_the_same_ending():
 
 
 def test_connect_output_is_first_transition_second():
-    prompt, saved, outputs, _ = run("connect_two_clips")
+    prompt, saved, outputs, _ = run("10. Connect two clips")
     _, connect = node_of(prompt, "SoraConnect")
     first = outputs[connect["inputs"]["first"][0]][0]
     second = outputs[connect["inputs"]["second"][0]][0]
@@ -98,23 +136,192 @@ def test_connect_output_is_first_transition_second():
 
 
 def test_loop_output_starts_with_the_source_clip():
-    prompt, saved, outputs, _ = run("seamless_loop")
+    prompt, saved, outputs, _ = run("8. Seamless loop")
     _, loop = node_of(prompt, "SoraLoop")
     source = outputs[loop["inputs"]["video"][0]][0]  # both of its ends crossfade, 4 frames each
     assert torch.equal(saved["sora/seamless_loop"][4:13], source[4:13])
 
 
 def test_recaption_workflow_shows_and_encodes_the_caption():
-    prompt, _, _, ui = run("recaption")
+    prompt, _, _, ui = run("11. Recaption a short prompt")
     node_id, recaption = node_of(prompt, "SoraRecaption")
     caption = ui[node_id]["text"][0]
     assert len(caption.split()) > len(recaption["inputs"]["prompt"].split())
 
 
 def test_converter_sends_links_and_skips_seed_controls_and_notes():
-    prompt = ui_to_api(json.loads((WORKFLOWS / "recaption.json").read_text()), class_specs(CLASSES))
+    prompt = ui_to_api(json.loads((WORKFLOWS / "11. Recaption a short prompt.json").read_text()), class_specs(CLASSES))
     assert "MarkdownNote" not in {n["class_type"] for n in prompt.values()}
     _, sampler = node_of(prompt, "SoraDiTSampler")
     assert sampler["inputs"]["seed"] == 71 and sampler["inputs"]["steps"] == 20
     encode = next(n for n in prompt.values() if n["class_type"] == "SoraTextEncode" and isinstance(n["inputs"]["text"], list))
     assert prompt[encode["inputs"]["text"][0]]["class_type"] == "SoraRecaption"
+
+
+# -- what the saved files say about themselves (C2PA) --------------------------------------------
+
+def manifest_chain(path) -> list[dict]:
+    """The active manifest of a file, then the manifests of its ingredients, depth first."""
+    store = read_manifest(path)
+    assert store is not None and store["validation_state"] == "Valid", path
+    chain, labels = [], [store["active_manifest"]]
+    while labels:
+        m = store["manifests"][labels.pop(0)]
+        chain.append(m)
+        labels += [i["active_manifest"] for i in m.get("ingredients", []) if "active_manifest" in i]
+    return chain
+
+
+def generation(manifest: dict) -> dict:
+    return next(a["data"] for a in manifest["assertions"] if a["label"] == ASSERTION)
+
+
+# saved file -> (operation, the saved file linked into its sources)
+MADE_FROM = {"sora/extend_forward": ("extend", "sora/extend_source"),
+             "sora/sdedit_edited": ("edit", "sora/sdedit_source")}
+
+
+@pytest.mark.parametrize("name", ["2. Text to image", "6. Extend a video forward", "9. Video to video (SDEdit)"])
+def test_saved_files_carry_a_signed_manifest_with_the_model_and_the_source_chain(name):
+    files = saved_files(name)
+    sha = file_sha256(default_model_path())
+    for prefix, paths in files.items():
+        assert len(paths) == 1 and paths[0].is_file(), prefix
+        top, *sources = manifest_chain(paths[0])
+        actions = next(a["data"]["actions"] for a in top["assertions"] if a["label"] == "c2pa.actions.v2")
+        assert actions[0]["digitalSourceType"] == DIGITAL_SOURCE_TYPE
+        assert generation(top)["model"]["sha256"] == sha and "prompt" not in generation(top)
+        operation, source = MADE_FROM.get(prefix, ("generate", None))
+        assert generation(top)["operation"] == operation
+        assert [m["title"] for m in sources] == ([files[source][0].name] if source else [])
+
+
+# -- what the artist sees first: layout, saved view, template-browser metadata -----------------------------
+
+def load(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def boxes(workflow: dict) -> list[tuple[str, list[float]]]:
+    """(label, [x, y, w, h]) of every node, title bar included (it is drawn above pos)."""
+    return [(f"{n['id']} {n.get('title') or n['type']}", [n["pos"][0], n["pos"][1] - TITLE_H, n["size"][0],
+                                                         n["size"][1] + TITLE_H]) for n in workflow["nodes"]]
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def inside(a: list[float], b: list[float]) -> bool:
+    return b[0] <= a[0] and b[1] <= a[1] and a[0] + a[2] <= b[0] + b[2] and a[1] + a[3] <= b[1] + b[3]
+
+
+def fit_zoom(workflow: dict, width: int, height: int) -> float:
+    """The zoom of the frontend's "fit view" (DragAndScale.fitToBounds: 0.75 of the canvas, at least
+    300 px of graph) on the bounds of every node and group; the template browser opens graphs with it."""
+    rects = [b for _, b in boxes(workflow)] + [g["bounding"] for g in workflow["groups"]]
+    w = max(r[0] + r[2] for r in rects) - min(r[0] for r in rects)
+    h = max(r[1] + r[3] for r in rects) - min(r[1] for r in rects)
+    return min(0.75 * width / max(w, 300), 0.75 * height / max(h, 300))
+
+
+# Below this zoom the frontend draws nodes without text (LiteGraph.Canvas.MinFontSizeForLOD 8 px over
+# its 14 px node font, ComfyUI frontend 1.49), so a graph must open above it.
+LOW_QUALITY_ZOOM = 8 / 14
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_no_node_covers_another(name):
+    nodes = boxes(load(name))
+    for i, (a, box_a) in enumerate(nodes):
+        for b, box_b in nodes[i + 1:]:
+            assert not overlap(box_a, box_b), f"{name}: {a} overlaps {b}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_node_sits_in_one_group_and_groups_do_not_overlap(name):
+    workflow = load(name)
+    groups = [(g["title"], g["bounding"]) for g in workflow["groups"]]
+    assert len(groups) >= 2
+    for i, (a, box_a) in enumerate(groups):
+        for b, box_b in groups[i + 1:]:
+            assert not overlap(box_a, box_b), f"{name}: groups {a!r} and {b!r} overlap"
+    notes = {str(n["id"]) for n in workflow["nodes"] if n["type"] == "MarkdownNote"}
+    for label, box in boxes(workflow):
+        homes = [title for title, g in groups if inside(box, g)]
+        assert len(homes) == (0 if label.split(" ")[0] in notes else 1), f"{name}: {label} is in groups {homes}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_saved_sizes_are_at_least_what_the_frontend_computes(name):
+    """The frontend grows a smaller node on load (covering the node below it and marking the tab modified)."""
+    specs = class_specs(CLASSES)
+    for node in load(name)["nodes"]:
+        display = NODE_DISPLAY_NAME_MAPPINGS.get(node["type"]) or CORE_DISPLAY_NAMES[node["type"]]
+        need = min_node_size(node, specs, display)
+        assert node["size"][0] >= need[0] and node["size"][1] >= need[1], (
+            f"{name}: node {node['id']} ({node['type']}) is {node['size']}, the frontend makes it at least {need}")
+
+
+def test_text_display_nodes_are_the_ones_the_web_extension_extends():
+    script = (WORKFLOWS.parent / "web" / "sora_text.js").read_text()
+    listed = script.split("NODES_WITH_TEXT = new Set([", 1)[1].split("]", 1)[0]
+    assert {s.strip().strip('"') for s in listed.split(",")} == TEXT_DISPLAY
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_workflow_opens_readable(name):
+    workflow = load(name)
+    # from the template browser: fit view, on a 1600x1000 and a 1920x1080 canvas
+    assert fit_zoom(workflow, 1600, 1000) >= 0.6 and fit_zoom(workflow, 1920, 1080) >= 0.65
+    # from Workflow > Open: the saved view, which must show every node above the zoom where text disappears,
+    # on the canvas of a 1600x900 window (1540x860 beside the side bar, below the tab bar), clear of the
+    # floating toolbars along its top 60 px
+    ds = workflow["extra"]["ds"]
+    assert LOW_QUALITY_ZOOM < ds["scale"] <= 1
+    for label, (x, y, w, h) in boxes(workflow):
+        left, top = (x + ds["offset"][0]) * ds["scale"], (y + ds["offset"][1]) * ds["scale"]
+        right, bottom = left + w * ds["scale"], top + h * ds["scale"]
+        assert 0 <= left and right <= 1540 and 60 <= top and bottom <= 860, f"{name}: {label} is off screen"
+
+
+def test_template_browser_titles_are_numbered_in_order():
+    """The browser shows a custom pack's workflows by file name (title and description) in directory
+    order, or sorted by name with numbers compared as numbers."""
+    names = sorted((p.stem for p in WORKFLOWS.glob("*.json")), key=lambda n: int(n.split(".", 1)[0]))
+    assert [int(n.split(".", 1)[0]) for n in names] == list(range(1, len(names) + 1))
+    for name in names:
+        title = name.split(". ", 1)[1]
+        assert title[0].isupper() and "_" not in title and "-" not in title, name  # the browser shows _ and - as spaces
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_workflow_has_a_note_with_its_title_and_description(name):
+    notes = [n for n in load(name)["nodes"] if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1
+    heading, _, description = notes[0]["widgets_values"][0].partition("\n\n")
+    assert heading.startswith("# ") and len(description.split()) >= 10
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_workflow_has_a_small_thumbnail_from_its_output(name):
+    path = WORKFLOWS / f"{name}.jpg"  # what the frontend requests: /api/workflow_templates/<pack>/<name>.jpg
+    assert path.is_file(), f"{path.name} is missing: run tools/build_workflows.py --thumbnails"
+    assert path.stat().st_size < 60_000
+    image = Image.open(path)
+    assert image.format == "JPEG" and image.width == image.height >= 200
+    pixels = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32))
+    assert pixels.std() > 3, f"{path.name} is one flat colour"
+
+
+def test_contact_sheet_spreads_each_video_over_its_length():
+    from tools.thumbnails import contact_sheet
+
+    ramp = torch.linspace(0, 1, 17)[:, None, None, None].expand(17, 8, 8, 3)  # frame t is grey level t/16
+    sheet = contact_sheet([ramp]).convert("L")
+    w, h = sheet.size
+    corners = [sheet.getpixel((w // 4, h // 4)), sheet.getpixel((3 * w // 4, h // 4)),
+               sheet.getpixel((w // 4, 3 * h // 4)), sheet.getpixel((3 * w // 4, 3 * h // 4))]
+    assert corners[0] < 3 and corners[-1] > 252 and corners == sorted(corners)  # first .. last frame
+    two = contact_sheet([ramp, ramp.flip(0)]).convert("L")
+    assert two.getpixel((w // 4, h // 4)) < 3 and two.getpixel((w // 4, 3 * h // 4)) > 252

@@ -4,6 +4,8 @@ topological order. Core nodes are replaced by the small doubles below."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -68,6 +70,46 @@ def ui_to_api(workflow: dict, specs_of) -> dict:
     return prompt
 
 
+# -- how big the frontend draws a node (litegraph's LGraphNode.computeSize, ComfyUI frontend 1.49) -------
+
+TITLE_H = 30  # NODE_TITLE_HEIGHT: the title bar sits above a node's pos
+SLOT_H = 20  # NODE_SLOT_HEIGHT: one row per socket (linked widgets excluded)
+WIDGET_H = 20  # NODE_WIDGET_HEIGHT; each widget also gets 4 px, the widget block 8 px, the node 6 px
+NODE_W = 140  # NODE_WIDTH; x1.5 for a node with widgets
+CHAR_W = 14 * 0.6  # the frontend's own text-width estimate (14 px font); real glyphs are narrower
+WIDGET_VALUE_W = 42 + 2 * (15 + 6 + 10)  # minValueWidth + 2 * (margin + arrowMargin + arrowWidth)
+DOM_WIDGET_H = 50  # min height of a DOM widget that names none: multiline text, markdown
+# web/sora_text.js gives these nodes a text display (a DOM widget of min height 60) and a Markdown /
+# Plain text toggle after their own widgets.
+TEXT_DISPLAY = {"SoraRecaption", "SoraPatchifyGrid"}
+TEXT_DISPLAY_H = 60
+VIRTUAL_SPECS = {"Note": [("text", ("STRING", {"multiline": True}))],
+                 "MarkdownNote": [("text", ("STRING", {"multiline": True}))]}
+
+
+def min_node_size(node: dict, specs_of, display_name: str) -> tuple[float, float]:
+    """(width, height) the frontend gives a UI-format node at least (it grows smaller ones on load)."""
+    specs = VIRTUAL_SPECS.get(node["type"]) or specs_of(node["type"])
+    sockets = [i["name"] for i in node.get("inputs", []) if "widget" not in i]
+    linked = [i["name"] for i in node.get("inputs", []) if "widget" in i]
+    outputs = [o["name"] for o in node.get("outputs", [])]
+    heights = []
+    for name, spec in specs:
+        if is_widget(spec):
+            multiline = len(spec) > 1 and spec[1].get("multiline")
+            heights += [DOM_WIDGET_H if multiline else WIDGET_H] + [WIDGET_H] * extra_widget_values(name, spec)
+    if node["type"] in TEXT_DISPLAY:
+        heights += [TEXT_DISPLAY_H, WIDGET_H]
+    ins = max((CHAR_W * len(n) for n in sockets), default=0)
+    outs = max((CHAR_W * len(n) for n in outputs), default=0)
+    width = max(ins + outs + 2 * SLOT_H + (5 if ins and outs else 0),
+                max((CHAR_W * len(n) + WIDGET_VALUE_W for n in linked), default=0),
+                TITLE_H * 1.33 + CHAR_W * len(node.get("title") or display_name),
+                NODE_W * (1.5 if heights else 1))
+    rows = max(len(sockets), len(outputs), 1)
+    return width, rows * SLOT_H + (sum(h + 4 for h in heights) + 8 if heights else 0) + 6
+
+
 def validate(node_id: str, cls, inputs: dict) -> None:
     """The server's checks on widget values: combo membership, numeric ranges, required inputs."""
     for name, spec in input_specs(cls):
@@ -83,6 +125,11 @@ def validate(node_id: str, cls, inputs: dict) -> None:
             assert value in spec[0], f"node {node_id}: {name}={value!r} not in {spec[0]}"
         elif spec[0] in ("INT", "FLOAT"):
             assert opts.get("min", value) <= value <= opts.get("max", value), f"node {node_id}: {name}={value} out of range"
+    if hasattr(cls, "VALIDATE_INPUTS"):  # as the server calls it: with the values it names that are not links
+        wanted = inspect.signature(cls.VALIDATE_INPUTS).parameters
+        given = {k: v for k, v in inputs.items() if k in wanted and not _is_link(v)}
+        result = cls.VALIDATE_INPUTS(**given)
+        assert result is True, f"node {node_id} ({cls.__name__}): {result}"
 
 
 def execute(prompt: dict, classes: dict) -> tuple[dict, dict]:
@@ -128,21 +175,6 @@ class Recorder:
         return {"ui": {"images": []}, "result": (images,)}
 
 
-class SaveAnimatedWEBP(Recorder):
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {}),
-                             "fps": ("FLOAT", {"min": 0.01, "max": 1000.0}), "lossless": ("BOOLEAN", {}),
-                             "quality": ("INT", {"min": 0, "max": 100}),
-                             "method": (["default", "fastest", "slowest"],)}}
-
-
-class SaveImage(Recorder):
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {})}}
-
-
 class PreviewImage(Recorder):
     @classmethod
     def INPUT_TYPES(cls):
@@ -166,4 +198,5 @@ class ImageScale:
         return (out.movedim(1, -1).clamp(0, 1),)
 
 
-CORE_DOUBLES = {c.__name__: c for c in (SaveAnimatedWEBP, SaveImage, PreviewImage, ImageScale)}
+CORE_DOUBLES = {c.__name__: c for c in (PreviewImage, ImageScale)}
+CORE_DISPLAY_NAMES = {"PreviewImage": "Preview Image", "ImageScale": "Upscale Image", "MarkdownNote": "Markdown Note"}

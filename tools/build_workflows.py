@@ -1,23 +1,39 @@
 """Writes workflows/*.json: one UI-format ComfyUI workflow per capability of the Sora report.
 
-    /work/venv/bin/python tools/build_workflows.py
+    python3 tools/build_workflows.py                # the workflows
+    python3 tools/build_workflows.py --thumbnails   # and their template-browser thumbnails (runs each one)
 
 Each workflow uses only this pack's nodes and core nodes and makes its own inputs (a clip is
 generated first, then extended, looped, ...), so it runs with nothing but the default model.
-Widget values are given by name and written in the order the frontend saves them; nodes are
-laid out left to right in columns by their place in the graph.
+Outputs go through Sora Save Video / Image, so every file carries a C2PA manifest; a saved clip
+that another is made from is linked into that one's `sources`, so the manifests form a chain.
+Widget values are given by name and written in the order the frontend saves them.
+
+What the artist sees first is decided here. The template browser (frontend 1.49) shows a custom
+pack's workflows by file name only: the title is the file name, the description repeats it, the
+thumbnail is `<name>.jpg` beside the JSON and the order is the server's directory listing (or
+alphabetical). So the file names are numbered human titles. Each graph is laid out in groups
+(stages read left to right, top to bottom) small enough that "fit view" stays above the zoom
+where the frontend stops drawing text, and it carries a saved view (`extra.ds`) for Workflow > Open.
+Node sizes are at least what the frontend computes for them (it grows smaller ones on load,
+which would cover the node below and mark the tab as modified).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nodes import NODE_CLASS_MAPPINGS  # noqa: E402
+from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from tests.workflow_api import (  # noqa: E402
+    CORE_DISPLAY_NAMES, CORE_DOUBLES, DOM_WIDGET_H, TITLE_H, class_specs, min_node_size)
 
 OUT = ROOT / "workflows"
 
@@ -28,25 +44,29 @@ STEPS, CFG, FPS = 20, 5.0, 8.0
 MODEL_FILE = "sora-tiny.safetensors"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-MULTILINE = {"text", "prompt"}  # text boxes: drawn much taller than one-line widgets
 
 # Core nodes used here: (socket inputs, widget names in frontend order, outputs), as ComfyUI 0.33's
-# /object_info gives them (its save nodes pass their images through).
+# /object_info gives them.
 CORE = {
-    "SaveAnimatedWEBP": ([("images", "IMAGE")], ["filename_prefix", "fps", "lossless", "quality", "method"],
-                         [("images", "IMAGE")]),
-    "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], [("images", "IMAGE")]),
     "PreviewImage": ([("images", "IMAGE")], [], [("images", "IMAGE")]),
     "ImageScale": ([("image", "IMAGE")], ["upscale_method", "width", "height", "crop"], [("IMAGE", "IMAGE")]),
-    "MarkdownNote": ([], ["text"], []),
 }
 CORE_DEFAULTS = {
-    "SaveAnimatedWEBP": {"fps": FPS, "lossless": False, "quality": 90, "method": "default"},
     "ImageScale": {"upscale_method": "bicubic", "crop": "disabled"},
 }
+OUTPUT_NODES = {"SoraSaveVideo", "SoraSaveImage", "PreviewImage"}  # they show their images
+PROMPT_BOXES = {"text", "prompt"}  # multiline widgets that hold a prompt: wider, as tall as their text
 
 CAPTION = ("A video clip of a medium-sized red circle on a navy background. Starting near the left edge, the "
            "medium-sized red circle moves steadily to the right. The shot is static, with no camera movement.")
+
+
+# -- node sizes ----------------------------------------------------------------------------------------
+
+# An image preview (an output node's result, a sampler's live preview): the frontend gives it at least
+# 190 px when the first image arrives and grows the node to fit, so the layout leaves room for it.
+PREVIEW_H = 190 + 4
+SPECS = class_specs({**NODE_CLASS_MAPPINGS, **CORE_DOUBLES})
 
 
 def _is_widget(spec) -> bool:
@@ -55,22 +75,30 @@ def _is_widget(spec) -> bool:
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput")
 
 
+@dataclass
+class Widget:
+    name: str
+    control: bool = False  # followed by the frontend's control_after_generate widget
+    multiline: bool = False
+
+
 def describe(node_type: str):
-    """(socket inputs [(name, type)], widgets [(name, control_after_generate)], outputs [(name, type)])."""
+    """(socket inputs [(name, type)], widgets [Widget], outputs [(name, type)], display name)."""
     if node_type in CORE:
         sockets, widgets, outputs = CORE[node_type]
-        return sockets, [(w, False) for w in widgets], outputs
+        return sockets, [Widget(w) for w in widgets], outputs, CORE_DISPLAY_NAMES[node_type]
     cls = NODE_CLASS_MAPPINGS[node_type]
     spec = cls.INPUT_TYPES()
     sockets, widgets = [], []
     for section in ("required", "optional"):
         for name, s in spec.get(section, {}).items():
+            opts = s[1] if len(s) > 1 else {}
             if _is_widget(s):
-                widgets.append((name, bool(len(s) > 1 and s[1].get("control_after_generate"))))
+                widgets.append(Widget(name, bool(opts.get("control_after_generate")), bool(opts.get("multiline"))))
             else:
                 sockets.append((name, s[0]))
     names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-    return sockets, widgets, list(zip(names, cls.RETURN_TYPES))
+    return sockets, widgets, list(zip(names, cls.RETURN_TYPES)), NODE_DISPLAY_NAME_MAPPINGS[node_type]
 
 
 def default_widgets(node_type: str) -> dict:
@@ -88,9 +116,9 @@ def default_widgets(node_type: str) -> dict:
 class Node:
     def __init__(self, node_id: int, node_type: str, title: str | None, widgets: dict):
         self.id, self.type, self.title = node_id, node_type, title
-        self.sockets, self.widget_specs, self.output_specs = describe(node_type)
+        self.sockets, self.widget_specs, self.output_specs, self.display_name = describe(node_type)
         values = default_widgets(node_type)
-        unknown = set(widgets) - {w for w, _ in self.widget_specs}
+        unknown = set(widgets) - {w.name for w in self.widget_specs}
         if unknown:
             raise KeyError(f"{node_type} has no widgets {sorted(unknown)}")
         values.update(widgets)
@@ -98,6 +126,7 @@ class Node:
         self.links_in: dict[str, int] = {}  # input name -> link id
         self.widget_links: dict[str, tuple[int, str]] = {}  # widget name -> (link id, type)
         self.links_out: dict[int, list[int]] = {}
+        self.pos: list[int] = [0, 0]
 
     def __getitem__(self, slot: int | str) -> tuple["Node", int]:
         if isinstance(slot, str):
@@ -106,11 +135,104 @@ class Node:
 
     def widgets_values(self) -> list:
         out = []
-        for name, control in self.widget_specs:
-            out.append(self.values[name])
-            if control:
+        for w in self.widget_specs:
+            out.append(self.values[w.name])
+            if w.control:
                 out.append("fixed")  # the frontend's control_after_generate; fixed keeps the example reproducible
         return out
+
+    def io(self) -> tuple[list[dict], list[dict]]:
+        """(inputs, outputs) as the frontend saves them: sockets, then widgets turned into inputs by a link."""
+        inputs = [{"name": name, "type": kind, "link": self.links_in.get(name)} for name, kind in self.sockets]
+        inputs += [{"name": name, "type": kind, "widget": {"name": name}, "link": link}
+                   for name, (link, kind) in self.widget_links.items()]
+        outputs = [{"name": name, "type": kind, "links": self.links_out.get(i) or None, "slot_index": i}
+                   for i, (name, kind) in enumerate(self.output_specs)]
+        return inputs, outputs
+
+    def min_size(self) -> list[int]:
+        inputs, outputs = self.io()
+        stub = {"type": self.type, "title": self.title, "inputs": inputs, "outputs": outputs}
+        return [math.ceil(v) for v in min_node_size(stub, SPECS, self.display_name)]
+
+    def size(self) -> list[int]:
+        """The saved size: the minimum, a comfortable width, room for long text and for output previews."""
+        w, h = self.min_size()
+        prompts = [x for x in self.widget_specs if x.multiline and x.name in PROMPT_BOXES]
+        text = next((self.values[x.name] for x in prompts if x.name not in self.widget_links), "")
+        if text:  # about 34 characters a line in a 300 px text box, 16 px a line
+            h += max(0, 16 * (math.ceil(len(text) / 34) + 1) + 8 - DOM_WIDGET_H)
+        if self.type in OUTPUT_NODES:
+            h += PREVIEW_H
+        return [_round_up(max(w, 300 if prompts else 250)), _round_up(h)]
+
+
+def _round_up(v: float, step: int = 10) -> int:
+    return int(math.ceil(v / step) * step)
+
+
+# -- layout: groups of columns, read left to right, top to bottom --------------------------------------
+
+GAP = 20  # between a node's bottom and the next node's title bar
+COL_GAP = 30
+GROUP_PAD = 10
+GROUP_HEAD = TITLE_H + 16  # a group's title bar, and room for the pack badge above a node's title
+STAGE_GAP = 24
+NOTE_COLOR, NOTE_BG = "#432", "#653"
+# LiteGraph's node_colors groupcolor values, one per stage in turn (pale_blue first: the model).
+GROUP_COLORS = ["#3f789e", "#8A8", "#b58b2a", "#a1309b", "#88A", "#b06634"]
+# The saved view (Workflow > Open restores it) frames the whole graph on the canvas of a 1600x900
+# browser window (the frontend's tab bar and side bar take about 40 and 60 px), below the floating
+# Graph / Run toolbars at its top, at zoom 1 at most.
+VIEW_W, VIEW_H = 1540, 860
+VIEW_TOP, VIEW_MARGIN = 70, 20
+
+
+@dataclass
+class Stage:
+    """A group: rows of columns of nodes, each column stacked top to bottom."""
+    title: str
+    rows: list[list[list[Node]]]
+    box: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # x, y, w, h of the group
+
+    def _row_height(self, row: list[list[Node]]) -> int:
+        return max(sum(TITLE_H + n.size()[1] for n in col) + GAP * (len(col) - 1) + _clearance(col[-1]) for col in row)
+
+    def _column_widths(self) -> list[int]:
+        """The i-th columns of all rows share a width, so rows line up."""
+        count = max(len(row) for row in self.rows)
+        return [max(max(n.size()[0] for n in row[i]) for row in self.rows if i < len(row)) for i in range(count)]
+
+    def measure(self) -> tuple[int, int]:
+        widths = self._column_widths()
+        width = max(sum(widths[: len(row)]) + COL_GAP * (len(row) - 1) for row in self.rows)
+        height = sum(self._row_height(row) for row in self.rows) + GAP * (len(self.rows) - 1)
+        return width + 2 * GROUP_PAD, GROUP_HEAD + height + GROUP_PAD
+
+    def place(self, x: int, y: int) -> None:
+        w, h = self.measure()
+        self.box = [x, y, w, h]
+        widths = self._column_widths()
+        top = y + GROUP_HEAD
+        for row in self.rows:
+            left = x + GROUP_PAD
+            for col, width in zip(row, widths):
+                ny = top
+                for n in col:
+                    n.pos = [left, ny + TITLE_H]
+                    ny += TITLE_H + n.size()[1] + GAP
+                left += width + COL_GAP
+            top += self._row_height(row) + GAP
+
+
+def _clearance(node: Node) -> int:
+    """Room kept free below a sampler that ends a column: it grows by a preview's height while it
+    runs with live previews on."""
+    return PREVIEW_H if node.type == "SoraDiTSampler" else 0
+
+
+def column(*nodes: Node) -> list[Node]:
+    return list(nodes)
 
 
 class Graph:
@@ -119,6 +241,7 @@ class Graph:
         self.nodes: list[Node] = []
         self.links: list[list] = []
         self.note = note
+        self.pages: list[list[list[Stage]]] = []  # page columns of rows of stages (see layout)
 
     def add(self, node_type: str, *, title: str | None = None, **kwargs) -> Node:
         """kwargs: widget values by name, or (node, slot) pairs for inputs (a widget given a pair becomes an input)."""
@@ -139,7 +262,7 @@ class Graph:
         if name in sockets:
             target.links_in[name] = link_id
             to_slot = sockets.index(name)
-        elif name in dict(target.widget_specs):
+        elif name in {w.name for w in target.widget_specs}:
             to_slot = len(sockets) + len(target.widget_links)
             target.widget_links[name] = (link_id, link_type)
         else:
@@ -147,71 +270,94 @@ class Graph:
         self.links.append([link_id, src.id, slot, target.id, to_slot, link_type])
         src.links_out.setdefault(slot, []).append(link_id)
 
-    # -- layout ---------------------------------------------------------------------------
-    def _columns(self) -> dict[int, int]:
-        """Column of each node: its longest path from a source, then moved right to sit just before
-        its first consumer (so a prompt sits next to the sampler that uses it)."""
-        column = {n.id: 0 for n in self.nodes}
-        for _ in self.nodes:  # longest path from a source; the graphs are small
-            for link in self.links:
-                column[link[3]] = max(column[link[3]], column[link[1]] + 1)
-        for n in sorted(self.nodes, key=lambda n: -column[n.id]):
-            consumers = [link[3] for link in self.links if link[1] == n.id]
-            if consumers:
-                column[n.id] = min(column[c] for c in consumers) - 1
-        return column
+    def layout(self, *pages: list[Stage | list[Stage]]) -> None:
+        """Page columns, left to right, of stages top to bottom (a list of stages: side by side);
+        the note goes above the first one."""
+        self.pages = [[item if isinstance(item, list) else [item] for item in page] for page in pages]
 
-    @staticmethod
-    def _size(node: Node) -> list[int]:
-        if node.type in ("SaveAnimatedWEBP", "SaveImage", "PreviewImage"):
-            return [340, 400]
-        text_boxes = [w for w, _ in node.widget_specs if w in MULTILINE and w not in node.widget_links]
-        rows = len(node.widget_specs) + sum(control for _, control in node.widget_specs) - len(text_boxes)
-        slots = max(len(node.sockets) + len(node.widget_links), len(node.output_specs), 1)
-        return [420 if text_boxes else 330, 30 + 22 * slots + 26 * rows + 140 * len(text_boxes)]
+    def stages(self) -> list[Stage]:
+        return [s for page in self.pages for row in page for s in row]
+
+    # -- JSON -------------------------------------------------------------------------------------
+    def _note_height(self, width: int) -> int:
+        text = self.note_text()
+        lines = sum(math.ceil(max(1, len(line)) * 7.5 / (width - 30)) for line in text.split("\n"))
+        return _round_up(40 + 21 * lines)
+
+    def note_text(self) -> str:
+        return f"# {self.title}\n\n{self.note}"
+
+    def _place(self) -> tuple[int, int]:
+        """Positions every node and group; returns the note's width and height (it sits at the top left)."""
+        placed = [n.id for s in self.stages() for row in s.rows for col in row for n in col]
+        if sorted(placed) != [n.id for n in self.nodes]:
+            raise ValueError(f"{self.title}: every node must be laid out exactly once; placed {sorted(placed)}")
+        note_w = sum(s.measure()[0] for s in self.pages[0][0]) + STAGE_GAP * (len(self.pages[0][0]) - 1)
+        note_h = self._note_height(note_w)
+        x = 0
+        for i, page in enumerate(self.pages):
+            y, width = (TITLE_H + note_h + STAGE_GAP if i == 0 else 0), 0
+            for row in page:
+                left = x
+                for stage in row:
+                    stage.place(left, y)
+                    left += stage.box[2] + STAGE_GAP
+                y += max(s.box[3] for s in row) + STAGE_GAP
+                width = max(width, left - STAGE_GAP - x)
+            x += width + STAGE_GAP
+        return note_w, note_h
 
     def to_json(self) -> dict:
-        column = self._columns()
-        note_text = f"# {self.title}\n\n{self.note}"
-        note_height = 80 + 22 * (note_text.count("\n") + len(note_text) // 60)
-        placed: dict[int, tuple[list[int], list[int]]] = {}
-        x = 40
-        for col in sorted(set(column.values())):
-            def place_in_column(n: Node) -> tuple:
-                """Below the average height of its sources (keeps links short and uncrossed), then in the
-                order of the inputs it feeds (a sampler's positive prompt above its negative one)."""
-                ys = [placed[link[1]][0][1] for link in self.links if link[3] == n.id and link[1] in placed]
-                feeds = min(((link[3], link[4]) for link in self.links if link[1] == n.id), default=(0, 0))
-                return (sum(ys) / len(ys) if ys else 0.0, feeds, n.id)
-
-            y, width = 80 + note_height, 0
-            for n in sorted((n for n in self.nodes if column[n.id] == col), key=place_in_column):
-                size = self._size(n)
-                placed[n.id] = ([x, y], size)
-                y += size[1] + 50
-                width = max(width, size[0])
-            x += width + 60
+        note_w, note_h = self._place()
+        order = {n.id: i for i, n in enumerate(_topological(self))}
         nodes_json = []
-        order = {n.id: i for i, n in enumerate(sorted(self.nodes, key=lambda n: (column[n.id], n.id)))}
         for n in self.nodes:
-            pos, size = placed[n.id]
-            inputs = [{"name": name, "type": kind, "link": n.links_in.get(name)} for name, kind in n.sockets]
-            inputs += [{"name": name, "type": kind, "widget": {"name": name}, "link": link}
-                       for name, (link, kind) in n.widget_links.items()]
-            outputs = [{"name": name, "type": kind, "links": n.links_out.get(i) or None, "slot_index": i}
-                       for i, (name, kind) in enumerate(n.output_specs)]
-            entry = {"id": n.id, "type": n.type, "pos": pos, "size": size, "flags": {}, "order": order[n.id] + 1,
+            inputs, outputs = n.io()
+            entry = {"id": n.id, "type": n.type, "pos": n.pos, "size": n.size(), "flags": {}, "order": order[n.id] + 1,
                      "mode": 0, "inputs": inputs, "outputs": outputs,
                      "properties": {"Node name for S&R": n.type}, "widgets_values": n.widgets_values()}
             if n.title:
                 entry["title"] = n.title
             nodes_json.append(entry)
         note_id = len(self.nodes) + 1
-        nodes_json.insert(0, {"id": note_id, "type": "MarkdownNote", "pos": [40, 40], "size": [min(900, x - 100), note_height],
-                              "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [], "title": self.title,
-                              "properties": {}, "widgets_values": [note_text], "color": "#432", "bgcolor": "#653"})
+        nodes_json.insert(0, {"id": note_id, "type": "MarkdownNote", "pos": [0, TITLE_H], "size": [note_w, note_h],
+                              "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [], "title": "About this workflow",
+                              "properties": {}, "widgets_values": [self.note_text()], "color": NOTE_COLOR,
+                              "bgcolor": NOTE_BG})
+        stages = self.stages()
+        groups = [{"id": i + 1, "title": s.title, "bounding": s.box, "color": GROUP_COLORS[i % len(GROUP_COLORS)],
+                   "flags": {}} for i, s in enumerate(stages)]
         return {"last_node_id": note_id, "last_link_id": len(self.links), "nodes": nodes_json, "links": self.links,
-                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+                "groups": groups, "config": {}, "extra": {"ds": saved_view(nodes_json, groups)}, "version": 0.4}
+
+
+def _topological(g: Graph) -> list[Node]:
+    """Nodes in execution order (the frontend's `order`): sources first, ties by id."""
+    pending = {n.id: n for n in g.nodes}
+    deps = {n.id: {link[1] for link in g.links if link[3] == n.id} for n in g.nodes}
+    out: list[Node] = []
+    while pending:
+        ready = sorted(i for i in pending if not deps[i] & set(pending))
+        out += [pending.pop(i) for i in ready]
+    return out
+
+
+def bounds(nodes_json: list[dict], groups: list[dict]) -> list[float]:
+    """[x, y, w, h] around every node (title bar included) and group, as the frontend's fit view takes it."""
+    boxes = [(n["pos"][0], n["pos"][1] - TITLE_H, n["size"][0], n["size"][1] + TITLE_H) for n in nodes_json]
+    boxes += [tuple(g["bounding"]) for g in groups]
+    x0 = min(b[0] for b in boxes)
+    y0 = min(b[1] for b in boxes)
+    return [x0, y0, max(b[0] + b[2] for b in boxes) - x0, max(b[1] + b[3] for b in boxes) - y0]
+
+
+def saved_view(nodes_json: list[dict], groups: list[dict]) -> dict:
+    """extra.ds; the frontend draws a node at (pos + offset) * scale."""
+    x, y, w, h = bounds(nodes_json, groups)
+    scale = round(min(1.0, (VIEW_W - 2 * VIEW_MARGIN) / w, (VIEW_H - VIEW_TOP - VIEW_MARGIN) / h), 3)
+    left = VIEW_MARGIN + (VIEW_W - 2 * VIEW_MARGIN - w * scale) / 2  # centred in the free area, in screen px
+    top = VIEW_TOP + (VIEW_H - VIEW_TOP - VIEW_MARGIN - h * scale) / 2
+    return {"scale": scale, "offset": [round(left / scale - x, 1), round(top / scale - y, 1)]}
 
 
 # -- building blocks ------------------------------------------------------------------------------
@@ -227,7 +373,7 @@ def prompt(g: Graph, loader: Node, text: str, title: str = "Positive prompt") ->
 
 
 def sample(g: Graph, loader: Node, positive: Node, negative: Node, latent, seed: int, title: str | None = None, **kw) -> Node:
-    settings = dict(seed=seed, steps=STEPS, cfg=CFG, shift=0.0, sampler="euler", denoise=1.0) | kw
+    settings = dict(seed=seed, steps=STEPS, cfg=CFG, shift=0.0, sampler="euler") | kw
     return g.add("SoraDiTSampler", title=title, model=loader["model"], positive=positive[0], negative=negative[0],
                  latent=latent, **settings)
 
@@ -237,15 +383,28 @@ def decode(g: Graph, loader: Node, latent: Node, title: str | None = None) -> No
 
 
 def generate(g: Graph, loader: Node, positive: Node, negative: Node, seed: int, title: str = "Generate a clip",
-             **grid) -> Node:
-    """Text to video, decoded: the source clip the other capabilities start from."""
+             **grid) -> list[Node]:
+    """Text to video, decoded: [Patchify Grid, DiT Sampler, VAE Decode]; the last one gives the frames."""
     size = dict(aspect_ratio="custom", long_side=64, batch_size=1) | VIDEO | grid
     latent = g.add("SoraPatchifyGrid", vae=loader["vae"], **size)
-    return decode(g, loader, sample(g, loader, positive, negative, latent[0], seed, title=title))
+    sampler = sample(g, loader, positive, negative, latent[0], seed, title=title)
+    return [latent, sampler, decode(g, loader, sampler)]
 
 
-def save(g: Graph, images: Node, prefix: str, title: str | None = None) -> Node:
-    return g.add("SaveAnimatedWEBP", title=title, images=images[0], filename_prefix=f"sora/{prefix}")
+def save(g: Graph, loader: Node, positive: Node, images: Node, prefix: str, title: str | None = None,
+         operation: str = "generate", sources: Node | None = None, node_type: str = "SoraSaveVideo") -> Node:
+    """Sora Save Video / Image: the file's C2PA manifest records the model, the operation, the prompt
+    (when include_prompt is switched on) and `sources`, the files output of the save node of the clip
+    this one was made from."""
+    links = {"sources": sources["files"]} if sources is not None else {}
+    title = title or ("Save video" if node_type == "SoraSaveVideo" else "Save image")  # the type's name is long
+    return g.add(node_type, title=title, images=images[0], filename_prefix=f"sora/{prefix}", model=loader["model"],
+                 positive=positive[0], operation=operation, **links)
+
+
+def chain(*nodes: Node) -> list[list[Node]]:
+    """One row of one-node columns."""
+    return [[n] for n in nodes]
 
 
 # -- the workflows --------------------------------------------------------------------------------
@@ -256,7 +415,11 @@ def text_to_video() -> Graph:
               "spacetime patches; the **VAE Decode** turns latents into frames.\n\nDetailed captions work best: "
               "see the recaption workflow for turning a short prompt into one.")
     loader, neg = load(g)
-    save(g, generate(g, loader, prompt(g, loader, CAPTION), neg, seed=1, title="Sample"), "text_to_video")
+    pos = prompt(g, loader, CAPTION)
+    clip = generate(g, loader, pos, neg, seed=1, title="Sample")
+    out = save(g, loader, pos, clip[-1], "text_to_video")
+    g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
+             [Stage("Generate", [chain(*clip, out)])])
     return g
 
 
@@ -266,9 +429,11 @@ def text_to_image() -> Graph:
     loader, neg = load(g)
     text = ("An image of a large yellow star and a small blue square on a light gray background. The large yellow "
             "star sits in the center. The small blue square sits near the top left.")
-    still = generate(g, loader, prompt(g, loader, text), neg, seed=7, title="Sample",
-                     width=IMAGE_SIDE, height=IMAGE_SIDE, frames=1)
-    g.add("SaveImage", images=still[0], filename_prefix="sora/text_to_image")
+    pos = prompt(g, loader, text)
+    still = generate(g, loader, pos, neg, seed=7, title="Sample", width=IMAGE_SIDE, height=IMAGE_SIDE, frames=1)
+    out = save(g, loader, pos, still[-1], "text_to_image", node_type="SoraSaveImage")
+    g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
+             [Stage("Generate", [chain(*still, out)])])
     return g
 
 
@@ -278,49 +443,64 @@ def aspect_ratios() -> Graph:
               "in view instead of cropping it. Pick the ratio and the long side in **Patchify Grid**.")
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
+    grids, samplers, decodes, saves = [], [], [], []
     for ratio, long_side, name in (("16:9", 88, "widescreen"), ("9:16", 88, "vertical"), ("1:1", 64, "square")):
-        latent = g.add("SoraPatchifyGrid", vae=loader["vae"], aspect_ratio=ratio, long_side=long_side,
-                       frames=VIDEO["frames"])
-        frames = decode(g, loader, sample(g, loader, pos, neg, latent[0], seed=3, title=f"Sample {ratio}"))
-        save(g, frames, f"aspect_{name}", title=f"{ratio} {name}")
+        grids.append(g.add("SoraPatchifyGrid", vae=loader["vae"], aspect_ratio=ratio, long_side=long_side,
+                           frames=VIDEO["frames"]))
+        samplers.append(sample(g, loader, pos, neg, grids[-1][0], seed=3, title=f"Sample {ratio}"))
+        decodes.append(decode(g, loader, samplers[-1]))
+        saves.append(save(g, loader, pos, decodes[-1], f"aspect_{name}", title=f"{ratio} {name}"))
+    # One column per shape, read top to bottom; the tall save nodes beside them, two and one.
+    g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
+             [Stage("1. Three shapes, one seed", [chain(*grids), chain(*samplers), chain(*decodes)])],
+             [Stage("2. The videos", [[column(saves[0], saves[2]), [saves[1]]]])])
     return g
 
 
 def prototype_then_full_res() -> Graph:
     g = Graph("Prototype at low resolution, then full resolution",
               "Try prompts and seeds quickly at low resolution, then render the one you like at full size with "
-              "the **same seed**: the prototype is upscaled (core **Image Scale**), encoded, partly re-noised by "
-              "**SDEdit Noise** (strength = how much may change) and sampled again at full resolution.")
+              "the **same seed**: the prototype is upscaled (core **Upscale Image**) and encoded, **SDEdit Noise** "
+              "sets how much may change (strength), and the sampler re-noises it that far and samples it again at "
+              "full resolution.")
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
     seed = 5
     small = generate(g, loader, pos, neg, seed=seed, title="Prototype (32x32)", width=32, height=32)
-    g.add("PreviewImage", title="Prototype", images=small[0])
-    big = g.add("ImageScale", image=small[0], width=VIDEO["width"], height=VIDEO["height"])
+    preview = save(g, loader, pos, small[-1], "prototype", title="Prototype")
+    big = g.add("ImageScale", image=small[-1][0], width=VIDEO["width"], height=VIDEO["height"])
     latent = g.add("SoraVAEEncode", vae=loader["vae"], images=big[0])
-    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6, seed=seed)
-    full = decode(g, loader, sample(g, loader, pos, neg, noised[0], seed=seed, title="Full resolution"))
-    save(g, full, "prototype_full_res", title="Full resolution")
+    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6)
+    sampler = sample(g, loader, pos, neg, noised[0], seed=seed, title="Full resolution")
+    full = decode(g, loader, sampler)
+    out = save(g, loader, pos, full, "prototype_full_res", title="Full resolution")
+    g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
+             [Stage("1. Prototype at 32x32", [chain(*small, preview)]),
+              Stage("2. The same seed at 64x64", [[column(big, latent, noised), [sampler], [full], [out]]])])
     return g
 
 
 def animate_image() -> Graph:
     g = Graph("Animate an image", "Image to video: a still image becomes the **first frame** of a video (or the "
-              "last: set position). Here the still is generated in the same graph; to animate your own picture, "
-              "replace it with core **Load Image** (scaled to a multiple of 8 pixels).")
+              "last: set position), exactly as given. Here the still is generated in the same graph; to animate "
+              "your own picture, replace it with core **Load Image** (scaled to a multiple of 8 pixels).")
     loader, neg = load(g)
     still_text = ("An image of a medium-sized green triangle on a beige background. The medium-sized green "
                   "triangle sits near the left edge.")
-    still = generate(g, loader, prompt(g, loader, still_text, "Image prompt"), neg, seed=11,
-                     title="Generate the still", frames=1)
-    g.add("PreviewImage", title="The still", images=still[0])
+    image_prompt = prompt(g, loader, still_text, "Image prompt")
+    still = generate(g, loader, image_prompt, neg, seed=11, title="Generate the still", frames=1)
+    shown = g.add("PreviewImage", title="The still", images=still[-1][0])
     motion = ("A video clip of a medium-sized green triangle on a beige background. Starting near the left edge, "
               "the medium-sized green triangle slides steadily to the right. The shot is static, with no camera "
               "movement.")
-    latent = g.add("SoraAnimateImage", vae=loader["vae"], image=still[0], frames=VIDEO["frames"], position="first")
-    video = decode(g, loader, sample(g, loader, prompt(g, loader, motion, "Video prompt"), neg, latent[0], seed=12,
-                                     title="Animate"))
-    save(g, video, "animate_image")
+    video_prompt = prompt(g, loader, motion, "Video prompt")
+    latent = g.add("SoraAnimateImage", vae=loader["vae"], image=still[-1][0], frames=VIDEO["frames"], position="first")
+    sampler = sample(g, loader, video_prompt, neg, latent[0], seed=12, title="Animate")
+    video = decode(g, loader, sampler)
+    out = save(g, loader, video_prompt, video, "animate_image", operation="animate")
+    g.layout([Stage("Model and prompts", [[column(loader, image_prompt, video_prompt, neg)]])],
+             [Stage("1. The still image", [chain(*still, shown)]),
+              Stage("2. Animate it", [chain(latent, sampler, video, out)])])
     return g
 
 
@@ -331,10 +511,15 @@ def extend_forward() -> Graph:
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
     clip = generate(g, loader, pos, neg, seed=21)
-    latent = g.add("SoraExtend", vae=loader["vae"], video=clip[0], direction="forward", new_frames=16, context_frames=8)
-    longer = decode(g, loader, sample(g, loader, pos, neg, latent[0], seed=22, title="Extend"))
-    save(g, clip, "extend_source", title="Source clip")
-    save(g, longer, "extend_forward", title="Extended clip")
+    source = save(g, loader, pos, clip[-1], "extend_source", title="Source clip")
+    latent = g.add("SoraExtend", vae=loader["vae"], video=clip[-1][0], direction="forward", new_frames=16,
+                   context_frames=8)
+    sampler = sample(g, loader, pos, neg, latent[0], seed=22, title="Extend")
+    longer = decode(g, loader, sampler)
+    out = save(g, loader, pos, longer, "extend_forward", title="Extended clip", operation="extend", sources=source)
+    g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
+             [Stage("1. A source clip", [chain(*clip, source)]),
+              Stage("2. Extend it forward", [chain(latent, sampler, longer, out)])])
     return g
 
 
@@ -346,11 +531,20 @@ def extend_backward() -> Graph:
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
     clip = generate(g, loader, pos, neg, seed=31, title="Generate the ending")
-    save(g, clip, "extend_backward_ending", title="The shared ending")
-    latent = g.add("SoraExtend", vae=loader["vae"], video=clip[0], direction="backward", new_frames=16, context_frames=8)
+    ending = save(g, loader, pos, clip[-1], "extend_backward_ending", title="The shared ending")
+    latent = g.add("SoraExtend", vae=loader["vae"], video=clip[-1][0], direction="backward", new_frames=16,
+                   context_frames=8)
+    seeds = []
     for seed in (32, 33, 34):
-        video = decode(g, loader, sample(g, loader, pos, neg, latent[0], seed=seed, title=f"Beginning, seed {seed}"))
-        save(g, video, f"extend_backward_seed{seed}", title=f"Seed {seed}")
+        sampler = sample(g, loader, pos, neg, latent[0], seed=seed, title=f"Beginning, seed {seed}")
+        video = decode(g, loader, sampler)
+        out = save(g, loader, pos, video, f"extend_backward_seed{seed}", title=f"Seed {seed}", operation="extend",
+                   sources=ending)
+        seeds.append(column(sampler, video, out))
+    g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
+             [Stage("1. The ending", [[column(clip[0], clip[1]), column(clip[2], ending)]]),
+              Stage("2. Extend it backward", [[[latent]]])],
+             [Stage("3. Three beginnings", [seeds])])
     return g
 
 
@@ -360,29 +554,39 @@ def seamless_loop() -> Graph:
     loader, neg = load(g)
     pos = prompt(g, loader, CAPTION)
     clip = generate(g, loader, pos, neg, seed=41)
-    latent = g.add("SoraLoop", vae=loader["vae"], video=clip[0], transition_frames=8, context_frames=8)
-    looped = decode(g, loader, sample(g, loader, pos, neg, latent[0], seed=42, title="Close the loop"))
-    save(g, looped, "seamless_loop", title="Loop (plays on repeat)")
+    latent = g.add("SoraLoop", vae=loader["vae"], video=clip[-1][0], transition_frames=8, context_frames=8)
+    sampler = sample(g, loader, pos, neg, latent[0], seed=42, title="Close the loop")
+    looped = decode(g, loader, sampler)
+    out = save(g, loader, pos, looped, "seamless_loop", title="Loop (plays on repeat)", operation="loop")
+    g.layout([Stage("Model and prompts", [[column(loader, pos, neg)]])],
+             [Stage("1. A clip", [chain(*clip)]),
+              Stage("2. Close the loop", [chain(latent, sampler, looped, out)])])
     return g
 
 
 def video_to_video_sdedit() -> Graph:
     g = Graph("Video to video (SDEdit)", "Edits a video with a new prompt while keeping its layout and motion: "
-              "**VAE Encode**, then **SDEdit Noise** noises it part-way (strength 0 = keep, 1 = ignore the "
-              "input) and the sampler re-draws it following the new prompt. To edit your own video, load it "
+              "**VAE Encode**, then **SDEdit Noise** sets how much changes (strength 0 = keep, 1 = ignore the "
+              "input) and the sampler noises it that far with its seed and re-draws it following the new prompt. "
+              "To edit your own video, load it "
               "(e.g. core Load Video + Get Video Components), scale it to a multiple of 8 pixels and pass it "
               "through **Trim Frames** (1 + 4k frames).")
     loader, neg = load(g)
-    clip = generate(g, loader, prompt(g, loader, CAPTION, "Source prompt"), neg, seed=51, title="Generate a source clip")
-    save(g, clip, "sdedit_source", title="Source")
-    trimmed = g.add("SoraTrimFrames", images=clip[0], drop_from="end", max_frames=0)
+    source_prompt = prompt(g, loader, CAPTION, "Source prompt")
+    clip = generate(g, loader, source_prompt, neg, seed=51, title="Generate a source clip")
+    source = save(g, loader, source_prompt, clip[-1], "sdedit_source", title="Source")
+    trimmed = g.add("SoraTrimFrames", images=clip[-1][0], drop_from="end", max_frames=0)
     latent = g.add("SoraVAEEncode", vae=loader["vae"], images=trimmed[0])
-    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6, seed=52)
+    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6)
     edit = ("A video clip of a medium-sized yellow star on a forest green background. Starting near the left edge, "
             "the medium-sized yellow star moves steadily to the right. The shot is static, with no camera movement.")
-    edited = decode(g, loader, sample(g, loader, prompt(g, loader, edit, "Edit prompt"), neg, noised[0], seed=53,
-                                      title="Re-draw"))
-    save(g, edited, "sdedit_edited", title="Edited")
+    edit_prompt = prompt(g, loader, edit, "Edit prompt")
+    sampler = sample(g, loader, edit_prompt, neg, noised[0], seed=53, title="Re-draw")
+    edited = decode(g, loader, sampler)
+    out = save(g, loader, edit_prompt, edited, "sdedit_edited", title="Edited", operation="edit", sources=source)
+    g.layout([Stage("Model and prompts", [[column(loader, source_prompt, edit_prompt, neg)]])],
+             [Stage("1. A source clip", [chain(*clip, source)]),
+              Stage("2. Re-draw it", [[column(trimmed, latent, noised), [sampler], [edited], [out]]])])
     return g
 
 
@@ -393,15 +597,23 @@ def connect_two_clips() -> Graph:
     first_text = CAPTION
     second_text = ("A video clip of a large blue square on a white background. The large blue square starts in "
                    "the center and spins steadily. The shot is static, with no camera movement.")
-    first = generate(g, loader, prompt(g, loader, first_text, "First clip prompt"), neg, seed=61, title="First clip")
-    second = generate(g, loader, prompt(g, loader, second_text, "Second clip prompt"), neg, seed=62, title="Second clip")
+    first_prompt = prompt(g, loader, first_text, "First clip prompt")
+    second_prompt = prompt(g, loader, second_text, "Second clip prompt")
+    first = generate(g, loader, first_prompt, neg, seed=61, title="First clip")
+    second = generate(g, loader, second_prompt, neg, seed=62, title="Second clip")
     transition = ("A video clip in which a medium-sized red circle on a navy background turns into a large blue "
                   "square on a white background.")
-    latent = g.add("SoraConnect", vae=loader["vae"], first=first[0], second=second[0], transition_frames=16,
+    transition_prompt = prompt(g, loader, transition, "Transition prompt")
+    latent = g.add("SoraConnect", vae=loader["vae"], first=first[-1][0], second=second[-1][0], transition_frames=16,
                    context_frames=8)
-    joined = decode(g, loader, sample(g, loader, prompt(g, loader, transition, "Transition prompt"), neg, latent[0],
-                                      seed=63, title="Transition"))
-    save(g, joined, "connect_two_clips", title="First + transition + second")
+    sampler = sample(g, loader, transition_prompt, neg, latent[0], seed=63, title="Transition")
+    joined = decode(g, loader, sampler)
+    out = save(g, loader, transition_prompt, joined, "connect_two_clips", title="First + transition + second",
+               operation="connect")
+    g.layout([Stage("Model and prompts", [[column(loader, first_prompt, second_prompt, neg)]])],
+             [[Stage("1. First clip", [chain(*first[:2])]), Stage("2. Second clip", [chain(*second[:2])])],
+              Stage("3. Connect them", [[column(first[2], second[2]), column(latent, transition_prompt), [sampler],
+                                         [joined], [out]]])])
     return g
 
 
@@ -413,31 +625,49 @@ def recaption() -> Graph:
     caption = g.add("SoraRecaption", prompt="a red ball bouncing", seed=1, backend="offline")
     pos = g.add("SoraTextEncode", title="Positive prompt (the caption)", text_encoder=loader["text_encoder"],
                 text=caption[0])
-    save(g, generate(g, loader, pos, neg, seed=71, title="Sample"), "recaption")
+    clip = generate(g, loader, pos, neg, seed=71, title="Sample")
+    out = save(g, loader, pos, clip[-1], "recaption")
+    g.layout([Stage("Model", [[column(loader, neg)]])],
+             [Stage("1. A short prompt becomes a caption", [chain(caption, pos)]),
+              Stage("2. Generate", [chain(*clip, out)])])
     return g
 
 
-WORKFLOWS = {
-    "text_to_video": text_to_video,
-    "text_to_image": text_to_image,
-    "aspect_ratios": aspect_ratios,
-    "prototype_then_full_res": prototype_then_full_res,
-    "animate_image": animate_image,
-    "extend_forward": extend_forward,
-    "extend_backward": extend_backward,
-    "seamless_loop": seamless_loop,
-    "video_to_video_sdedit": video_to_video_sdedit,
-    "connect_two_clips": connect_two_clips,
-    "recaption": recaption,
-}
+# The template browser's order and titles: file "<n>. <title>.json" (see the module docstring).
+WORKFLOWS = [
+    ("Text to video", text_to_video),
+    ("Text to image", text_to_image),
+    ("Aspect ratios", aspect_ratios),
+    ("Prototype small, then full resolution", prototype_then_full_res),
+    ("Animate an image", animate_image),
+    ("Extend a video forward", extend_forward),
+    ("Extend backward (three beginnings)", extend_backward),
+    ("Seamless loop", seamless_loop),
+    ("Video to video (SDEdit)", video_to_video_sdedit),
+    ("Connect two clips", connect_two_clips),
+    ("Recaption a short prompt", recaption),
+]
+
+
+def workflow_names() -> list[str]:
+    return [f"{i}. {title}" for i, (title, _) in enumerate(WORKFLOWS, 1)]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--thumbnails", action="store_true",
+                        help="also run every workflow with the default model and write its <name>.jpg thumbnail")
+    args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    for name, build in WORKFLOWS.items():
+    for name, (_, build) in zip(workflow_names(), WORKFLOWS):
         path = OUT / f"{name}.json"
         path.write_text(json.dumps(build().to_json(), indent=1) + "\n")
         print(path.relative_to(ROOT))
+    if args.thumbnails:
+        from tools.thumbnails import write_thumbnails
+
+        for path in write_thumbnails(OUT, workflow_names()):
+            print(path.relative_to(ROOT))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ keeps step time and memory roughly constant across buckets.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Iterator, NamedTuple, Sequence
 
@@ -32,7 +31,6 @@ __all__ = [
     "Bucket",
     "BucketConfig",
     "BucketBatcher",
-    "BucketBatchSampler",
     "collate",
     "ASPECT_RATIOS",
     "parse_resolution",
@@ -290,46 +288,6 @@ def _default_key(item):
         f"BucketBatcher cannot find the bucket of a {type(item).__name__}: pass key=..., "
         "or feed dicts with a 'bucket' entry or (bucket, item) pairs"
     )
-
-
-class BucketBatchSampler:
-    """A ``DataLoader(batch_sampler=...)`` over a map-style dataset's buckets.
-
-    ``buckets[i]`` is sample i's bucket (None = skip it; VideoFolderDataset
-    exposes ``.buckets``). Each epoch shuffles indices with ``seed + epoch``
-    (call :meth:`set_epoch` like DistributedSampler), streams them through a
-    :class:`BucketBatcher` and yields lists of indices. Same seed and epoch,
-    same batches, on every rank.
-    """
-
-    def __init__(
-        self,
-        buckets: Sequence[Bucket | None],
-        batch_size: Callable[[Bucket], int] | BucketConfig | int,
-        *,
-        seed: int = 0,
-        shuffle: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = False,
-    ):
-        self.buckets = list(buckets)
-        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
-        self._batcher = BucketBatcher(
-            batch_size, key=lambda i: self.buckets[i], rank=rank, world_size=world_size, drop_last=drop_last
-        )
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = [i for i, b in enumerate(self.buckets) if b is not None]
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return self._batcher(order)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 # ---------------------------------------------------------------------- collate

@@ -2,8 +2,8 @@
 
 This is the public face of the synthetic data: `sample_scene` draws a random (or partly
 specified) `Scene`, `render` / `ground_truth` turn it into pixels and facts, `describe` /
-`short_prompt` into the two kinds of text, and `SyntheticClips` streams all of it to a
-training loop. Sampling keeps every object inside the frame for the whole clip and apart
+`short_prompt` into the two kinds of text, and `clip` all of it as one item (for training batches
+and eval's held-out split). Sampling keeps every object inside the frame for the whole clip and apart
 from the others (unless an occlusion is asked for), so what a caption says is what is seen.
 """
 
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from .captions import describe, short_prompt
 from .render import ground_truth, render, render_with_truth
@@ -38,7 +37,7 @@ from .world import (
 
 __all__ = [
     "BACKGROUNDS", "MOTIONS", "PALETTE", "SHAPES", "SIZES", "TEXTURES", "CAMERA_MOTIONS",
-    "Scene", "SceneObject", "SyntheticClips", "describe", "ground_truth", "render",
+    "Scene", "SceneObject", "clip", "describe", "ground_truth", "heldout_clip", "render",
     "render_with_truth", "sample_scene", "short_prompt",
 ]
 
@@ -370,66 +369,23 @@ def _place_all(rng, base: Scene, filled: list[dict], occlusion: bool, tries: int
     return replace(base, objects=objs)
 
 
-SizeSpec = tuple[int, int, int] | Callable[[np.random.Generator], tuple[int, int, int]]
-
-
-class SyntheticClips(IterableDataset):
-    """Endless (or `length`-long) reproducible stream of rendered clips with captions.
-
-    Item `index` depends only on (seed, split, index): the train and held-out splits draw
-    from disjoint seed sequences, so no held-out scene is ever a training scene, and worker
-    processes take disjoint shares. `size` is (width, height, frames) or a callable that
-    picks one from an rng; consecutive `group` items share a size so they can be batched.
-    """
-
-    SPLITS = ("train", "heldout")
-
-    def __init__(self, size: SizeSpec, *, seed: int = 0, split: str = "train", length: int | None = None,
-                 group: int = 1, **scene_options):
-        if split not in self.SPLITS:
-            raise ValueError(f"split={split!r} is not allowed; choose one of: {', '.join(self.SPLITS)}")
-        if group < 1:
-            raise ValueError(f"group={group!r} is not allowed; use an integer >= 1")
-        if length is not None and length < 0:
-            raise ValueError(f"length={length!r} is not allowed; use None (endless) or an integer >= 0")
-        self.size, self.seed, self.split = size, seed, split
-        self.length, self.group, self.scene_options = length, group, scene_options
-
-    def __len__(self) -> int:
-        if self.length is None:
-            raise TypeError("SyntheticClips(length=None) is endless and has no len()")
-        return self.length
-
-    def _rng(self, *keys: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.SPLITS.index(self.split), *keys])
-
-    def size_of(self, index: int) -> tuple[int, int, int]:
-        """(width, height, frames) of item `index`; the same for its whole group."""
-        if callable(self.size):
-            return tuple(int(v) for v in self.size(self._rng(index // self.group, 1)))
-        return tuple(int(v) for v in self.size)
-
-    def item(self, index: int) -> dict:
-        """Item `index` directly (for evaluation sets); iteration yields the same items."""
-        w, h, f = self.size_of(index)
-        rng = self._rng(index, 0)
-        scene = sample_scene(rng, w, h, f, **self.scene_options)
+def clip(rng: np.random.Generator, width: int, height: int, frames: int, *, captions: bool = True,
+         **scene_options) -> dict:
+    """One scene drawn from `rng` and rendered: "video" (3, T, H, W) float in [-1, 1], "scene" (a dict)
+    and, with `captions`, the detailed "caption" and short "prompt", drawn from `rng` after the scene.
+    The one way a synthetic clip is made: training batches and eval's held-out set both come from it."""
+    scene = sample_scene(rng, width, height, frames, **scene_options)
+    item = {"scene": scene.to_dict()}
+    if captions:
         video, truth = render_with_truth(scene)
-        # numpy does the scaling: torch's thread pool contends with loader workers on few cores.
-        scaled = np.ascontiguousarray(video.transpose(3, 0, 1, 2), dtype=np.float32) / 127.5 - 1.0
-        tensor = torch.from_numpy(scaled)
-        return {
-            "video": tensor,
-            "caption": describe(scene, rng, truth=truth),
-            "prompt": short_prompt(scene, rng, truth=truth),
-            "scene": scene.to_dict(),
-        }
+        item.update(caption=describe(scene, rng, truth), prompt=short_prompt(scene, rng, truth))
+    else:
+        video = render(scene)
+    item["video"] = torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1
+    return item
 
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        index = 0
-        while self.length is None or index < self.length:
-            if (index // self.group) % workers == worker:
-                yield self.item(index)
-            index += 1
+
+def heldout_clip(index: int, width: int, height: int, frames: int, *, seed: int = 0, **scene_options) -> dict:
+    """Item `index` of the held-out split (eval's synthetic clips): it depends only on (seed, index) and
+    comes from its own seed sequence, which training's streams (`train.data.synthetic_batches`) never use."""
+    return clip(np.random.default_rng([seed, 1, index, 0]), width, height, frames, **scene_options)

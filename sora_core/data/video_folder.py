@@ -29,7 +29,7 @@ Frames are resized to *cover* the bucket keeping their aspect ratio and the
 small excess is centre-cropped — never a square crop of a 16:9 clip, which is
 the point of native-aspect training. Items match the synthetic dataset:
 ``{"video": float32 [3,T,H,W] in [-1,1], "caption", "prompt", "path"}`` plus
-``"bucket"`` (for :class:`BucketBatchSampler`/:func:`collate`) and ``"fps"``.
+``"bucket"`` (for :class:`BucketBatcher`/:func:`collate`) and ``"fps"``.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class VideoFolderDataset(torch.utils.data.Dataset):
 
     @property
     def buckets(self) -> list[Bucket]:
-        """Bucket of every item, for :class:`BucketBatchSampler`."""
+        """Bucket of every item, for :class:`BucketBatcher` (see `train.data.folder_batches`)."""
         return [b for _, _, b, _ in self.items]
 
     def set_epoch(self, epoch: int) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.synthetic import Scene, SyntheticClips
+from ..data.synthetic import Scene, heldout_clip
 from ..io import to_uint8_frames as to_uint8
 from ..pipeline import Pipeline
 from ..recaption import recaption
@@ -44,8 +44,7 @@ def border_colour(frame: torch.Tensor) -> torch.Tensor:
 
 
 def heldout(n: int, width: int, height: int, frames: int, seed: int, **options) -> list[dict]:
-    clips = SyntheticClips((width, height, frames), seed=seed, split="heldout", **options)
-    return [clips.item(i) for i in range(n)]
+    return [heldout_clip(i, width, height, frames, seed=seed, **options) for i in range(n)]
 
 
 PROBE_SCENE = {"n_objects": 1, "motions": ("left", "right", "up", "down"), "camera": "still", "texture": "none",
@@ -184,7 +183,7 @@ def real_clips(frames: int, area: int) -> list[torch.Tensor]:
 
 
 def write_sheets(rows: dict[str, list], folder: Path) -> None:
-    from ..io import contact_sheet
+    from .sheets import contact_sheet
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, clips in rows.items():

@@ -32,17 +32,11 @@ def synthetic_batches(buckets: BucketConfig, *, seed: int, rank: int = 0, world:
     weights /= weights.sum()
     while True:
         b = choices[rng.choice(len(choices), p=weights)]
-        videos, texts, prompts = [], [], []
-        for _ in range(buckets.batch_size(b)):
-            scene = synthetic.sample_scene(rng, b.width, b.height, b.frames, **(scene_options or {}))
-            if captions:
-                frames, truth = synthetic.render_with_truth(scene)
-                texts.append(synthetic.describe(scene, rng, truth))
-                prompts.append(synthetic.short_prompt(scene, rng, truth))
-            else:
-                frames = synthetic.render(scene)
-            videos.append(torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1)
-        yield {"video": torch.stack(videos), "caption": texts, "prompt": prompts}
+        items = [synthetic.clip(rng, b.width, b.height, b.frames, captions=captions, **(scene_options or {}))
+                 for _ in range(buckets.batch_size(b))]
+        yield {"video": torch.stack([item["video"] for item in items]),
+               "caption": [item["caption"] for item in items] if captions else [],
+               "prompt": [item["prompt"] for item in items] if captions else []}
 
 
 def folder_batches(folder: str, buckets: BucketConfig, *, seed: int, rank: int = 0, world: int = 1,

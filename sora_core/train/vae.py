@@ -164,7 +164,3 @@ def real_clip_bank():
         raise ValueError("--real-fraction needs the comfyui-workflow-templates-media-video package "
                          "(pip install comfyui-workflow-templates-media-video); it is not installed")
     return RealClipBank(train)
-
-
-def load_vae(path: str | Path, device="cpu"):
-    return load_checkpoint(path, device=device, parts=("vae",)).vae

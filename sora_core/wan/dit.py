@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -25,10 +26,14 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..attention import attention
+from ..budget import Dims
 from ..dit import timestep_embedding
 from ..patch import apply_rope, grid_positions, patchify, rope_tables
 from . import files
 from .files import FP8, Linear
+
+if TYPE_CHECKING:
+    from .vae import WanVAEConfig
 
 # Wan's default negative prompt (wan/configs/shared_config.py, the same in 2.1 and 2.2).
 NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
@@ -107,6 +112,39 @@ def recipe_for(variant: str, latent_channels: int | None = None) -> Recipe | Non
     if recipe is None and latent_channels in FAMILY_RECIPE:
         recipe = RECIPES[FAMILY_RECIPE[latent_channels]]
     return recipe
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    """A Wan model as a whole, as `Pipeline`, `conditioning.empty_window` and `budget` read it (like a
+    SoraConfig): the DiT's and the VAE's shapes and the DiT's variant."""
+    dit: WanDiTConfig
+    vae: "WanVAEConfig"
+    variant: str = "custom"
+
+    @property
+    def name(self) -> str:
+        return self.variant
+
+    @property
+    def recipe(self) -> Recipe | None:
+        return recipe_for(self.variant, self.dit.in_channels)
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Width and height must be multiples of this (VAE stride x patch size)."""
+        s, (_, ph, pw) = self.vae.spatial_factor, self.dit.patch
+        return math.lcm(s * ph, s * pw)
+
+    def budget_dims(self) -> Dims:
+        d, v, r = self.dit, self.vae, self.recipe
+        native = 0
+        if r is not None:
+            s, (pt, ph, pw) = v.spatial_factor, d.patch
+            native = (1 + (r.frames - 1) // v.temporal_factor) // pt * (r.height // s // ph) * (r.width // s // pw)
+        return Dims(v.spatial_factor, v.temporal_factor, v.z_dim, d.patch, d.dim, d.heads, d.ffn_dim / d.dim,
+                    d.text_len, tuple(v.dim * m for m in v.dim_mult), tuple(v.dec_dim * m for m in v.dim_mult),
+                    pixel_patch=v.patch, native_tokens=native)
 
 
 def _norm(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -93,6 +93,10 @@ class WanVAEConfig:
         return 2 ** sum(self.temporal_down)
 
     @property
+    def latent_channels(self) -> int:
+        return self.z_dim
+
+    @property
     def latent_mean(self) -> tuple[float, ...]:
         return _LATENT_STATS[self.version][0]
 

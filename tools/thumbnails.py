@@ -1,0 +1,93 @@
+"""Template-browser thumbnails made from each workflow's real output.
+
+    python3 tools/build_workflows.py --thumbnails
+
+ComfyUI's frontend asks for a custom pack's template thumbnail as `<workflow name>.jpg` beside the
+workflow's JSON. Each workflow is run headless here (UI -> API as the frontend converts it, core
+nodes replaced by the small doubles in tests/workflow_api.py) with the default model (or SORA_MODEL),
+and every clip its Sora Save nodes save becomes part of a small square contact sheet: a video as
+frames spread over its length, an image as itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nodes import NODE_CLASS_MAPPINGS, host
+from sora_core.fsutil import atomic_write
+from tests.workflow_api import CORE_DOUBLES, class_specs, execute, ui_to_api
+
+SIDE = 320  # pixels; the browser shows cards at about 200-300 px
+GUTTER = 4
+BACKGROUND = (24, 24, 27)
+QUALITY = 85
+
+
+def _cell(frame: torch.Tensor, width: int, height: int) -> Image.Image:
+    """A (H, W, 3) frame in [0, 1] scaled to fit width x height, centred on the background."""
+    image = Image.fromarray((frame.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
+    scale = min(width / image.width, height / image.height)
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+    cell = Image.new("RGB", (width, height), BACKGROUND)
+    cell.paste(image, ((width - image.width) // 2, (height - image.height) // 2))
+    return cell
+
+
+def contact_sheet(videos: list[torch.Tensor], side: int = SIDE) -> Image.Image:
+    """A square sheet of `videos` ((T, H, W, 3) in [0, 1]), one row each, frames spread over time.
+    One video fills the sheet as a 2x2 grid of frames; n videos get n frames each (a single image, one)."""
+    if not videos:
+        raise ValueError("a thumbnail needs at least one saved output")
+    n = len(videos)
+    per = 4 if n == 1 else n
+    cols = 2 if n == 1 else n
+    rows = math.ceil(per / cols) * n
+    cw, ch = (side - GUTTER * (cols - 1)) // cols, (side - GUTTER * (rows - 1)) // rows
+    sheet = Image.new("RGB", (side, side), BACKGROUND)
+    if n == 1 and videos[0].shape[0] == 1:
+        sheet.paste(_cell(videos[0][0], side, side))
+        return sheet
+    slot = 0
+    for video in videos:
+        count = min(per, video.shape[0])
+        picks = [round(i * (video.shape[0] - 1) / max(1, count - 1)) for i in range(count)]
+        for i, t in enumerate(picks):
+            r, c = divmod(slot + i, cols)
+            sheet.paste(_cell(video[t], cw, ch), (c * (cw + GUTTER), r * (ch + GUTTER)))
+        slot += math.ceil(per / cols) * cols
+    return sheet
+
+
+SAVE_NODES = ("SoraSaveVideo", "SoraSaveImage")
+
+
+def saved_outputs(workflow: dict) -> list[torch.Tensor]:
+    """Run a UI-format workflow headless; the frames of every file it saves, in graph order (not previews).
+    The save nodes write their files into host.OUTPUT_DIR."""
+    classes = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES}
+    prompt = ui_to_api(workflow, class_specs(classes))
+    outputs, _ = execute(prompt, classes)
+    return [outputs[nid][0] for nid in sorted(prompt, key=int) if prompt[nid]["class_type"] in SAVE_NODES]
+
+
+def write_thumbnails(folder: Path, names: list[str]) -> list[Path]:
+    """<name>.jpg for each <name>.json in `folder`; returns the files written."""
+    written = []
+    saved_to = host.OUTPUT_DIR
+    with tempfile.TemporaryDirectory() as scratch:
+        host.OUTPUT_DIR = Path(scratch)  # the workflows' own saved files are not wanted
+        try:
+            for name in names:
+                sheet = contact_sheet(saved_outputs(json.loads((folder / f"{name}.json").read_text())))
+                written.append(atomic_write(folder / f"{name}.jpg",
+                                            lambda tmp: sheet.save(tmp, "JPEG", quality=QUALITY, optimize=True)))
+        finally:
+            host.OUTPUT_DIR = saved_to
+    return written
