@@ -331,6 +331,24 @@ def test_scaled_fp8_stays_fp8_and_computes_with_the_scaled_weights(tmp_path, tin
     assert same_weights < 1e-6 and bf16 < 3e-2 and vs_fp32 < 0.1
 
 
+def test_plain_fp8_stays_fp8_and_computes_with_its_stored_values(tmp_path, tiny_file):
+    """ComfyUI's `*_fp8_e4m3fn.safetensors` (no scales): the block weights cast to fp8 as they are."""
+    path, state = tiny_file
+    plain = {k: v.to(torch.float8_e4m3fn) if k.startswith("blocks.") and v.ndim == 2 else v for k, v in state.items()}
+    fp8 = load_wan_dit(write(tmp_path / "f8.safetensors", plain), compute_dtype=torch.float32)
+    assert "F8_E4M3" in files.describe(tmp_path / "f8.safetensors")["dtypes"]
+    assert fp8.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn and fp8.blocks[0].self_attn.q.weight_scale is None
+    exact = load_wan_dit(write(tmp_path / "d.safetensors", {k: v.float() for k, v in plain.items()}))
+    x, context = inputs(16)
+    t = torch.tensor([0.4, 0.9])
+    with torch.no_grad():
+        same_weights = rel(fp8(x, t, context), exact(x, t, context))
+        vs_fp32 = rel(fp8(x, t, context), load_wan_dit(path)(x, t, context))
+        assert load_wan_dit(tmp_path / "f8.safetensors").activation_dtype() == torch.bfloat16  # fp8 computes in bf16
+    print(f"plain fp8: vs its own values in fp32 {same_weights:.2e}, vs the original fp32 {vs_fp32:.2e}")
+    assert same_weights < 1e-6 and vs_fp32 < 0.1
+
+
 # -- sampling and inspect --------------------------------------------------------------------------
 
 def test_the_samplers_drive_it_through_the_engine_with_the_familys_timesteps(tiny_file):
