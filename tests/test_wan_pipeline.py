@@ -197,6 +197,24 @@ def test_a_released_size_is_within_the_default_token_limit_at_its_native_size():
         check(config, what="generate", width=1280, height=720, frames=85, budget=roomy)
 
 
+def test_the_cli_names_gguf_and_unknown_files_in_one_line_before_loading_anything(tmp_path, capsys, monkeypatch):
+    from sora_core.wan import files
+
+    gguf = tmp_path / "wan2.1-t2v-1.3b-Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))
+    unknown = write(tmp_path / "mystery.safetensors", {"foo.weight": torch.zeros(2, 2)})
+    monkeypatch.setattr(files, "load_into", lambda *a, **k: pytest.fail("loaded weights"))
+    out = str(tmp_path / "x.png")
+    gguf_refused = r"is a GGUF file .*refused without being opened.*sora_core reads safetensors files"
+    for args, what in ((["inspect", gguf], gguf_refused), (["generate", "x", "-o", out, "--model", gguf], gguf_refused),
+                       (["generate", "x", "-o", out, "--model", unknown],
+                        r"is a file of no known layout .*not a diffusion model\. sora_core reads Wan 2\.1 / 2\.2")):
+        assert main([str(a) for a in args] + (["--no-provenance"] if args[0] == "generate" else [])) == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(rf"error: '{re.escape(str(args[-1]))}' {what}.*\n", err), err
+    assert not (tmp_path / "x.png").exists()
+
+
 # -- one conditioning mechanism ---------------------------------------------------------------
 
 def spy(dit):
