@@ -19,14 +19,12 @@ class _Conditioned(Pipeline):
     where the DiT runs (the budget is checked for it before the networks are loaded there)."""
 
     def __init__(self, model: SoraModel, prompts: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device):
-        self.model, self.prompts, self._device = model, prompts, device
+        super().__init__(model.vae, None, model.dit, config=model.config,
+                         dit_dtype=next(model.dit.parameters()).dtype, device=device)
+        self.prompts = prompts
 
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    def encode_text(self, prompt: str):
-        return self.prompts[prompt]
+    def encode_texts(self, *prompts: str):
+        return [self.prompts[p] for p in prompts]
 
 
 def _chunk(default: int, tooltip: str):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from sora_core.engine import sample_window
 from sora_core.flow import SAMPLERS, check_sampling
-from sora_core.pipeline import sample_window
 
 from . import host, wires
 

@@ -15,7 +15,9 @@ A `Budget(max_tokens=..., max_memory=...)` overrides the environment (the CLI's 
 --max-memory make one). The estimate counts the large tensors of each stage: copies of the latents
 in the sampler, the DiT's activations for both guidance halves, attention's working memory, the
 VAE's widest activation per chunk, the frames in and out. It is there to refuse what cannot fit,
-not to predict the peak to the byte.
+not to predict the peak to the byte. It reads a model's sizes as `Dims`: from a SoraConfig, or from
+any model config with a `budget_dims()` (a Wan model's). A model whose own native size is more
+tokens than the default limit (Wan 14B at 1280x720x81: 75,600) gets its native size as the default.
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ class Budget:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"Budget {name}={value!r} is not allowed: use a positive integer or None")
 
-    def token_limit(self) -> tuple[int, str]:
-        """(limit, where it comes from)."""
+    def token_limit(self, default: int = DEFAULT_MAX_TOKENS) -> tuple[int, str]:
+        """(limit, where it comes from); `default` when neither this budget nor the environment sets one."""
         if self.max_tokens is not None:
             return self.max_tokens, "as asked"
         env = os.environ.get("SORA_MAX_TOKENS")
@@ -82,7 +84,7 @@ class Budget:
             if value < 1:
                 raise ValueError(f"SORA_MAX_TOKENS={env!r} is not allowed: use a positive integer")
             return value, "SORA_MAX_TOKENS"
-        return DEFAULT_MAX_TOKENS, "the default"
+        return default, "the default"
 
     def memory_limit(self, device: torch.device | str) -> tuple[int | None, str]:
         """(limit in bytes or None for no check, where it comes from)."""
@@ -119,6 +121,34 @@ def device_memory(device: torch.device) -> tuple[int | None, str]:
 
 
 @dataclass(frozen=True)
+class Dims:
+    """The sizes of a model that the estimate reads."""
+
+    spatial_factor: int
+    temporal_factor: int
+    latent_channels: int
+    patch: tuple[int, int, int]  # the DiT's (time, height, width) latent cells per token
+    dim: int  # the DiT's width
+    heads: int
+    mlp_ratio: float
+    text_tokens: int  # rows of text the DiT cross-attends to
+    encoder_channels: tuple[int, ...]  # the VAE's, per level, full resolution first
+    decoder_channels: tuple[int, ...]
+    pixel_patch: int = 1  # pixels folded into channels before the VAE's first level (Wan 2.2: 2)
+    native_tokens: int = 0  # DiT tokens of the model's own size; the default token limit is at least this
+
+
+def dims_of(config) -> Dims:
+    """A SoraConfig's `Dims`; other model configs give theirs with `budget_dims()`."""
+    if not isinstance(config, SoraConfig):
+        return config.budget_dims()
+    vae, dit = config.vae, config.dit
+    chans = tuple(vae.base_channels * m for m in vae.channel_mult)
+    return Dims(vae.spatial_factor, vae.temporal_factor, vae.latent_channels, tuple(dit.patch), dit.dim, dit.heads,
+                dit.mlp_ratio, config.text.max_tokens, chans, chans)
+
+
+@dataclass(frozen=True)
 class Estimate:
     tokens: int  # DiT tokens, all videos of the batch together
     stages: dict  # stage -> estimated peak bytes
@@ -129,25 +159,26 @@ class Estimate:
         return self.latents + max(self.stages.values(), default=0)
 
 
-def estimate(config: SoraConfig, *, width: int, height: int, frames: int, batch: int = 1,
+def estimate(config, *, width: int, height: int, frames: int, batch: int = 1,
              stages: tuple[str, ...] = ("sample", "decode"), encode_frames: int = 0, chunk: int = 4,
              tile: int | None = None, chunk_batch: int = 8, guidance: bool = True,
              dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Estimate:
-    """Tokens and peak memory of making `batch` videos of `width` x `height` px x `frames` frames:
-    `encode_frames` source frames VAE-encoded `chunk_batch` chunks at a time, sampling with the DiT
-    in `dtype`, decoding `chunk` latent frames at a time (in `tile`-cell tiles)."""
-    vae, dit = config.vae, config.dit
-    s, tf = vae.spatial_factor, vae.temporal_factor
+    """Tokens and peak memory of making `batch` videos of `width` x `height` px x `frames` frames with
+    the model of `config` (see `dims_of`): `encode_frames` source frames VAE-encoded `chunk_batch`
+    chunks at a time, sampling with the DiT in `dtype`, decoding `chunk` latent frames at a time (in
+    `tile`-cell tiles)."""
+    d = dims_of(config)
+    s, tf = d.spatial_factor, d.temporal_factor
     t, h, w = latent_frames(frames, tf), height // s, width // s
-    pt, ph, pw = dit.patch
+    pt, ph, pw = d.patch
     tokens = batch * (t // pt) * (h // ph) * (w // pw)
     f32 = 4
-    latent = batch * vae.latent_channels * t * h * w * f32
-    chans = [vae.base_channels * m for m in vae.channel_mult]  # encoder levels, full resolution first
+    latent = batch * d.latent_channels * t * h * w * f32
+    p = d.pixel_patch.bit_length() - 1  # levels of the VAE start at 1 / pixel_patch of the frame size
     out: dict[str, int] = {}
     if "encode" in stages and encode_frames:
         video = encode_frames * 3 * height * width * f32
-        level = max(c * (height >> i) * (width >> i) for i, c in enumerate(chans))
+        level = max(c * (height >> (i + p)) * (width >> (i + p)) for i, c in enumerate(d.encoder_channels))
         at_once = min(chunk_batch, 1 + encode_frames // tf)
         # the frames as a video, its chunks, and per batch of chunks the input and two widest activations
         out["encode"] = 3 * video + at_once * (3 * tf * height * width + 3 * level) * f32
@@ -155,10 +186,10 @@ def estimate(config: SoraConfig, *, width: int, height: int, frames: int, batch:
         e = torch.empty((), dtype=dtype).element_size()
         halves = 2 if guidance else 1
         n = halves * tokens
-        head = dit.dim // dit.heads
-        activations = n * dit.dim * e * (2 * dit.mlp_ratio + 8)  # residual, norms, q/k/v, rotated q/k, MLP
-        attention = n * dit.heads * config.text.max_tokens * f32  # cross-attention scores
-        scores = n * dit.heads * (tokens // batch)
+        head = d.dim // d.heads
+        activations = n * d.dim * e * (2 * d.mlp_ratio + 8)  # residual, norms, q/k/v, rotated q/k, MLP
+        attention = n * d.heads * d.text_tokens * f32  # cross-attention scores
+        scores = n * d.heads * (tokens // batch)
         if torch.device(device).type == "cpu" and e == 2 and scores <= MATH_SCORES_LIMIT:
             attention += scores * f32  # small bf16 problems on a CPU take matmul + softmax (`attention`)
         rope = (tokens // batch) * head * 24
@@ -166,9 +197,9 @@ def estimate(config: SoraConfig, *, width: int, height: int, frames: int, batch:
     if "decode" in stages:
         lt = min(chunk, t)
         th, tw = (min(tile, h), min(tile, w)) if tile else (h, w)
-        up = [vae.latent_channels, *reversed(chans)]  # channels coming into each decoder level, then its own
+        up = [d.latent_channels, *reversed(d.decoder_channels)]  # channels coming into each level, then its own
         # per level: its input through the upsample's copies and the causal pad, a conv's output and its SiLU
-        level = max((3 * up[i] + 2 * up[i + 1]) * (th << i) * (tw << i) for i in range(len(chans)))
+        level = max((3 * up[i] + 2 * up[i + 1]) * (th << i) * (tw << i) for i in range(len(d.decoder_channels)))
         frames_out = batch * 3 * tf * t * height * width * f32
         # per chunk the widest level; then the chunks' frames, their concatenation and the conversion to
         # [0, 1] frames. Against the peak RSS of a CPU decode (tiny preset, 128-384 px): 0.6x to 1.1x.
@@ -179,7 +210,7 @@ def estimate(config: SoraConfig, *, width: int, height: int, frames: int, batch:
 _STAGE_NAMES = {"encode": "VAE encode", "sample": "sampling", "decode": "VAE decode"}
 
 
-def check(config: SoraConfig, *, what: str, width: int, height: int, frames: int, batch: int = 1,
+def check(config, *, what: str, width: int, height: int, frames: int, batch: int = 1,
           budget: Budget | None = None, device: torch.device | str = "cpu", **kw) -> Estimate:
     """`estimate`, refused with a BudgetError when it passes the token or memory limit."""
     budget = budget or Budget()
@@ -188,7 +219,7 @@ def check(config: SoraConfig, *, what: str, width: int, height: int, frames: int
     if batch > 1:
         size = f"{batch} videos of {size}"
     if "sample" in kw.get("stages", ("sample",)):
-        limit, source = budget.token_limit()
+        limit, source = budget.token_limit(max(DEFAULT_MAX_TOKENS, dims_of(config).native_tokens))
         if est.tokens > limit:
             raise BudgetError(
                 f"{what}: {size} is {est.tokens:,} DiT tokens; the limit is {limit:,} ({source}; "

@@ -18,16 +18,23 @@ def _progress(label: str):
     return show
 
 
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
 def _pipeline(args, out_frames: int | None):
     """Every check that needs no model (output, sampling settings, prompt, input files, limits), then
-    provenance (strict fails before any work), then the model."""
+    provenance (strict fails before any work), then the model (its files are identified and checked
+    against each other from their headers before any weights load)."""
+    import torch
+
     from .budget import Budget, parse_size
     from .flow import check_sampling
     from .io import check_output, probe_video
     from .pipeline import Pipeline
 
-    check_output(args.output, args.fps, frames=out_frames)
-    check_sampling(seed=args.seed, steps=args.steps, cfg=args.cfg, shift=args.shift, sampler=args.sampler)
+    check_output(args.output, 1.0 if args.fps is None else args.fps, frames=out_frames)  # None: the model's own
+    check_sampling(**{k: v for k, v in dict(seed=args.seed, steps=args.steps, cfg=args.cfg, shift=args.shift,
+                                             sampler=args.sampler).items() if v is not None})
     if not args.prompt.strip():
         raise ValueError("the prompt is empty; describe the video, e.g. \"a red ball bouncing\"")
     if getattr(args, "strength", None) is not None:
@@ -39,15 +46,31 @@ def _pipeline(args, out_frames: int | None):
             probe_video(getattr(args, name))  # exists, a readable format
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ValueError(f"--max-tokens={args.max_tokens} is not allowed: use a positive number of tokens")
+    if args.vae_tile is not None and args.vae_tile < 1:
+        raise ValueError(f"--vae-tile={args.vae_tile} is not allowed: use a positive number of latent cells")
     try:
         budget = Budget(max_tokens=args.max_tokens, max_memory=parse_size(args.max_memory) if args.max_memory else None)
     except ValueError as err:
         raise ValueError(f"--max-memory: {err}") from None
     budget.token_limit(), budget.memory_limit("cpu")  # a bad SORA_MAX_TOKENS / SORA_MAX_MEMORY fails now
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise ValueError(f"--device={args.device!r} is not a device: {err}") from None
     args.provenance = _provenance(args)
-    pipe = Pipeline.load(args.model)
+    pipe = Pipeline.load(args.model, vae=args.vae, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
+                         device=device, dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None,
+                         offload=args.offload)
     pipe.budget = budget
     return pipe
+
+
+def _image_size(args, pipe) -> tuple[int | None, int | None]:
+    """Frame size for an image to animate: as asked, else a Wan model's native size (the image is cropped
+    to it), else the image's own size rounded down to what the model accepts. Clips keep their size."""
+    if pipe.family == "wan":
+        return args.width or pipe.defaults.width, args.height or pipe.defaults.height
+    return args.width, args.height
 
 
 def _load_frames(pipe, path: str, width: int | None = None, height: int | None = None,
@@ -89,12 +112,14 @@ def _save(frames, path: str, fps: float, provenance=None) -> None:
 
 
 def _sampling(args) -> dict:
-    return dict(negative=args.negative, progress=_progress("sampling"), seed=args.seed, steps=args.steps,
-                cfg=args.cfg, sampler=args.sampler, shift=args.shift)
+    """The pipeline's options; those not given (None) are the model's own."""
+    return dict({} if args.negative is None else {"negative": args.negative}, progress=_progress("sampling"),
+                seed=args.seed, steps=args.steps, cfg=args.cfg, sampler=args.sampler, shift=args.shift,
+                sequential_cfg=args.sequential_cfg, decode_tile=args.vae_tile)
 
 
-def _prompt(args) -> str:
-    if args.no_recaption:
+def _prompt(args, pipe) -> str:
+    if args.no_recaption or pipe.family != "sora-nodes":  # the offline expander writes our training captions
         return args.prompt
     from .recaption import recaption
 
@@ -105,16 +130,16 @@ def _prompt(args) -> str:
 
 def _generate(args) -> int:
     pipe = _pipeline(args, args.frames)
-    frames = pipe.generate(_prompt(args), args.width, args.height, args.frames, **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    frames = pipe.generate(_prompt(args, pipe), args.width, args.height, args.frames, **_sampling(args))
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
 def _animate(args) -> int:
     pipe = _pipeline(args, args.frames)
-    image = _load_frames(pipe, args.image, args.width, args.height, max_frames=1)
-    frames = pipe.animate(image, _prompt(args), args.frames, **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    image = _load_frames(pipe, args.image, *_image_size(args, pipe), max_frames=1)
+    frames = pipe.animate(image, _prompt(args, pipe), args.frames, **_sampling(args))
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
@@ -125,18 +150,18 @@ def _joins(args) -> dict:
 def _extend(args) -> int:
     pipe = _pipeline(args, 2)
     video = _load_frames(pipe, args.video, args.width, args.height)
-    frames = pipe.extend(video, _prompt(args), args.new_frames, args.context_frames, args.direction,
+    frames = pipe.extend(video, _prompt(args, pipe), args.new_frames, args.context_frames, args.direction,
                          **_joins(args), **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
 def _loop(args) -> int:
     pipe = _pipeline(args, 2)
     video = _load_frames(pipe, args.video, args.width, args.height)
-    frames = pipe.loop(video, _prompt(args), args.transition_frames, args.context_frames, **_joins(args),
+    frames = pipe.loop(video, _prompt(args, pipe), args.transition_frames, args.context_frames, **_joins(args),
                        **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
@@ -144,9 +169,9 @@ def _connect(args) -> int:
     pipe = _pipeline(args, 2)
     first = _load_frames(pipe, args.first, args.width, args.height)
     second = _load_frames(pipe, args.second, first.shape[2], first.shape[1])
-    frames = pipe.connect(first, second, _prompt(args), args.transition_frames, args.context_frames,
+    frames = pipe.connect(first, second, _prompt(args, pipe), args.transition_frames, args.context_frames,
                           **_joins(args), **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
 
@@ -157,9 +182,10 @@ def _edit(args) -> int:
     video = _load_frames(pipe, args.video, args.width, args.height)
     tf = pipe.config.vae.temporal_factor
     video = video[: 1 + (video.shape[0] - 1) // tf * tf]  # the longest valid 1 + 4k prefix
-    check_output(args.output, args.fps, frames=video.shape[0])  # the count is known only now (JPEG: one frame)
-    frames = pipe.edit(video, _prompt(args), args.strength, **_sampling(args))
-    _save(frames, args.output, args.fps, args.provenance)
+    fps = args.fps or pipe.defaults.fps
+    check_output(args.output, fps, frames=video.shape[0])  # the count is known only now (JPEG: one frame)
+    frames = pipe.edit(video, _prompt(args, pipe), args.strength, **_sampling(args))
+    _save(frames, args.output, fps, args.provenance)
     return 0
 
 
@@ -169,7 +195,10 @@ def _long(args) -> int:
 
     from .io import VideoStream
     from .long import LongVideo
+    from .pipeline import Defaults
 
+    if args.fps is None:  # the count is needed before the model loads (its output is checked first)
+        args.fps = Defaults.fps
     if args.frames is not None:
         count, given = args.frames, f"--frames={args.frames}"
     elif math.isfinite(args.seconds) and args.seconds > 0:
@@ -193,9 +222,11 @@ def _long(args) -> int:
         sys.stderr.flush()
 
     # every input of the job is checked here, before the stream or any window exists
-    job = LongVideo(pipe, _prompt(args), count, width=args.width or 64, height=args.height or 64, start=start,
+    job = LongVideo(pipe, _prompt(args, pipe), count, width=args.width or pipe.defaults.width,
+                    height=args.height or pipe.defaults.height, start=start,
                     loop=args.loop == "close", window_frames=args.window_frames, new_frames=args.new_frames,
-                    context_frames=args.context_frames, drift=args.drift, negative=args.negative, seed=args.seed,
+                    context_frames=args.context_frames, drift=args.drift, seed=args.seed,
+                    negative=pipe.defaults.negative if args.negative is None else args.negative,
                     progress=progress, steps=args.steps, cfg=args.cfg, sampler=args.sampler, shift=args.shift,
                     **_joins(args))
     cancelled = False
@@ -224,23 +255,44 @@ def _common(p: argparse.ArgumentParser, prompt: bool = True) -> None:
     if prompt:
         p.add_argument("prompt", help="what to show; short prompts are expanded into detailed captions")
     p.add_argument("-o", "--output", required=True, help="output file: .mp4, .webm, .gif, .webp or .png")
-    p.add_argument("--model", default=None, help="checkpoint (default: the shipped model, or $SORA_MODEL)")
-    p.add_argument("--negative", default="", help="negative prompt for classifier-free guidance")
+    p.add_argument("--model", default=None, help="a sora-nodes checkpoint, or a Wan diffusion model file (with --vae "
+                   "and --text-encoder); default: the shipped model, or $SORA_MODEL")
+    p.add_argument("--negative", default=None, help="negative prompt for classifier-free guidance (default: the "
+                   "model's own; empty for the shipped model)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg", type=float, default=5.0)
-    p.add_argument("--shift", type=float, default=None, help="schedule shift (default: by video size)")
+    p.add_argument("--steps", type=int, default=None, help="default: the model's recipe (20 for the shipped model)")
+    p.add_argument("--cfg", type=float, default=None, help="default: the model's recipe (5 for the shipped model)")
+    p.add_argument("--shift", type=float, default=None, help="schedule shift (default: the model's recipe, else by "
+                   "video size)")
     p.add_argument("--sampler", default="euler", choices=["euler", "heun", "dpmpp_2m"])
-    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--fps", type=float, default=None, help="default: the model's (8 for the shipped model)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
-    p.add_argument("--no-recaption", action="store_true", help="use the prompt as written")
+    p.add_argument("--no-recaption", action="store_true", help="use the prompt as written (Wan models always do)")
     p.add_argument("--max-tokens", type=int, default=None,
-                   help="refuse requests over this many DiT tokens (default: $SORA_MAX_TOKENS, else 65536)")
+                   help="refuse requests over this many DiT tokens (default: $SORA_MAX_TOKENS, else 65536 or the "
+                        "model's native size if more)")
     p.add_argument("--max-memory", default=None,
                    help="refuse requests estimated over this much memory, e.g. 16GB (default: $SORA_MAX_MEMORY, "
                         "else the memory the device has)")
+    _model_options(p)
     _provenance_options(p)
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Wan models (single files as ComfyUI keeps them; `inspect` says what a file is)")
+    g.add_argument("--vae", default=None, help="the VAE for a Wan --model: wan_2.1_vae.safetensors (1.3B, 14B) or "
+                   "wan2.2_vae.safetensors (TI2V-5B)")
+    g.add_argument("--text-encoder", default=None, help="umt5-xxl for a Wan --model, e.g. umt5_xxl_fp16.safetensors")
+    g.add_argument("--tokenizer", default=None, help="umt5's spiece.model, if the text encoder file holds none")
+    g.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="cast the weights (default: as stored; fp8 stays fp8)")
+    g.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None,
+                   help="load the text encoder and the DiT only while each runs (default: on, except on the CPU)")
+    g.add_argument("--sequential-cfg", action="store_true",
+                   help="run the prompt and the negative prompt one after the other (half the activation memory)")
+    g.add_argument("--vae-tile", type=int, default=None, help="decode in spatial tiles of this many latent cells")
 
 
 # -- provenance: a C2PA manifest on every output (sora_core.provenance) --------------------------
@@ -319,14 +371,15 @@ def register(sub, name: str, help: str, arguments, run) -> argparse.ArgumentPars
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--frames", type=int, default=17, help="1 + 4k frames")
-    p.set_defaults(width=64, height=64)
+    p.add_argument("--frames", type=int, default=None, help="1 + 4k frames (default: the model's, 17 for the "
+                   "shipped one; width and height default to the model's too, 64x64 for the shipped one)")
 
 
 def _animate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image")
     _common(p)
-    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--frames", type=int, default=None, help="1 + 4k frames (default: the model's, 17 for the "
+                   "shipped one)")
 
 
 def _extend_arguments(p: argparse.ArgumentParser) -> None:

@@ -7,9 +7,14 @@ the decoded window joins the source clips' own pixels, so the output is the sour
 untouched plus only the new ones, except a short crossfade at each join that hides the VAE's
 reconstruction error there (`SEAM_BLEND` frames; 0 gives a hard cut).
 
-Timing is in whole chunks of the VAE's `temporal_factor` (4) frames: a chunk's latent does not
-depend on where it sits in time (see `vae`), so the latents of "the last 8 frames of clip A"
-are the same whether A is encoded alone or inside the generated window.
+Timing is in whole chunks of the VAE's `temporal_factor` (4) frames. With our VAE a chunk's
+latent does not depend on where it sits in time (see `vae`), so the latents of "the last 8
+frames of clip A" are the same whether A is encoded alone or inside the generated window. Wan's
+VAE is causal across chunks (`history_dependent`): a chunk's latent depends on the frames before
+it. Given frames at the start of a window are encoded as the clip the window is, so their latents
+are exact either way. Given frames after generated ones (`Window.tail`) can only be estimated
+before sampling (`encode_chunks` without history); `decode` re-encodes them against the frames
+the window decodes to before them, their exact in-clip latents, before it decodes the window.
 
 Frames here are float tensors (T, H, W, 3) in [0, 1], ComfyUI's IMAGE layout.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +31,9 @@ import torch
 from .config import SoraConfig
 from .patch import check_frame_count, check_pixel_size, is_whole, latent_frames
 from .vae import VideoVAE
+
+if TYPE_CHECKING:
+    from .wan.dit import WanConfig
 
 
 @dataclass
@@ -69,6 +78,12 @@ class Splice:
             parts.append(a)
         return torch.cat(parts, dim=0)
 
+    def uses_from(self, first: int) -> bool:
+        """Whether `apply` reads any decoded frame from index `first` on."""
+        if self.keep_stop is None:
+            return True
+        return self.keep_stop + (self.blend if self.after is not None or self.wrap else 0) > first
+
 
 def _crossfade(source: torch.Tensor, decoded: torch.Tensor, towards_end: bool) -> torch.Tensor:
     """Blend k source frames into their decoded versions, most strongly at the join's side."""
@@ -79,10 +94,19 @@ def _crossfade(source: torch.Tensor, decoded: torch.Tensor, towards_end: bool) -
 
 
 @dataclass
+class Tail:
+    """Given frames that follow generated ones: latent frames `start`.. of the window hold `frames`
+    (tf*k, H, W, 3), encoded mid-clip."""
+    start: int
+    frames: torch.Tensor
+
+
+@dataclass
 class Window:
     samples: torch.Tensor  # (B, C, T, h, w)
     strength: torch.Tensor  # (B, T)
     splice: Splice | None = None
+    tail: Tail | None = None
 
 
 def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
@@ -153,10 +177,17 @@ def encode_frames(vae: VideoVAE, frames: torch.Tensor) -> torch.Tensor:
     return vae.encode(frames_to_video(frames).to(dev, _vae_dtype(vae)))
 
 
-def encode_chunk_frames(vae: VideoVAE, frames: torch.Tensor) -> torch.Tensor:
-    """(tf*k, H, W, 3) frames -> (1, C, k, h, w): the latents these frames have mid-video."""
+def encode_chunk_frames(vae: VideoVAE, frames: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+    """(tf*k, H, W, 3) frames -> (1, C, k, h, w): the latents these frames have mid-video. For a
+    history-dependent VAE exact after `history` (1+tf*j frames, or video (1, 3, 1+tf*j, H, W)), else
+    estimated; other VAEs need no history."""
     dev = next(vae.parameters()).device
-    return vae.encode_chunks(frames_to_video(frames).to(dev, _vae_dtype(vae)))
+    video = frames_to_video(frames).to(dev, _vae_dtype(vae))
+    if not vae.history_dependent:
+        return vae.encode_chunks(video)
+    if history is not None and history.ndim == 4:
+        history = frames_to_video(history)
+    return vae.encode_chunks(video, history=None if history is None else history.to(dev, _vae_dtype(vae)))
 
 
 def _window(parts: list[tuple[torch.Tensor | int, float]], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +202,7 @@ def _window(parts: list[tuple[torch.Tensor | int, float]], like: torch.Tensor) -
     return torch.cat(samples, dim=2), torch.cat(strength, dim=1)
 
 
-def empty_window(config: SoraConfig, width: int, height: int, frames: int, batch: int = 1) -> Window:
+def empty_window(config: SoraConfig | WanConfig, width: int, height: int, frames: int, batch: int = 1) -> Window:
     """Text-to-video: `batch` videos of width x height px x `frames` frames, every frame generated."""
     check_pixel_size(width, height, config.pixel_multiple)
     t = latent_frames(frames, config.vae.temporal_factor)
@@ -198,17 +229,21 @@ def animate_image(vae: VideoVAE, image: torch.Tensor, frames: int, *, at: str = 
                          f"(the image and {tf} new ones)")
     new = (frames - 1) // tf
     k = min(_check_blend(blend_frames), frames - 1)
-    z = encode_frames(vae, image[:1])  # a still image's latent is also a still chunk's latent
-    parts = [(z, 0.0), (new, 1.0)] if at == "first" else [(new, 1.0), (z, 0.0)]
-    samples, strength = _window(parts, z)
     # The image held for 1 + k frames is the source clip: its k frames next to the join crossfade
     # into the generated frames there, and the frame at the far end is the image untouched.
     held = image[:1].expand(1 + k, *image.shape[1:])
+    tail = None
+    if at == "first" or not vae.history_dependent:
+        z = encode_frames(vae, image[:1])  # our VAE: a still image's latent is also a still chunk's latent
+    else:  # a causal VAE: the last latent frame is the image held for tf frames after the generated ones
+        still = image[:1].expand(tf, *image.shape[1:])
+        z, tail = encode_chunk_frames(vae, still), Tail(new, still)
+    samples, strength = _window([(z, 0.0), (new, 1.0)] if at == "first" else [(new, 1.0), (z, 0.0)], z)
     if at == "first":
         splice = Splice(keep_start=1 + k, keep_stop=None, before=held, blend=k)
     else:
         splice = Splice(keep_start=0, keep_stop=frames - 1 - k, after=held, blend=k)
-    return Window(samples, strength, splice)
+    return Window(samples, strength, splice, tail)
 
 
 def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int,
@@ -242,7 +277,7 @@ def extend_backward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context
     # Latent 0 is a lone frame; it is generated and then dropped so exactly `new_frames` are new.
     samples, strength = _window([(1 + n, 1.0), (ctx, 0.0)], ctx)
     return Window(samples, strength, Splice(keep_start=1, keep_stop=1 + tf * n, after=video,
-                                             blend=_check_blend(blend_frames)))
+                                             blend=_check_blend(blend_frames)), Tail(1 + n, video[: tf * m]))
 
 
 DIRECTIONS = ("forward", "backward")
@@ -277,7 +312,7 @@ def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition
     samples, strength = _window([(head, 0.0), (n, 1.0), (tail, 0.0)], head)
     start = 1 + tf * m
     return Window(samples, strength, Splice(keep_start=start, keep_stop=start + tf * n, before=first, after=second,
-                                             blend=_check_blend(blend_frames)))
+                                             blend=_check_blend(blend_frames)), Tail(1 + m + n, second[: tf * m]))
 
 
 def loop(vae: VideoVAE, video: torch.Tensor, transition_frames: int, context_frames: int,
@@ -309,3 +344,23 @@ def sdedit(latent: torch.Tensor, strength: float) -> Window:
     sampler (with its seed), then denoised."""
     strength = check_strength(strength)
     return Window(latent, torch.full((latent.shape[0], latent.shape[2]), strength, device=latent.device))
+
+
+def decode(vae: VideoVAE, window: Window, latents: torch.Tensor, **decode_options) -> torch.Tensor:
+    """A sampled window -> (T, H, W, 3) frames in [0, 1], the source frames spliced in.
+
+    With a history-dependent VAE the tail's latents (estimated before sampling) are first replaced by
+    its exact in-clip latents: the tail re-encoded after the frames the window decodes to before it.
+    That is skipped when the splice keeps none of the decoded tail frames (no crossfade at the join).
+    `decode_options` (chunk, tile) go to the VAE's decode.
+    """
+    options = {k: v for k, v in decode_options.items() if v is not None}
+    dtype = _vae_dtype(vae)
+    tail, splice = window.tail, window.splice
+    if tail is not None and vae.history_dependent and (splice is None or splice.uses_from(
+            1 + vae.temporal_factor * (tail.start - 1))):
+        head = vae.decode(latents[:, :, : tail.start].to(dtype), **options)  # (1, 3, 1+tf*(start-1), H, W)
+        exact = encode_chunk_frames(vae, tail.frames, history=head)
+        latents = torch.cat([latents[:, :, : tail.start], exact.to(latents)], dim=2)
+    frames = video_to_frames(vae.decode(latents.to(dtype), **options).float()).cpu()
+    return splice.apply(frames) if splice else frames

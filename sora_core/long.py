@@ -62,7 +62,7 @@ class LongVideo:
                  progress: LongProgress | None = None, **sampling):
         config = pipe.config
         tf = config.vae.temporal_factor
-        pipe._check_request(prompt, dict(sampling, negative=negative, seed=seed))
+        settings = pipe._settings(prompt, dict(sampling, negative=negative, seed=seed))
         if drift not in DRIFT:
             raise ValueError(f"drift={drift!r} is not allowed; use one of {DRIFT}")
         cond.check_chunks("new_frames", new_frames, tf)
@@ -93,8 +93,7 @@ class LongVideo:
                              f"{first + (tf if loop else 1)}")
         # The largest window (the opening, an extension, a loop's closing transition), before any work.
         pipe._plan("long", width, height, max(window_frames, 1 + new_frames + context_frames * (1 + loop)),
-                   source=None if start is None else "start", encode_frames=1 + context_frames * (1 + loop),
-                   cfg=sampling.get("cfg", 5.0))
+                   settings, source=None if start is None else "start", encode_frames=1 + context_frames * (1 + loop))
         # New frames per window, in whole latent chunks; a loop's transition gets a full window.
         todo = -(-(frames - first) // tf) * tf
         pieces = [new_frames] * (todo // new_frames) + ([todo % new_frames] if todo % new_frames else [])
@@ -119,7 +118,7 @@ class LongVideo:
         return [j for j in out if j + 1 < self.frames]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        pipe, vae = self.pipe, self.pipe.model.vae
+        pipe, vae = self.pipe, self.pipe.vae
         m = self.context_frames // vae.temporal_factor
         reference = None  # latent statistics of the opening
         previous = None  # the last window's final m latents: the next window's context
@@ -145,7 +144,7 @@ class LongVideo:
 
             if progress:
                 progress(0, steps)
-            return pipe.run(w, self.prompt, self.negative, progress=progress, on_latents=adjust, seed=seed,
+            return pipe.run(w, self.prompt, negative=self.negative, progress=progress, on_latents=adjust, seed=seed,
                             **self.sampling)
 
         if self.start is None:
@@ -179,7 +178,7 @@ class LongVideo:
                     previous: torch.Tensor | None) -> torch.Tensor:
         """held + a transition that leads into `head`, the video's opening (already written: it cannot be
         crossfaded as `cond.loop` does, so the transition's last frames absorb the VAE's error instead)."""
-        vae, device = self.pipe.model.vae, self.pipe.device
+        vae, device = self.pipe.vae, self.pipe.device
         w = cond.connect(vae, held.to(device), head.to(device), n, self.context_frames, self.blend_frames)
         if previous is not None:
             w.samples[:, :, 1 : 1 + previous.shape[2]] = previous.to(w.samples)

@@ -1,33 +1,43 @@
-"""Text/frames in, frames out: the Python API over the engine.
+"""Text/frames in, frames out: the Python API.
 
     from sora_core.pipeline import Pipeline
     pipe = Pipeline.load()                       # the shipped default model
     frames = pipe.generate("a red ball bouncing", width=64, height=64, frames=17, seed=1)
 
-Frames are float tensors (T, H, W, 3) in [0, 1] (ComfyUI's IMAGE layout). `sample_window` is
-the one sampling routine; the ComfyUI nodes call it too.
+    wan = Pipeline.load("wan2.1_t2v_1.3B_fp16.safetensors", vae="wan_2.1_vae.safetensors",
+                        text_encoder="umt5_xxl_fp8_e4m3fn_scaled.safetensors", device="cuda")
+    frames = wan.generate("a corgi running on a beach", seed=1)  # 832x480x81, the model's own recipe
+
+Frames are float tensors (T, H, W, 3) in [0, 1] (ComfyUI's IMAGE layout). Sampling is
+`engine.sample_window` (the ComfyUI nodes call it too), conditioning `conditioning`; this module
+checks requests and wires them to the models.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn as nn
 
 from . import budget
 from . import conditioning as cond
 from .budget import Budget
-from .checkpoint import SoraModel, load_checkpoint
-from .dit import DiT
-from .flow import check_sampling, get_sampler, noise_to_start, resolution_shift, sigmas_for
-from .patch import check_frame_count, check_pixel_size, is_whole
-from .text import pad_text
+from .checkpoint import load_checkpoint
+from .engine import sample_window
+from .flow import check_sampling
+from .patch import check_frame_count, check_pixel_size
+from .wan import files
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sora-tiny.safetensors"
 
 Progress = Callable[[int, int], None]
+SAMPLING = ("seed", "steps", "cfg", "shift", "sampler")  # checked by `flow.check_sampling`
+OPTIONS = (*SAMPLING, "negative", "progress", "decode_chunk", "decode_tile", "on_latents", "sequential_cfg")
 
 # Frames wider or taller than this many latent cells are decoded in tiles of it (bounded memory
 # for large images: 512 px with the default model's VAE).
@@ -44,171 +54,184 @@ def default_model_path() -> Path:
     return Path(os.environ.get("SORA_MODEL", DEFAULT_MODEL))
 
 
-def seeded_noise(shape, seed: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Gaussian noise from a CPU generator: the same seed gives the same noise on every device."""
-    g = torch.Generator("cpu").manual_seed(int(seed))
-    return torch.randn(shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+@dataclass(frozen=True)
+class Defaults:
+    """What a model runs with unless told otherwise: its native size and its own sampling recipe."""
+    width: int = 64
+    height: int = 64
+    frames: int = 17
+    fps: float = 8.0
+    steps: int = 20
+    cfg: float = 5.0
+    shift: float | None = None  # None: by the number of tokens (`flow.resolution_shift`)
+    negative: str = ""
+    decode_chunk: int = 4  # latent frames per VAE decode step
 
 
-def num_tokens(dit: DiT, samples: torch.Tensor) -> int:
-    pt, ph, pw = dit.config.patch
-    t, h, w = samples.shape[2:]
-    return (t // pt) * (h // ph) * (w // pw)
-
-
-def guided_velocity(dit: DiT, text: tuple[torch.Tensor, torch.Tensor], negative: tuple[torch.Tensor, torch.Tensor] | None,
-                    cfg: float):
-    """model(x, t) for the samplers: classifier-free guidance with the negative prompt, both halves in one batch."""
-    emb, mask = text
-    dtype = next(dit.parameters()).dtype
-
-    def expand(e, m, b):
-        return e.expand(b, -1, -1).to(dtype), m.expand(b, -1)
-
-    if negative is None or cfg == 1.0:
-        def model(x, t):
-            e, m = expand(emb, mask, x.shape[0])
-            return dit(x.to(dtype), t.to(dtype), e, m).float()
-        return model
-
-    both_emb, both_mask = pad_text([emb, negative[0]], [mask, negative[1]])
-
-    def model(x, t):
-        b = x.shape[0]
-        e = torch.cat([both_emb[:1].expand(b, -1, -1), both_emb[1:].expand(b, -1, -1)]).to(dtype)
-        m = torch.cat([both_mask[:1].expand(b, -1), both_mask[1:].expand(b, -1)])
-        v = dit(torch.cat([x, x]).to(dtype), torch.cat([t, t]).to(dtype), e, m).float()
-        v_cond, v_uncond = v.chunk(2)
-        return v_uncond + cfg * (v_cond - v_uncond)
-
-    return model
-
-
-@torch.no_grad()
-def sample_window(
-    dit: DiT,
-    samples: torch.Tensor,
-    strength: torch.Tensor,
-    text: tuple[torch.Tensor, torch.Tensor],
-    negative: tuple[torch.Tensor, torch.Tensor] | None,
-    *,
-    seed: int = 0,
-    steps: int = 20,
-    cfg: float = 5.0,
-    shift: float | None = None,
-    sampler: str = "euler",
-    callback: Callable[[dict], None] | None = None,
-) -> torch.Tensor:
-    """Fill a latent window: frames with strength 0 come back exactly as given; the others start
-    from the samples noised to their strength (1 = pure noise, below = SDEdit) with `seed`'s noise.
-    """
-    if cfg < 0:
-        raise ValueError(f"cfg={cfg} must be >= 0")
-    device = next(dit.parameters()).device
-    x0 = samples.to(device, torch.float32)
-    strength = strength.to(device, torch.float32)
-    start = float(strength.max())
-    if start == 0.0:
-        return x0.clone()
-    sigmas = sigmas_for(steps, shift if shift is not None else resolution_shift(num_tokens(dit, x0)), start)
-    x = noise_to_start(x0, seeded_noise(x0.shape, seed, device), start, strength)
-    out = get_sampler(sampler)(guided_velocity(dit, text, negative, cfg), x, sigmas.to(device), strength=strength,
-                               callback=callback)
-    given = (strength == 0)[:, None, :, None, None]
-    out = torch.where(given, x0, out)  # exactly, not merely up to float rounding
-    if not torch.isfinite(out).all():
-        raise FloatingPointError(
-            "the sampler produced NaN/inf latents; the model's dtype may be too narrow (try float32) "
-            "or cfg too high"
-        )
-    return out
+Part = nn.Module | Callable[[], nn.Module]  # resident, or loaded from its mapped file for each use (offload)
 
 
 class Pipeline:
-    """A loaded model plus the capabilities of the report as methods.
+    """A VAE, a text encoder and a DiT (ours or Wan's), and the capabilities of the report as methods.
 
     Every method checks its inputs and the request's budget (`sora_core.budget`: DiT tokens and
     memory) before any work; set `pipe.budget = Budget(max_tokens=..., max_memory=...)` to change
     the limits. Frames go in as float (T, H, W, 3) in [0, 1] or uint8 in 0..255 (what
-    `io.read_video` returns) and come out as float in [0, 1].
+    `io.read_video` returns) and come out as float in [0, 1]. Sizes and sampling settings left out
+    (or None) are the model's own (`defaults`); `negative` left out is the model's negative prompt.
+
+    `text` and `dit` may be loaders instead of modules (offload): then each is loaded for its use and
+    released after it (the text encoder before the DiT runs, the DiT before the VAE decodes), and the
+    `text` / `dit` properties load a fresh one at each access.
     """
 
     budget: Budget | None = None  # None: SORA_MAX_TOKENS / SORA_MAX_MEMORY, else the defaults
 
-    def __init__(self, model: SoraModel):
-        missing = {"vae", "text", "dit"} - set(model.parts)
-        if missing:
-            raise ValueError(f"a Pipeline needs a full model; this one lacks {sorted(missing)}")
-        self.model = model
+    def __init__(self, vae: nn.Module, text: Part, dit: Part, *, config, dit_dtype: torch.dtype,
+                 defaults: Defaults = Defaults(), family: str = "sora-nodes", device: str | torch.device = "cpu"):
+        self.vae, self._text, self._dit = vae, text, dit
+        self.config, self.dit_dtype = config, dit_dtype  # a SoraConfig or a wan.dit.WanConfig
+        self.defaults, self.family, self.device = defaults, family, torch.device(device)
+
+    # -- loading ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model: str | os.PathLike | None = None, *, vae: str | os.PathLike | None = None,
+             text_encoder: str | os.PathLike | None = None, tokenizer: str | os.PathLike | None = None,
+             device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+             offload: bool | None = None) -> "Pipeline":
+        """The shipped model (no `model`), a sora-nodes checkpoint, or a Wan diffusion model file with its
+        `vae` and umt5 `text_encoder` files (ComfyUI's single files; `tokenizer`: umt5's spiece.model when
+        the text encoder file holds none). What each file is comes from its keys and shapes; a wrong or
+        mismatched file is refused by name before any weights are loaded. `dtype` casts the weights (fp8
+        stays fp8); `offload` (default: on any device but the CPU) loads Wan's text encoder and DiT for
+        each use and releases them after."""
+        path = Path(model) if model else default_model_path()
+        found = files.identify_all(files.read_header(path))
+        if found[0].kind == "checkpoint":
+            extra = [n for n, v in (("vae", vae), ("text_encoder", text_encoder), ("tokenizer", tokenizer)) if v]
+            if extra:
+                raise ValueError(f"{str(path)!r} is a sora-nodes checkpoint, which holds its own VAE and text encoder; "
+                                 f"{', '.join(extra)} are for Wan diffusion models")
+            return cls.from_checkpoint(path, device=device, dtype=dtype)
+        return cls._load_wan(path, vae, text_encoder, tokenizer, device, dtype, offload)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, *, device: str = "cpu", dtype: torch.dtype | None = None) -> "Pipeline":
-        path = Path(path) if path else default_model_path()
-        return cls(load_checkpoint(path, device=device, dtype=dtype))
+    def from_checkpoint(cls, path, *, device="cpu", dtype: torch.dtype | None = None) -> "Pipeline":
+        m = load_checkpoint(path, device=device, dtype=dtype)
+        missing = {"vae", "text", "dit"} - set(m.parts)
+        if missing:
+            raise ValueError(f"a Pipeline needs a full model; {str(path)!r} lacks {sorted(missing)}")
+        return cls.from_model(m, device=device)
+
+    @classmethod
+    def from_model(cls, m, *, device=None) -> "Pipeline":
+        """A Pipeline over a SoraModel already in memory (its device unless `device` is given)."""
+        return cls(m.vae, m.text, m.dit, config=m.config, dit_dtype=next(m.dit.parameters()).dtype,
+                   device=device or next(m.dit.parameters()).device)
+
+    @classmethod
+    def _load_wan(cls, path, vae, text_encoder, tokenizer, device, dtype, offload) -> "Pipeline":
+        from .wan.dit import WanConfig, WanDiTConfig, load_wan_dit
+        from .wan.umt5 import load_umt5, umt5_tokenizer
+        from .wan.vae import load_wan_vae
+
+        header, dit = files.open_component(path, "diffusion_model")
+        channels = dit.config["in_channels"]
+        vae_name = {16: "a Wan 2.1 VAE (wan_2.1_vae.safetensors)", 48: "the Wan 2.2 VAE (wan2.2_vae.safetensors)"}.get(
+            channels, f"a Wan VAE with {channels} latent channels")
+        needs = [f"{flag} ({what})" for flag, given, what in (
+            ("vae", vae, vae_name), ("text_encoder", text_encoder, "umt5-xxl, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors"))
+            if given is None]
+        if needs:
+            raise ValueError(f"{str(path)!r} is {dit.label()}; it also needs {' and '.join(needs)}")
+        _, v = files.open_component(vae, "vae")
+        if v.config["latent_channels"] != channels:
+            raise ValueError(f"the VAE {str(vae)!r} is {v.label()} with {v.config['latent_channels']} latent channels, "
+                             f"but the diffusion model {str(path)!r} ({dit.variant}) works in {channels}: it needs "
+                             f"{vae_name}")
+        _, t = files.open_component(text_encoder, "text_encoder")
+        if t.config["d_model"] != dit.config["text_dim"]:
+            raise ValueError(f"the text encoder {str(text_encoder)!r} ({t.variant}) gives {t.config['d_model']}-wide "
+                             f"states, but the diffusion model {str(path)!r} ({dit.variant}) reads "
+                             f"{dit.config['text_dim']}-wide ones (umt5-xxl: 4096)")
+        tok = umt5_tokenizer(text_encoder, tokenizer)  # a missing tokenizer is named now, not after the DiT loads
+        offload = torch.device(device).type != "cpu" if offload is None else offload
+        text_part = partial(load_umt5, text_encoder, tokenizer=tok, device=device, dtype=dtype)
+        dit_part = partial(load_wan_dit, path, device=device, dtype=dtype)
+        vae_module = load_wan_vae(vae, device=device, dtype=dtype)
+        config = WanConfig(WanDiTConfig(**dit.config), vae_module.config, dit.variant)
+        stored = files.DTYPES[header.tensors[dit.prefix + "blocks.0.ffn.0.weight"].dtype]
+        dit_dtype = stored if dtype is None or stored in files.FP8 else dtype
+        r = config.recipe
+        defaults = Defaults(r.width, r.height, r.frames, r.fps, r.steps, r.cfg, r.shift, r.negative_prompt,
+                            decode_chunk=1) if r else Defaults(decode_chunk=1)
+        return cls(vae_module, text_part if offload else text_part(), dit_part if offload else dit_part(),
+                   config=config, dit_dtype=torch.bfloat16 if dit_dtype in files.FP8 else dit_dtype,
+                   defaults=defaults, family="wan", device=device)
+
+    # -- parts --------------------------------------------------------------------------------
+    @property
+    def text(self) -> nn.Module:
+        return self._text if isinstance(self._text, nn.Module) else self._text()
 
     @property
-    def config(self):
-        return self.model.config
+    def dit(self) -> nn.Module:
+        return self._dit if isinstance(self._dit, nn.Module) else self._dit()
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def _release(self) -> None:
+        """After an offloaded part's use: give its memory back to the device."""
+        if not isinstance(self._dit, nn.Module) and self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @torch.no_grad()
+    def encode_texts(self, *prompts: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each prompt -> (embeddings (1, L, D), mask (1, L)), one text encoder load for all of them."""
+        text = self.text
+        out = [text.encode([p]) for p in prompts]
+        del text
+        self._release()
+        return out
+
     def encode_text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.text.encode([prompt])
+        return self.encode_texts(prompt)[0]
 
     @torch.no_grad()
-    def run(self, window: cond.Window, prompt: str, negative: str = "", *, progress: Progress | None = None,
-            decode_chunk: int = 4, decode_tile: int | None = None,
-            on_latents: Callable[[torch.Tensor], torch.Tensor] | None = None, **sampling) -> torch.Tensor:
-        """Sample a window, decode it, splice in the source frames -> (T, H, W, 3) frames.
+    def sample(self, window: cond.Window, text, negative, **sampling) -> torch.Tensor:
+        dit = self.dit
+        out = sample_window(dit, window.samples, window.strength, text, negative, **sampling)
+        del dit
+        self._release()
+        return out
 
-        `on_latents` may adjust the sampled latents before decoding (long videos' drift control);
-        `decode_tile` (latent cells) splits large frames for the VAE (default: `AUTO_TILE` when larger).
-        """
-        self._check_request(prompt, dict(sampling, negative=negative, decode_chunk=decode_chunk))
-        b, _, t, h, w = window.samples.shape
-        decode_tile = auto_tile(h, w, decode_tile)
-        s, tf = self.config.vae.spatial_factor, self.config.vae.temporal_factor
-        self._plan("run", w * s, h * s, 1 + tf * (t - 1), batch=b, decode_chunk=decode_chunk,
-                   decode_tile=decode_tile, cfg=sampling.get("cfg", 5.0))
-        steps = sampling.get("steps", 20)
-        callback = (lambda d: progress(d["i"] + 1, steps)) if progress else None
-        latents = sample_window(self.model.dit, window.samples, window.strength, self.encode_text(prompt),
-                                self.encode_text(negative), callback=callback, **sampling)
-        if on_latents is not None:
-            latents = on_latents(latents)
-        param = next(self.model.vae.parameters())
-        video = self.model.vae.decode(latents.to(param.device, param.dtype), chunk=decode_chunk, tile=decode_tile)
-        if not torch.isfinite(video).all():  # the latents are finite (sample_window checks), so the VAE overflowed
-            raise FloatingPointError("the VAE decoded NaN/inf from finite latents; its dtype may be too narrow "
-                                     "(load the model in float32)")
-        frames = cond.video_to_frames(video.float()).cpu()
-        return window.splice.apply(frames) if window.splice else frames
-
-    _SETTINGS = ("negative", "seed", "steps", "cfg", "shift", "sampler", "decode_chunk", "decode_tile", "on_latents",
-                 "progress")
-
-    def _check_request(self, prompt, kw: dict) -> None:
-        """The prompts and sampling settings, before any work."""
-        unknown = [k for k in kw if k not in self._SETTINGS]
-        if unknown:  # named here: check_sampling would name itself, not the caller's argument
-            raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the settings are {', '.join(self._SETTINGS)}")
-        for name, text in (("prompt", prompt), ("negative", kw.get("negative", ""))):
+    # -- checks, before any work ----------------------------------------------------------------
+    def _settings(self, prompt, kw: dict) -> dict:
+        """The prompts and options of a request, checked, with the model's defaults filled in."""
+        unknown = sorted(set(kw) - set(OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown option{'s' * (len(unknown) > 1)} {', '.join(unknown)}; allowed: {', '.join(OPTIONS)}")
+        kw = dict(kw)
+        kw.setdefault("negative", self.defaults.negative)  # given as None: refused below
+        for key in ("steps", "cfg", "shift", "decode_chunk"):
+            if kw.get(key) is None:
+                kw[key] = getattr(self.defaults, key)
+        for name, text in (("prompt", prompt), ("negative", kw["negative"])):
             if not isinstance(text, str):
                 raise TypeError(f"{name} must be a string; got {type(text).__name__}"
                                 + (" (use '' for no negative prompt)" if name == "negative" else ""))
         if not prompt.strip():
             raise ValueError("prompt is empty; describe the video to generate")
-        chunk = kw.get("decode_chunk", 4)
-        if not is_whole(chunk) or chunk < 1:
-            raise ValueError(f"decode_chunk={chunk!r} is not allowed: use an integer >= 1 (latent frames per step)")
-        check_sampling(**{k: v for k, v in kw.items() if k not in ("negative", "decode_chunk", "decode_tile", "on_latents", "progress")})
+        for name, least, what in (("decode_chunk", 1, "latent frames per step"),
+                                  ("decode_tile", 0, "latent cells per tile; 0: no tiling; None: tiles of "
+                                                     f"{AUTO_TILE} above that size")):
+            value = kw.get(name)
+            if (value is not None or name != "decode_tile") and (isinstance(value, bool) or not isinstance(value, int)
+                                                                 or value < least):
+                raise ValueError(f"{name}={value!r} is not allowed: use an integer >= {least} ({what})")
+        check_sampling(**{k: kw[k] for k in SAMPLING if k in kw})
+        return kw
 
-    def _plan(self, what: str, width: int, height: int, frames: int, *, source: str | None = None,
-              encode_frames: int = 0, batch: int = 1, decode_chunk: int = 4, decode_tile: int | None = None,
-              cfg: float = 5.0) -> None:
+    def _plan(self, what: str, width: int, height: int, frames: int, kw: dict, *, source: str | None = None,
+              encode_frames: int = 0, batch: int = 1) -> None:
         """Sizes and budget of a request, before any work; a pixel size is named by its input."""
         try:
             check_pixel_size(width, height, self.config.pixel_multiple)
@@ -217,11 +240,12 @@ class Pipeline:
                 raise
             raise ValueError(f"{source} is {width}x{height} px (width x height): {err}") from None
         check_frame_count(frames, self.config.vae.temporal_factor)
-        s = self.config.vae.spatial_factor
-        decode_tile = auto_tile(height // s, width // s, decode_tile)
         budget.check(self.config, what=what, width=width, height=height, frames=frames, batch=batch,
                      stages=budget.STAGES if encode_frames else ("sample", "decode"), encode_frames=encode_frames,
-                     chunk=decode_chunk, tile=decode_tile, guidance=cfg != 1.0, dtype=next(self.model.dit.parameters()).dtype,
+                     chunk=kw["decode_chunk"],
+                     tile=auto_tile(height // self.config.vae.spatial_factor, width // self.config.vae.spatial_factor,
+                                    kw.get("decode_tile")),
+                     guidance=kw["cfg"] != 1.0 and not kw.get("sequential_cfg"), dtype=self.dit_dtype,
                      device=self.device, budget=self.budget)
 
     def _frames(self, name: str, frames) -> torch.Tensor:
@@ -233,71 +257,97 @@ class Pipeline:
             cond.check_chunks(name, value, self.config.vae.temporal_factor)
         return sum(values.values())
 
-    def generate(self, prompt: str, width: int = 64, height: int = 64, frames: int = 17, **kw) -> torch.Tensor:
-        """Text to video (frames=1: text to image)."""
-        self._check_request(prompt, kw)
-        self._plan("generate", width, height, frames, decode_chunk=kw.get("decode_chunk", 4), cfg=kw.get("cfg", 5.0))
+    # -- running ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, window: cond.Window, prompt: str, **kw) -> torch.Tensor:
+        """Sample a window, decode it, splice in the source frames -> (T, H, W, 3) frames. Options:
+        `negative`, `progress`, `decode_chunk`, `decode_tile` here, the rest go to `engine.sample_window`
+        (seed, steps, cfg, shift, sampler, sequential_cfg)."""
+        kw = self._settings(prompt, kw)
+        b, _, t, h, w = window.samples.shape
+        s, tf = self.config.vae.spatial_factor, self.config.vae.temporal_factor
+        self._plan("run", w * s, h * s, 1 + tf * (t - 1), kw, batch=b)
+        progress, negative = kw.pop("progress", None), kw.pop("negative")
+        chunk, tile = kw.pop("decode_chunk"), auto_tile(h, w, kw.pop("decode_tile", None))
+        on_latents = kw.pop("on_latents", None)  # e.g. long videos' drift control, before decoding
+        steps = kw["steps"]
+        callback = (lambda d: progress(d["i"] + 1, steps)) if progress else None
+        text, neg = self.encode_texts(prompt, negative)
+        latents = self.sample(window, text, neg, callback=callback, **kw)
+        if on_latents is not None:
+            latents = on_latents(latents)
+        frames = cond.decode(self.vae, window, latents, chunk=chunk, tile=tile)
+        if not torch.isfinite(frames).all():  # the latents are finite (sample_window checks), so the VAE overflowed
+            raise FloatingPointError("the VAE decoded NaN/inf from finite latents; its dtype may be too narrow "
+                                     "(load the model in float32)")
+        return frames
+
+    def generate(self, prompt: str, width: int | None = None, height: int | None = None, frames: int | None = None,
+                 **kw) -> torch.Tensor:
+        """Text to video (frames=1: text to image); sizes default to the model's native ones."""
+        kw = self._settings(prompt, kw)
+        d = self.defaults
+        width, height, frames = width or d.width, height or d.height, frames or d.frames
+        self._plan("generate", width, height, frames, kw)
         return self.run(cond.empty_window(self.config, width, height, frames), prompt, **kw)
 
-    def animate(self, image, prompt: str, frames: int = 17, at: str = "first", blend_frames: int = cond.SEAM_BLEND,
-                **kw) -> torch.Tensor:
+    def animate(self, image, prompt: str, frames: int | None = None, at: str = "first",
+                blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
         """Image to video: `image` (1, H, W, 3) is exactly the first (or last) frame; the next
         `blend_frames` frames crossfade from it into the generated ones."""
-        self._check_request(prompt, kw)
+        kw = self._settings(prompt, kw)
+        frames = frames or self.defaults.frames
         image = self._frames("image", image)[:1]
-        self._plan("animate", image.shape[2], image.shape[1], frames, source="image", encode_frames=1,
-                   decode_chunk=kw.get("decode_chunk", 4), cfg=kw.get("cfg", 5.0))
-        return self.run(cond.animate_image(self.model.vae, image, frames, at=at, blend_frames=blend_frames), prompt, **kw)
+        self._plan("animate", image.shape[2], image.shape[1], frames, kw, source="image", encode_frames=1)
+        return self.run(cond.animate_image(self.vae, image, frames, at=at, blend_frames=blend_frames), prompt, **kw)
 
     def extend(self, video, prompt: str, new_frames: int = 16, context_frames: int = 8,
                direction: str = "forward", blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
         """Extend a clip forward (what happens next) or backward (what led up to it) in time;
         `blend_frames` of the clip crossfade at the join (0: the clip comes back bit-identical)."""
-        self._check_request(prompt, kw)
+        kw = self._settings(prompt, kw)
         if direction not in cond.DIRECTIONS:
             raise ValueError(f"direction={direction!r} is not allowed; use 'forward' or 'backward'")
         video = self._frames("video", video)
         total = self._chunks(new_frames=new_frames, context_frames=context_frames)
-        self._plan("extend", video.shape[2], video.shape[1], 1 + total, source="video",
-                   encode_frames=1 + context_frames, decode_chunk=kw.get("decode_chunk", 4), cfg=kw.get("cfg", 5.0))
-        window = cond.extend(self.model.vae, video, new_frames, context_frames, direction, blend_frames)
+        self._plan("extend", video.shape[2], video.shape[1], 1 + total, kw, source="video",
+                   encode_frames=1 + context_frames)
+        window = cond.extend(self.vae, video, new_frames, context_frames, direction, blend_frames)
         return self.run(window, prompt, **kw)
 
     def loop(self, video, prompt: str, transition_frames: int = 8, context_frames: int = 8,
              blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
         """Append a generated transition back to the start: the result plays as a seamless infinite loop."""
-        self._check_request(prompt, kw)
+        kw = self._settings(prompt, kw)
         video = self._frames("video", video)
         self._chunks(transition_frames=transition_frames, context_frames=context_frames)
-        self._plan("loop", video.shape[2], video.shape[1], 1 + transition_frames + 2 * context_frames,
-                   source="video", encode_frames=1 + 2 * context_frames, decode_chunk=kw.get("decode_chunk", 4),
-                   cfg=kw.get("cfg", 5.0))
-        window = cond.loop(self.model.vae, video, transition_frames, context_frames, blend_frames)
+        self._plan("loop", video.shape[2], video.shape[1], 1 + transition_frames + 2 * context_frames, kw,
+                   source="video", encode_frames=1 + 2 * context_frames)
+        window = cond.loop(self.vae, video, transition_frames, context_frames, blend_frames)
         return self.run(window, prompt, **kw)
 
     def connect(self, first, second, prompt: str, transition_frames: int = 16,
                 context_frames: int = 8, blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
         """first + a generated transition + second."""
-        self._check_request(prompt, kw)
+        kw = self._settings(prompt, kw)
         first, second = self._frames("first", first), self._frames("second", second)
         self._chunks(transition_frames=transition_frames, context_frames=context_frames)
         for name, clip in (("first", first), ("second", second)):
-            self._plan("connect", clip.shape[2], clip.shape[1], 1 + transition_frames + 2 * context_frames,
-                       source=name, encode_frames=1 + 2 * context_frames, decode_chunk=kw.get("decode_chunk", 4),
-                       cfg=kw.get("cfg", 5.0))
-        window = cond.connect(self.model.vae, first, second, transition_frames, context_frames, blend_frames)
+            self._plan("connect", clip.shape[2], clip.shape[1], 1 + transition_frames + 2 * context_frames, kw,
+                       source=name, encode_frames=1 + 2 * context_frames)
+        window = cond.connect(self.vae, first, second, transition_frames, context_frames, blend_frames)
         return self.run(window, prompt, **kw)
 
     def edit(self, video, prompt: str, strength: float = 0.6, **kw) -> torch.Tensor:
         """Video-to-video editing with SDEdit: strength 0 keeps the input, 1 ignores it."""
-        self._check_request(prompt, kw)
+        kw = self._settings(prompt, kw)
         cond.check_strength(strength)
         video = self._frames("video", video)
         try:
             check_frame_count(video.shape[0], self.config.vae.temporal_factor)
         except ValueError as err:
             raise ValueError(f"video has {video.shape[0]} frames: {err}") from None
-        self._plan("edit", video.shape[2], video.shape[1], video.shape[0], source="video",
-                   encode_frames=video.shape[0], decode_chunk=kw.get("decode_chunk", 4), cfg=kw.get("cfg", 5.0))
-        latent = cond.encode_frames(self.model.vae, video)
+        self._plan("edit", video.shape[2], video.shape[1], video.shape[0], kw, source="video",
+                   encode_frames=video.shape[0])
+        latent = cond.encode_frames(self.vae, video)
         return self.run(cond.sdedit(latent, strength), prompt, **kw)

@@ -193,6 +193,12 @@ class VideoVAE(nn.Module):
     def spatial_factor(self) -> int:
         return self.config.spatial_factor
 
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    history_dependent = False  # a chunk's latent is the same wherever it sits in a clip (module docstring)
+
     # -- encoding -------------------------------------------------------------------------
     def to_chunks(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, 1+tf*k, H, W) -> (B*(1+k), 3, tf, H, W): frame 0 repeated into a still chunk."""

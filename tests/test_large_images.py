@@ -37,7 +37,7 @@ class Allocations(TorchDispatchMode):
 def test_a_large_image_runs_with_flash_attention_and_no_quadratic_buffer(micro_model):
     """The 2048x2048 text-to-image path at a size the micro model runs in a blink: 512x256 pixels is a
     128x64 latent, 2048 tokens, so one head's scores would be 4.2M elements, more than any other tensor."""
-    pipe = Pipeline(micro_model)
+    pipe = Pipeline.from_model(micro_model)
     tokens = (256 // 8) * (512 // 8)
     with Allocations() as seen:
         image = pipe.generate("a red circle", width=512, height=256, frames=1, steps=1, cfg=3.0)
@@ -59,10 +59,10 @@ def test_above_the_small_problem_limit_every_dtype_takes_the_flash_kernel(monkey
 
 
 def test_frames_larger_than_the_auto_tile_are_decoded_in_tiles(micro_model, monkeypatch):
-    pipe = Pipeline(micro_model)
+    pipe = Pipeline.from_model(micro_model)
     tiles = []
-    decode = pipe.model.vae.decode
-    monkeypatch.setattr(pipe.model.vae, "decode", lambda z, **kw: tiles.append(kw["tile"]) or decode(z, **kw))
+    decode = pipe.vae.decode
+    monkeypatch.setattr(pipe.vae, "decode", lambda z, **kw: tiles.append(kw.get("tile")) or decode(z, **kw))
     monkeypatch.setattr(pipeline, "AUTO_TILE", 8)  # latent cells: 32 px for the micro VAE
     small = pipe.generate("a red circle", width=32, height=32, frames=1, steps=1, seed=2)
     large = pipe.generate("a red circle", width=64, height=32, frames=1, steps=1, seed=2)
@@ -74,7 +74,7 @@ def test_frames_larger_than_the_auto_tile_are_decoded_in_tiles(micro_model, monk
 
 def test_the_budget_plans_the_tiled_decode_so_large_images_are_admitted_where_they_fit(micro_model, monkeypatch):
     monkeypatch.setattr(pipeline, "AUTO_TILE", 8)
-    pipe = Pipeline(micro_model)
+    pipe = Pipeline.from_model(micro_model)
     size = dict(width=256, height=32, frames=1)  # 64 latent cells wide: decoded in tiles of 8
     tiled, untiled = (estimate(pipe.config, **size, tile=t).memory for t in (8, None))
     assert tiled < untiled

@@ -16,7 +16,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def pipe(micro_model):
-    return Pipeline(micro_model)
+    return Pipeline.from_model(micro_model)
 
 
 def ramp_clip(frames: int) -> torch.Tensor:
@@ -99,8 +99,8 @@ def test_memory_stays_flat_in_the_length(pipe):
 
 def test_the_context_stays_in_latent_space_and_anchor_matches_new_latents_to_the_opening(pipe, monkeypatch):
     decoded = []
-    decode = pipe.model.vae.decode
-    monkeypatch.setattr(pipe.model.vae, "decode", lambda z, **kw: decoded.append(z.clone()) or decode(z, **kw))
+    decode = pipe.vae.decode
+    monkeypatch.setattr(pipe.vae, "decode", lambda z, **kw: decoded.append(z.clone()) or decode(z, **kw))
 
     def run(drift: str) -> list[torch.Tensor]:
         decoded.clear()

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from sora_core.__main__ import main
-from sora_core.flow import sample_euler, sigmas_for
+from sora_core.engine import sample_window
 from sora_core.patch import check_frame_count
 from sora_core.wan import files
-from sora_core.wan.dit import RECIPES, WanDiT, WanDiTConfig, flow_model, load_wan_dit
+from sora_core.wan.dit import RECIPES, WanDiT, WanDiTConfig, load_wan_dit
 
 TINY = WanDiTConfig(dim=256, layers=2, heads=2, ffn_dim=512, text_dim=64)  # head width 128, as in every release
 ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "U8": 1}
@@ -331,21 +331,38 @@ def test_scaled_fp8_stays_fp8_and_computes_with_the_scaled_weights(tmp_path, tin
     assert same_weights < 1e-6 and bf16 < 3e-2 and vs_fp32 < 0.1
 
 
+def test_plain_fp8_stays_fp8_and_computes_with_its_stored_values(tmp_path, tiny_file):
+    """ComfyUI's `*_fp8_e4m3fn.safetensors` (no scales): the block weights cast to fp8 as they are."""
+    path, state = tiny_file
+    plain = {k: v.to(torch.float8_e4m3fn) if k.startswith("blocks.") and v.ndim == 2 else v for k, v in state.items()}
+    fp8 = load_wan_dit(write(tmp_path / "f8.safetensors", plain), compute_dtype=torch.float32)
+    assert "F8_E4M3" in files.describe(tmp_path / "f8.safetensors")["dtypes"]
+    assert fp8.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn and fp8.blocks[0].self_attn.q.weight_scale is None
+    exact = load_wan_dit(write(tmp_path / "d.safetensors", {k: v.float() for k, v in plain.items()}))
+    x, context = inputs(16)
+    t = torch.tensor([0.4, 0.9])
+    with torch.no_grad():
+        same_weights = rel(fp8(x, t, context), exact(x, t, context))
+        vs_fp32 = rel(fp8(x, t, context), load_wan_dit(path)(x, t, context))
+        assert load_wan_dit(tmp_path / "f8.safetensors").activation_dtype() == torch.bfloat16  # fp8 computes in bf16
+    print(f"plain fp8: vs its own values in fp32 {same_weights:.2e}, vs the original fp32 {vs_fp32:.2e}")
+    assert same_weights < 1e-6 and vs_fp32 < 0.1
+
+
 # -- sampling and inspect --------------------------------------------------------------------------
 
-def test_the_samplers_drive_it_through_flow_model(tiny_file):
+def test_the_samplers_drive_it_through_the_engine_with_the_familys_timesteps(tiny_file):
     path, _ = tiny_file
     dit = load_wan_dit(path)
     x, context = inputs(16)
-    t = torch.tensor([[0.0, 0.7, 0.7], [0.0, 0.7, 0.7]])
-    with torch.no_grad():
-        assert dit.per_frame_t  # custom sizes take per-frame times as given
-        assert torch.equal(flow_model(dit, context)(x, t), dit(x, t, context))
-        dit.variant = "wan2.1-t2v-1.3B"  # trained with one t per sample: it gets the schedule's sigma
-        assert torch.equal(flow_model(dit, context)(x, t), dit(x, torch.tensor([0.7, 0.7]), context))
-        strength = torch.tensor([[0.0, 1.0, 1.0]] * 2)
-        out = sample_euler(flow_model(dit, context), x, sigmas_for(3, shift=5.0), strength=strength)
-    assert torch.isfinite(out).all() and torch.equal(out[:, :, 0], x[:, :, 0])
+    assert not dit.per_frame_t and dit.recipe == RECIPES["wan2.1-t2v-1.3B"]  # a custom size of 16 channels: Wan 2.1's
+    for variant, per_frame in (("wan2.2-ti2v-5B", True), ("wan-t2v-14B", False), ("wan2.1-t2v-1.3B", False)):
+        dit.variant = variant
+        assert dit.per_frame_t == per_frame
+    strength = torch.tensor([[0.0, 1.0, 1.0]] * 2)
+    text = (context[:1], torch.ones(1, 7, dtype=torch.bool))
+    out = sample_window(dit, x, strength, text, None, steps=3, shift=5.0, cfg=1.0)
+    assert torch.isfinite(out).all() and torch.equal(out[:, :, 0], x[:, :, 0]) and not torch.equal(out, x)
 
 
 def test_describe_reads_vaes_and_umt5_from_shapes(tmp_path):

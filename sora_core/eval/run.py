@@ -188,7 +188,7 @@ def vae_psnr(pipe: Pipeline, videos: list[torch.Tensor]) -> float:
     """Mean reconstruction PSNR (dB, frames in [0, 1]) of (3, T, H, W) videos in [-1, 1]."""
     if not videos:
         return float("nan")
-    vae = pipe.model.vae
+    vae = pipe.vae
     values = []
     for v in videos:
         x = v[None].to(pipe.device)

@@ -10,7 +10,7 @@ compute dtype (the weights' dtype; bf16 for fp8 weights, which are upcast per la
 
 Flow convention: Wan trains on x_s = (1 - s) x0 + s noise, predicts v = noise - x0 and is given the
 timestep 1000 s. That is flow.py's convention with t = s, and the sinusoid here takes t * 1000 like
-our DiT's, so `forward` takes t in [0, 1] and the samplers drive it unchanged (`flow_model`).
+our DiT's, so `forward` takes t in [0, 1] and the engine's samplers drive it unchanged (`engine`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -25,10 +26,14 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..attention import attention
+from ..budget import Dims
 from ..dit import timestep_embedding
 from ..patch import apply_rope, grid_positions, patchify, rope_tables
 from . import files
 from .files import FP8, Linear
+
+if TYPE_CHECKING:
+    from .vae import WanVAEConfig
 
 # Wan's default negative prompt (wan/configs/shared_config.py, the same in 2.1 and 2.2).
 NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
@@ -97,8 +102,49 @@ RECIPES = {
 }
 
 
-def recipe_for(variant: str) -> Recipe | None:
-    return RECIPES.get(variant)
+FAMILY_RECIPE = {16: "wan2.1-t2v-1.3B", 48: "wan2.2-ti2v-5B"}  # latent channels -> the family's small release
+
+
+def recipe_for(variant: str, latent_channels: int | None = None) -> Recipe | None:
+    """The release's recipe; for a size that is no release (`custom`), the recipe of the family whose
+    latent space it works in (16 channels: Wan 2.1 / 2.2-A14B, one t per sample; 48: Wan 2.2 TI2V)."""
+    recipe = RECIPES.get(variant)
+    if recipe is None and latent_channels in FAMILY_RECIPE:
+        recipe = RECIPES[FAMILY_RECIPE[latent_channels]]
+    return recipe
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    """A Wan model as a whole, as `Pipeline`, `conditioning.empty_window` and `budget` read it (like a
+    SoraConfig): the DiT's and the VAE's shapes and the DiT's variant."""
+    dit: WanDiTConfig
+    vae: "WanVAEConfig"
+    variant: str = "custom"
+
+    @property
+    def name(self) -> str:
+        return self.variant
+
+    @property
+    def recipe(self) -> Recipe | None:
+        return recipe_for(self.variant, self.dit.in_channels)
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Width and height must be multiples of this (VAE stride x patch size)."""
+        s, (_, ph, pw) = self.vae.spatial_factor, self.dit.patch
+        return math.lcm(s * ph, s * pw)
+
+    def budget_dims(self) -> Dims:
+        d, v, r = self.dit, self.vae, self.recipe
+        native = 0
+        if r is not None:
+            s, (pt, ph, pw) = v.spatial_factor, d.patch
+            native = (1 + (r.frames - 1) // v.temporal_factor) // pt * (r.height // s // ph) * (r.width // s // pw)
+        return Dims(v.spatial_factor, v.temporal_factor, v.z_dim, d.patch, d.dim, d.heads, d.ffn_dim / d.dim,
+                    d.text_len, tuple(v.dim * m for m in v.dim_mult), tuple(v.dec_dim * m for m in v.dim_mult),
+                    pixel_patch=v.patch, native_tokens=native)
 
 
 def _norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -214,10 +260,16 @@ class WanDiT(nn.Module):
         self.head = Head(c)
 
     @property
+    def recipe(self) -> Recipe | None:
+        return recipe_for(self.variant, self.config.in_channels)
+
+    @property
     def per_frame_t(self) -> bool:
-        """Whether the model was trained with a timestep per latent frame (custom configs: yes)."""
-        recipe = recipe_for(self.variant)
-        return recipe is None or recipe.per_frame_t
+        """Whether the model was trained with a timestep per latent frame (Wan 2.2 TI2V-5B and its family);
+        the engine gives the others one t per sample and keeps given frames consistent with it."""
+        return self.recipe is None or self.recipe.per_frame_t
+
+    input_dtype = torch.float32  # the engine feeds x, t and the umt5 states in fp32; `forward` casts per layer
 
     def activation_dtype(self) -> torch.dtype:
         """The compute dtype: as set, else the blocks' weight dtype (bf16 for fp8 weights)."""
@@ -283,13 +335,24 @@ def load_wan_dit(path, *, device="cpu", dtype: torch.dtype | None = None,
     return files.load_into(model, header, ident, device=device, dtype=dtype)
 
 
-def flow_model(dit: WanDiT, context: torch.Tensor, context_mask: torch.Tensor | None = None):
-    """The samplers' `model(x, t_frames) -> velocity` for `dit` bound to one text context.
 
-    Per-frame models (Wan 2.2 TI2V-5B) get the per-frame times as they are. Models trained with one t
-    per sample (Wan 2.1, the 14B experts) get each sample's largest frame time, which is the schedule's
-    sigma; keeping given frames consistent with it (re-noising them each step) is the caller's part."""
-    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return dit(x, t if dit.per_frame_t else t.amax(dim=1), context, context_mask)
+def forward_memory(config: WanDiTConfig, latent_frames: int, latent_height: int, latent_width: int, *,
+                   batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+    """Bytes of one forward pass on latents of this size, by part: `weights` (all in `dtype`),
+    `activations` (the peak of live tensors, traced by running the real model on the meta device: the
+    fp32 residual, one block's temporaries, the text rows; attention as a fused kernel allocates) and
+    `attention_scores` (one unfused attention's N x N scores in `dtype`, which a fused kernel never makes).
+    The blocks run one after the other and are alike, so two of them are traced."""
+    from .vae import LiveBytes
 
-    return model
+    with torch.device("meta"):
+        weights = sum(p.numel() for p in WanDiT(config).parameters()) * dtype.itemsize
+        model = WanDiT(dataclasses.replace(config, layers=min(config.layers, 2)), compute_dtype=dtype).to(dtype)
+        x = torch.zeros(batch, config.in_channels, latent_frames, latent_height, latent_width)
+        t, context = torch.zeros(batch), torch.zeros(batch, config.text_len, config.text_dim)
+    with torch.no_grad(), LiveBytes() as live:
+        model(x, t, context)
+    pt, ph, pw = config.patch
+    tokens = latent_frames // pt * (latent_height // ph) * (latent_width // pw)
+    return {"weights": weights, "activations": live.peak, "tokens": tokens,
+            "attention_scores": batch * config.heads * tokens**2 * dtype.itemsize}

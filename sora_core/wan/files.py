@@ -22,6 +22,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -154,6 +155,11 @@ def _prefix_of(names, signature: str) -> str | None:
 
 def _shapes(header: Header, prefix: str) -> dict[str, tuple[int, ...]]:
     return {k[len(prefix):]: v.shape for k, v in header.tensors.items() if k.startswith(prefix)}
+
+
+def component_shapes(header: Header, ident: "Identity") -> dict[str, tuple[int, ...]]:
+    """Key (without the component's prefix) -> shape, for the component `ident` of the file."""
+    return _shapes(header, ident.prefix)
 
 
 def _count(shapes, pattern: str) -> int:
@@ -397,6 +403,9 @@ class Linear(nn.Module):
         return F.linear(x, w.flatten(1), b)
 
 
+SCALED_LAYERS = (Linear, nn.Linear, nn.Embedding)  # Wan's `Linear`; umt5's layers read `weight_scale` themselves
+
+
 def _map(path: Path, size: int) -> torch.Tensor:
     """The whole file as one uint8 tensor over a private memory mapping (no read, no copy)."""
     storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
@@ -423,16 +432,18 @@ def _listing(keys: list[str], n: int = 5) -> str:
 
 
 def load_into(module: nn.Module, header: Header, ident: Identity, *, device="cpu",
-              dtype: torch.dtype | None = None) -> nn.Module:
+              dtype: torch.dtype | None = None, ignore: Callable[[str], bool] | None = None,
+              rename: dict[str, str] | None = None) -> nn.Module:
     """Fill `module` (built on the meta device) with the `ident` component of the file, checking every
     name, shape and dtype first. Weights keep their stored dtype unless `dtype` is given (fp8 always
-    stays fp8, with its scale attached to the layer). Returns the module in eval mode, no grads."""
+    stays fp8, with its scale attached to the layer as `weight_scale`). `ignore(key)` says which stored
+    keys (without the prefix) are not the module's, e.g. a text encoder's unused decoder; `rename` maps
+    a stored key to the module's name for it. Returns the module in eval mode, no grads."""
     path = str(header.path)
     quant = quantization(header, ident)
     p = ident.prefix
-    ignored = {"spiece_model"}
     stored = {k[len(p):]: k for k in header.tensors if k.startswith(p) and k not in quant.aux}
-    stored = {r: k for r, k in stored.items() if r not in ignored}
+    stored = {(rename or {}).get(r, r): k for r, k in stored.items() if r != "spiece_model" and not (ignore and ignore(r))}
     expected = {name: tuple(t.shape) for name, t in module.state_dict(keep_vars=True).items()}
     problems = []
     wrong = [f"{r}: the file has shape {list(header.tensors[k].shape)}, this {ident.variant} model needs "
@@ -453,8 +464,8 @@ def load_into(module: nn.Module, header: Header, ident: Identity, *, device="cpu
                         f"int8 / int4 quantisation is not)")
     for layer, k in quant.scales.items():
         target = module.get_submodule(layer) if layer + ".weight" in expected else None
-        if not isinstance(target, Linear):
-            problems.append(f"{layer} has a weight scale but is not a linear layer of this model")
+        if not isinstance(target, SCALED_LAYERS):  # the layers that apply `weight_scale`
+            problems.append(f"{layer} has a weight scale but is not a linear or embedding layer of this model")
         elif math.prod(header.tensors[k].shape) != 1:
             problems.append(f"{k} has shape {list(header.tensors[k].shape)}; only per-tensor (one-element) "
                             f"weight scales are known")
@@ -472,7 +483,8 @@ def load_into(module: nn.Module, header: Header, ident: Identity, *, device="cpu
     module.requires_grad_(False)
     module.load_state_dict(state, strict=True, assign=True)
     for layer, k in quant.scales.items():
-        module.get_submodule(layer).weight_scale = _view(data, header.tensors[k], DTYPES[header.tensors[k].dtype]).float().to(device)
+        scale = _view(data, header.tensors[k], DTYPES[header.tensors[k].dtype]).float().to(device)
+        module.get_submodule(layer).register_buffer("weight_scale", scale.reshape(()))
     return module.eval()
 
 

@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .tokenizer import SentencePieceUnigram
+from . import files
+from .tokenizer import SentencePieceUnigram, load_tokenizer
 
 TEXT_LEN = 512  # Wan's text_len: the DiT always receives 512 context rows
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
@@ -370,3 +371,42 @@ def encoder_state_dict(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     if "shared.weight" not in out and "encoder.embed_tokens.weight" in tensors:
         out["shared.weight"] = tensors["encoder.embed_tokens.weight"]
     return out
+
+
+def load_umt5(path, *, tokenizer: SentencePieceUnigram | str | None = None, device="cpu",
+              dtype: torch.dtype | None = None) -> UMT5Encoder:
+    """umt5 from a single-file safetensors (Hugging Face encoder layout, any prefix; fp32 / fp16 / bf16 /
+    scaled fp8), checked against the shapes, built on the meta device and filled from the mapped file.
+    Its tokenizer: `tokenizer` (a SentencePieceUnigram, or a spiece.model file), else the file's own
+    `spiece_model` tensor (`umt5_tokenizer`)."""
+    header, ident = files.open_component(path, "text_encoder")
+    shapes = files.component_shapes(header, ident)
+    config = config_from_shapes(shapes, source=repr(str(path)))
+    if not isinstance(tokenizer, SentencePieceUnigram):
+        tokenizer = umt5_tokenizer(path, tokenizer)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"the tokenizer ({tokenizer.source}) has {len(tokenizer)} pieces but {str(path)!r} embeds "
+                         f"only {config.vocab_size}: they are not a pair")
+    with torch.device("meta"):
+        model = UMT5Encoder(config, tokenizer)
+    tied = "shared.weight" not in shapes  # a file may keep the embedding only under its tied name
+
+    def ignore(key: str) -> bool:  # the decoder / lm_head of a full umt5, the tied copy of the embedding
+        return not (key == "shared.weight" or key.startswith("encoder.")) or (key == "encoder.embed_tokens.weight"
+                                                                              and not tied)
+
+    return files.load_into(model, header, ident, device=device, dtype=dtype, ignore=ignore,
+                           rename={"encoder.embed_tokens.weight": "shared.weight"} if tied else None)
+
+
+def umt5_tokenizer(path, tokenizer_file=None) -> SentencePieceUnigram:
+    """The tokenizer for the umt5 file `path`: the named spiece.model, else the file's `spiece_model` tensor
+    (under any prefix), else a ValueError that says to name one."""
+    if tokenizer_file is not None:
+        return load_tokenizer(tokenizer_file=tokenizer_file)
+    header = files.read_header(path)
+    key = next((k for k in header.tensors if k == "spiece_model" or k.endswith(".spiece_model")), None)
+    if key is None:
+        raise ValueError(f"text encoder {str(path)!r} holds no `spiece_model` tensor (its tokenizer); name umt5's "
+                         f"spiece.model (tokenizer=..., --tokenizer)")
+    return SentencePieceUnigram.from_tensor(files.read_tensor(header, key), source=f"{str(path)!r} (spiece_model)")

@@ -38,6 +38,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..patch import check_frame_count, check_pixel_size
 from ..vae import Progress, tile_windows
+from . import files
 
 # Fixed per-channel statistics of the raw latents (Wan's own `scale`): normalised = (mu - mean) / std.
 WAN21_LATENT_MEAN = (
@@ -90,6 +91,10 @@ class WanVAEConfig:
     @property
     def temporal_factor(self) -> int:
         return 2 ** sum(self.temporal_down)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.z_dim
 
     @property
     def latent_mean(self) -> tuple[float, ...]:
@@ -371,6 +376,8 @@ class WanVAE(nn.Module):
         self.conv2 = CausalConv3d(z, z, 1)
         self.decoder = Decoder(config)
 
+    history_dependent = True  # a chunk's latent depends on the frames before it (see the module docstring)
+
     @property
     def temporal_factor(self) -> int:
         return self.config.temporal_factor
@@ -502,6 +509,15 @@ class WanVAE(nn.Module):
         mu = self._blend(out, (h, w), tile, overlap, 1, window, progress, len(steps))
         return self.normalize(mu[:, :, skip:])
 
+    def encode_chunks(self, video: torch.Tensor, *, history: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """(B, 3, 4k, H, W) frames from the middle of a clip -> their k latents. With `history` (the 1+4j
+        frames before them) exactly their in-clip latents; without, an estimate that sees only their own
+        first frame before them, as if the clip opened on it (what comes before is not known yet)."""
+        if video.ndim != 5 or not video.shape[2] or video.shape[2] % self.temporal_factor:
+            raise ValueError(f"encode_chunks needs (batch, 3, frames, height, width) with a positive multiple of "
+                             f"{self.temporal_factor} frames; got {tuple(video.shape)}")
+        return self.encode(video, history=video[:, :, :1] if history is None else history, **kwargs)
+
     # -- decoding -------------------------------------------------------------------------
     @torch.no_grad()
     def decode(
@@ -613,9 +629,24 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> WanVAEConfig:
     return config
 
 
+def load_wan_vae(path, *, device="cpu", dtype: torch.dtype | None = None) -> WanVAE:
+    """A Wan 2.1 / 2.2 VAE from a single-file safetensors in the original layout (any prefix), its
+    architecture read and checked from the key shapes, built on the meta device and filled from the
+    mapped file in its stored dtype (or `dtype`)."""
+    header, ident = files.open_component(path, "vae")
+    try:
+        config = config_from_shapes(files.component_shapes(header, ident))
+    except ValueError as err:
+        raise ValueError(f"{str(path)!r}: {err}") from None
+    with torch.device("meta"):
+        vae = WanVAE(config)
+    return files.load_into(vae, header, ident, device=device, dtype=dtype)
+
+
 # -- memory ---------------------------------------------------------------------------------
-class _LiveBytes(TorchDispatchMode):
-    """Counts the bytes of live tensor storages created under it, and their peak (works on the meta device)."""
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of live tensor storages created under it, and their peak (works on the meta device).
+    Views of memory from before it (weights, a no-op `.to`) are not new memory and are not counted."""
 
     def __init__(self):
         super().__init__()
@@ -631,9 +662,12 @@ class _LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        before = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 key = t.untyped_storage()._cdata
+                if key in before and key not in self.refs:
+                    continue
                 entry = self.refs.setdefault(key, [t.untyped_storage().nbytes(), 0])
                 if not entry[1]:
                     self.now += entry[0]
@@ -674,7 +708,7 @@ def decode_memory(
     def out_bytes(n: int, hh: int, ww: int) -> int:  # fp32 video and its blend-weight map
         return (batch * 3 * (1 + (n - 1) * config.temporal_factor) + 1) * hh * ww * 4
 
-    with _LiveBytes() as live:
+    with LiveBytes() as live:
         vae.decode(torch.zeros(batch, config.z_dim, traced, th, tw, device="meta"), chunk=chunk)
     working = live.peak - out_bytes(traced, th * s, tw * s)
     output = out_bytes(latents, height, width)

@@ -1,0 +1,139 @@
+"""The sampling engine: seeded noise, classifier-free guidance and `sample_window`, the one routine
+that fills a latent window, for any denoiser, through the samplers of `flow` unchanged.
+
+A denoiser is called `dit(x, t, context, context_mask) -> velocity` with x (B, C, T, H, W) and t in
+[0, 1], and has `config.patch`. Our DiT and the Wan DiT both are. Two optional attributes say how
+to feed it: `per_frame_t` (default True) whether it was trained with one time per latent frame (our
+DiT, Wan 2.2 TI2V-5B) or one per sample (Wan 2.1, the 14B models); `input_dtype` (default its
+weights' dtype) the dtype of the x, t and context it takes.
+
+One conditioning mechanism for both kinds (see `conditioning`): every latent frame has a strength,
+and its time is min(sigma, strength), so given frames (strength 0) sit at t = 0. A per-frame model
+sees exactly that. A one-t model sees the sample's sigma, and every frame behind it (given, or
+waiting at its SDEdit strength) is first carried forward to sigma along the noising path, with one
+fixed noise per window: given frames become their re-noised latent (1 - sigma) x0 + sigma noise.
+Either way the sampler never moves those frames, and given frames come back bit-exact.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .flow import get_sampler, noise_to_start, resolution_shift, sigmas_for
+from .text import pad_text
+
+Text = tuple[torch.Tensor, torch.Tensor]  # (embeddings (1, L, D), mask (1, L) bool)
+
+
+def seeded_noise(shape, seed: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Gaussian noise from a CPU generator: the same seed gives the same noise on every device.
+    `sample_window` starts from exactly this noise for its `seed`."""
+    g = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def num_tokens(dit, samples: torch.Tensor) -> int:
+    pt, ph, pw = dit.config.patch
+    t, h, w = samples.shape[2:]
+    return (t // pt) * (h // ph) * (w // pw)
+
+
+def _input_dtype(dit) -> torch.dtype:
+    return getattr(dit, "input_dtype", None) or next(dit.parameters()).dtype
+
+
+def guided_velocity(dit, text: Text, negative: Text | None, cfg: float, *, sequential: bool = False):
+    """model(x, t) for the samplers: classifier-free guidance with the negative prompt. Both halves run
+    in one batch, or one after the other with `sequential` (half the activation memory, same result
+    up to float rounding). t is passed as given: (B,) or (B, T)."""
+    dtype = _input_dtype(dit)
+
+    def call(x, t, emb, mask):
+        b = x.shape[0]
+        return dit(x.to(dtype), t.to(dtype), emb.expand(b, -1, -1).to(dtype), mask.expand(b, -1)).float()
+
+    if negative is None or cfg == 1.0:
+        return lambda x, t: call(x, t, *text)
+
+    emb, mask = pad_text([text[0], negative[0]], [text[1], negative[1]])
+
+    def model(x, t):
+        if sequential:
+            v_cond, v_uncond = call(x, t, emb[:1], mask[:1]), call(x, t, emb[1:], mask[1:])
+        else:
+            b = x.shape[0]
+            both_emb = torch.cat([emb[:1].expand(b, -1, -1), emb[1:].expand(b, -1, -1)])
+            both_mask = torch.cat([mask[:1].expand(b, -1), mask[1:].expand(b, -1)])
+            v_cond, v_uncond = call(torch.cat([x, x]), torch.cat([t, t]), both_emb, both_mask).chunk(2)
+        return v_uncond + cfg * (v_cond - v_uncond)
+
+    return model
+
+
+def one_time_per_sample(model, noise: torch.Tensor):
+    """Wrap `model(x, t)` for a denoiser trained with one t per sample: it is called with each sample's
+    sigma (its largest frame time), and frames behind sigma are first noised forward to it with `noise`
+    (independent of the noise they already carry): x_sigma = a x_s + b noise, a = (1 - sigma) / (1 - s),
+    b = sqrt(sigma^2 - a^2 s^2), which is (1 - sigma) x0 + sigma noise for a given frame (s = 0)."""
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sigma = t.amax(dim=1)  # (B,)
+        behind = t < sigma[:, None]  # (B, T)
+        if behind.any():
+            s, sg = t[:, None, :, None, None], sigma.view(-1, 1, 1, 1, 1)
+            a = (1 - sg) / (1 - s).clamp(min=1e-6)  # s < sigma <= 1 where it is used
+            b = (sg.square() - (a * s).square()).clamp(min=0).sqrt()
+            x = torch.where(behind[:, None, :, None, None], a * x + b * noise, x)
+        return model(x, sigma)
+
+    return call
+
+
+def _draw(g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    return torch.randn(like.shape, generator=g, dtype=torch.float32).to(like.device)
+
+
+@torch.no_grad()
+def sample_window(
+    dit,
+    samples: torch.Tensor,
+    strength: torch.Tensor,
+    text: Text,
+    negative: Text | None,
+    *,
+    seed: int = 0,
+    steps: int = 20,
+    cfg: float = 5.0,
+    shift: float | None = None,
+    sampler: str = "euler",
+    sequential_cfg: bool = False,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """Fill a latent window: frames with strength 0 come back exactly as given; the others start
+    from the samples noised to their strength (1 = pure noise, below = SDEdit) with `seed`'s noise.
+    `shift` None: by the number of tokens (`flow.resolution_shift`).
+    """
+    if cfg < 0:
+        raise ValueError(f"cfg={cfg} must be >= 0")
+    device = next(dit.parameters()).device
+    x0 = samples.to(device, torch.float32)
+    strength = strength.to(device, torch.float32)
+    start = float(strength.max())
+    if start == 0.0:
+        return x0.clone()
+    sigmas = sigmas_for(steps, shift if shift is not None else resolution_shift(num_tokens(dit, x0)), start)
+    g = torch.Generator("cpu").manual_seed(int(seed))  # first draw: seeded_noise(seed)
+    x = noise_to_start(x0, _draw(g, x0), start, strength)
+    model = guided_velocity(dit, text, negative, cfg, sequential=sequential_cfg)
+    if not getattr(dit, "per_frame_t", True):
+        model = one_time_per_sample(model, _draw(g, x0))  # second draw: independent of the first
+    out = get_sampler(sampler)(model, x, sigmas.to(device), strength=strength, callback=callback)
+    given = (strength == 0)[:, None, :, None, None]
+    out = torch.where(given, x0, out)  # exactly, not merely up to float rounding
+    if not torch.isfinite(out).all():
+        raise FloatingPointError(
+            "the sampler produced NaN/inf latents; the model's dtype may be too narrow (try float32) "
+            "or cfg too high"
+        )
+    return out
