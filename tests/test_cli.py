@@ -151,7 +151,9 @@ def test_long_ctrl_c_keeps_the_finished_windows_as_a_shorter_video(clip, tmp_pat
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "sora_core", "long", "x", "-o", str(out), "--video", str(clip),
                              "--frames", "201", "--new-frames", "8", "--context-frames", "4", *FAST],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as in a terminal: a test run started in the background inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     while "window 3/" not in seen:  # windows 1 and 2 are done and written
         char = proc.stderr.read(1)
@@ -166,7 +168,7 @@ def test_long_ctrl_c_keeps_the_finished_windows_as_a_shorter_video(clip, tmp_pat
 
 @pytest.mark.parametrize("args,message", [
     (["--seconds", 0], r"error: --seconds=0\.0 is not allowed: use a positive number of seconds"),
-    (["--frames", 1], r"error: --frames=1 is 1 frame\(s\); a long video needs more"),
+    (["--frames", 1], r"error: --frames=1 is 1 frame\(s\); a long video needs more \(e\.g\. --seconds 60\)"),
     (["--drift", "sideways"], r"error: argument --drift: invalid choice: 'sideways'.*"),
     (["-o", "x.jpg"], r"error: cannot write 480 frames to '.*x\.jpg': JPEG holds one frame.*"),
 ])
