@@ -173,7 +173,9 @@ def test_long_ctrl_c_keeps_the_finished_windows_as_a_shorter_video(clip, tmp_pat
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "sora_core", "long", "x", "-o", str(out), "--video", str(clip),
                              "--frames", "201", "--new-frames", "8", "--context-frames", "4", *FAST],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as in a terminal: a test run started in the background inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     while "window 3/" not in seen:  # windows 1 and 2 are done and written
         char = proc.stderr.read(1)
