@@ -46,8 +46,8 @@ def _pipeline(args, out_frames: int | None):
             probe_video(getattr(args, name))  # exists, a readable format
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ValueError(f"--max-tokens={args.max_tokens} is not allowed: use a positive number of tokens")
-    if args.vae_tile is not None and args.vae_tile < 1:
-        raise ValueError(f"--vae-tile={args.vae_tile} is not allowed: use a positive number of latent cells")
+    if args.vae_tile is not None and args.vae_tile < 0:
+        raise ValueError(f"--vae-tile={args.vae_tile} is not allowed: use a number of latent cells (0: no tiling)")
     try:
         budget = Budget(max_tokens=args.max_tokens, max_memory=parse_size(args.max_memory) if args.max_memory else None)
     except ValueError as err:
@@ -292,7 +292,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="load the text encoder and the DiT only while each runs (default: on, except on the CPU)")
     g.add_argument("--sequential-cfg", action="store_true",
                    help="run the prompt and the negative prompt one after the other (half the activation memory)")
-    g.add_argument("--vae-tile", type=int, default=None, help="decode in spatial tiles of this many latent cells")
+    g.add_argument("--vae-tile", type=int, default=None, help="decode in spatial tiles of this many latent cells "
+                   "(0: never; default: tiles of 128 cells for frames larger than that)")
 
 
 # -- provenance: a C2PA manifest on every output (sora_core.provenance) --------------------------

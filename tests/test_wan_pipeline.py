@@ -127,6 +127,12 @@ def test_generate_and_extend_run_a_wan_file_end_to_end(wan, pipe):
     assert back.shape == (13, 32, 32, 3) and torch.equal(back[4:], video)
 
 
+def test_decode_tile_zero_means_no_tiling_on_wan_as_on_the_shipped_model(pipe, capsys, tmp_path):
+    assert torch.equal(pipe.generate("x", 32, 32, 5, decode_tile=0, **FAST), pipe.generate("x", 32, 32, 5, **FAST))
+    assert main(["generate", "x", "-o", str(tmp_path / "x.png"), "--vae-tile", "-1", "--no-provenance"]) == 2
+    assert capsys.readouterr().err == "error: --vae-tile=-1 is not allowed: use a number of latent cells (0: no tiling)\n"
+
+
 def test_animate_loop_connect_and_edit_run_on_wan(pipe):
     video = clip(9)
     animated = pipe.animate(video[:1], "x", 5, **FAST)

@@ -179,6 +179,7 @@ def test_tiled_decode_is_each_tile_decoded_alone_blended_in_the_overlaps(tiny):
     # smoother); misplaced or unnormalised tiles would give rel >= 1
     assert rel(tiled, full) < 0.5
     assert torch.equal(vae.decode(z, tile=8), full)  # a tile bigger than the grid is no tiling
+    assert torch.equal(vae.decode(z, tile=0), full)  # 0 is no tiling, as for our VAE (Pipeline's decode_tile=0)
 
 
 @torch.no_grad()

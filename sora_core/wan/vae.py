@@ -424,10 +424,10 @@ class WanVAE(nn.Module):
         """Check chunk / tile / overlap and return the overlap (default: a quarter of the tile)."""
         if chunk < 1:
             raise ValueError(f"chunk={chunk} is not allowed: it must be at least 1 latent frame")
-        if tile is None:
+        if not tile:  # None or 0: no tiling, as in our VAE (`Pipeline`'s decode_tile=0)
             return 0
         if tile < 1:
-            raise ValueError(f"tile={tile} is not allowed: it must be at least 1 latent cell (or None: no tiling)")
+            raise ValueError(f"tile={tile} is not allowed: it must be at least 1 latent cell (0 or None: no tiling)")
         overlap = tile // 4 if overlap is None else overlap
         if not 0 <= overlap < tile:
             raise ValueError(f"overlap={overlap} is not allowed with tile={tile}: it must be in [0, {tile - 1}] latent cells")
