@@ -31,7 +31,7 @@ import torch
 
 from .attention import MATH_SCORES_LIMIT
 from .config import SoraConfig
-from .patch import latent_frames
+from .patch import is_whole, latent_frames
 
 DEFAULT_MAX_TOKENS = 1 << 16
 STAGES = ("encode", "sample", "decode")
@@ -68,7 +68,7 @@ class Budget:
     def __post_init__(self):
         for name in ("max_tokens", "max_memory"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (not is_whole(value) or value < 1):
                 raise ValueError(f"Budget {name}={value!r} is not allowed: use a positive integer or None")
 
     def token_limit(self, default: int = DEFAULT_MAX_TOKENS) -> tuple[int, str]:

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import torch
 
 from . import conditioning as cond
-from .patch import check_frame_count, check_pixel_size
+from .patch import check_frame_count, check_pixel_size, is_whole
 
 DRIFT = ("anchor", "none")
 DEFAULT_DRIFT = "anchor"
@@ -87,7 +87,7 @@ class LongVideo:
                 + f" need at least {need} "
                 + ("(window_frames)" if start is None or start.shape[0] == 1 else "(start clip frames)")
             )
-        if isinstance(frames, bool) or not isinstance(frames, int) or frames < first + (tf if loop else 1):
+        if not is_whole(frames) or frames < first + (tf if loop else 1):
             raise ValueError(f"frames={frames!r} is not allowed: a long video is longer than its opening "
                              f"({first} frames{' plus a loop transition' if loop else ''}); use at least "
                              f"{first + (tf if loop else 1)}")

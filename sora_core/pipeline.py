@@ -30,7 +30,7 @@ from .budget import Budget
 from .checkpoint import load_checkpoint
 from .engine import sample_window
 from .flow import check_sampling
-from .patch import check_frame_count, check_pixel_size
+from .patch import check_frame_count, check_pixel_size, is_whole
 from .wan import files
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sora-tiny.safetensors"
@@ -224,8 +224,9 @@ class Pipeline:
                                   ("decode_tile", 0, "latent cells per tile; 0: no tiling; None: tiles of "
                                                      f"{AUTO_TILE} above that size")):
             value = kw.get(name)
-            if (value is not None or name != "decode_tile") and (isinstance(value, bool) or not isinstance(value, int)
-                                                                 or value < least):
+            if value is None and name == "decode_tile":
+                continue
+            if not is_whole(value) or value < least:
                 raise ValueError(f"{name}={value!r} is not allowed: use an integer >= {least} ({what})")
         check_sampling(**{k: kw[k] for k in SAMPLING if k in kw})
         return kw

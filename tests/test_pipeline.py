@@ -146,6 +146,8 @@ def test_numpy_integers_are_sizes_and_counts_like_ints(pipe):
     clip = torch.rand(9, 16, 16, 3, generator=torch.Generator().manual_seed(5))
     assert torch.equal(pipe.extend(clip, "x", i(4), i(4), blend_frames=i(2), seed=3, **KW),
                        pipe.extend(clip, "x", 4, 4, blend_frames=2, seed=3, **KW))
+    assert torch.equal(pipe.generate("x", 16, 8, 5, seed=3, decode_chunk=i(1), decode_tile=i(0), **KW),
+                       pipe.generate("x", 16, 8, 5, seed=3, decode_chunk=1, decode_tile=0, **KW))
 
 
 @pytest.mark.parametrize("call,message", [
