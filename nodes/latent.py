@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from sora_core.conditioning import empty_window, frames_to_video, video_to_frames
+from sora_core.conditioning import empty_window, frames_to_video, settle_tail, video_to_frames
 from sora_core.patch import check_frame_count, check_pixel_size, latent_frames
 
 from . import host, wires
@@ -66,7 +66,7 @@ class SoraPatchifyGrid:
         t, h, w = window.samples.shape[2:]
         info = (f"{width}x{height} px, {frames} frames -> latent {t}x{h}x{w} (frames x height x width), "
                 f"{t // pt}x{h // ph}x{w // pw} = {(t // pt) * (h // ph) * (w // pw)} tokens")
-        return {"ui": {"text": [info]}, "result": (wires.window_latent(window),)}
+        return {"ui": {"text": [info]}, "result": (wires.window_latent(window, config),)}
 
 
 def _progress_callback(total: int):
@@ -103,9 +103,10 @@ class SoraVAEEncode:
         param = next(module.parameters())
         n = latent_frames(images.shape[0], vae.config.vae.temporal_factor)
         with torch.no_grad():
-            z = module.encode(frames_to_video(images).to(param.device, param.dtype), chunk_batch=chunk,
-                              progress=_progress_callback(n))
-        return (wires.latent(z.float()),)
+            size = {"chunk": chunk} if wires.is_wan(vae.config) else {"chunk_batch": chunk}  # the same setting
+            z = module.encode(frames_to_video(images).to(param.device, param.dtype), progress=_progress_callback(n),
+                              **size)
+        return (wires.latent(z.float(), vae.config),)
 
 
 class SoraVAEDecode:
@@ -129,7 +130,7 @@ class SoraVAEDecode:
         }}
 
     def decode(self, vae, latent, chunk, tile):
-        samples = wires.check_latent(latent, vae.config)
+        samples, _ = wires.read_latent(latent, vae.config)
         if tile and tile < 8:
             raise ValueError(f"tile={tile} is not allowed: use 0 (off) or at least 8 latent cells")
         b, _, t, h, w = samples.shape
@@ -138,13 +139,15 @@ class SoraVAEDecode:
                            stages=("decode",), part=vae, chunk=chunk, tile=tile or None)
         module = vae.load()
         param = next(module.parameters())
+        splice = latent.get("sora_splice")
         with torch.no_grad():
-            video = module.decode(samples.to(param.device, param.dtype), chunk=chunk, tile=tile or None,
+            samples = settle_tail(module, latent.get("sora_tail"), splice, samples.to(param.device),
+                                  chunk=chunk, tile=tile or None)
+            video = module.decode(samples.to(param.dtype), chunk=chunk, tile=tile or None,
                                   progress=_progress_callback(samples.shape[2]))
         if not torch.isfinite(video).all():
             raise FloatingPointError("the decoded video contains NaN/inf; the latent is broken (see the sampler "
                                      "settings) or the VAE dtype is too narrow")
-        splice = latent.get("sora_splice")
         clips = [video_to_frames(v[None].float()).cpu() for v in video]
         frames = torch.cat([splice.apply(c) if splice else c for c in clips])
         if frames.amax() < 0.02:

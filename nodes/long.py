@@ -6,7 +6,6 @@ import torch
 
 from sora_core import conditioning as cond
 from sora_core.budget import Budget, BudgetError, format_size
-from sora_core.checkpoint import SoraModel
 from sora_core.flow import SAMPLERS
 from sora_core.long import DEFAULT_DRIFT, DRIFT, LongVideo
 from sora_core.pipeline import Pipeline
@@ -15,12 +14,11 @@ from . import host, wires
 
 
 class _Conditioned(Pipeline):
-    """A Pipeline over hosted networks whose prompts arrive encoded (CONDITIONING), by role; its device is
-    where the DiT runs (the budget is checked for it before the networks are loaded there)."""
+    """A Pipeline over hosted networks (ours or Wan's) whose prompts arrive encoded (CONDITIONING), by role;
+    its device is where the DiT runs (the budget is checked for it before the networks are loaded there)."""
 
-    def __init__(self, model: SoraModel, prompts: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device):
-        super().__init__(model.vae, None, model.dit, config=model.config,
-                         dit_dtype=next(model.dit.parameters()).dtype, device=device)
+    def __init__(self, vae, dit, config, prompts: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+        super().__init__(vae, None, dit, config=config, dit_dtype=next(dit.parameters()).dtype, device=device)
         self.prompts = prompts
 
     def encode_texts(self, *prompts: str):
@@ -50,7 +48,8 @@ class SoraLongVideo:
         return {"required": {
             "model": ("SORA_DIT",),
             "vae": ("SORA_VAE",),
-            "positive": ("CONDITIONING", {"tooltip": "From Sora Text Encode: what the whole video shows."}),
+            "positive": ("CONDITIONING", {"tooltip": (
+                "From Sora Text Encode (or, for Wan models, core's CLIPTextEncode): what the whole video shows.")}),
             "negative": ("CONDITIONING", {"tooltip": "From Sora Text Encode: what to steer away from (may be empty)."}),
             "width": ("INT", {"default": 64, **size, "tooltip": "Frame width without start_images (a multiple of 8 "
                               "for the default model)."}),
@@ -85,15 +84,13 @@ class SoraLongVideo:
         config = model.config
         emb, mask, text = wires.read_conditioning(positive, config, "positive")
         neg_emb, neg_mask, _ = wires.read_conditioning(negative, config, "negative")
-        if not text.strip():
+        if text is not None and not text.strip():  # core's conditioning does not say its prompt
             raise ValueError("the positive prompt is empty; describe the video in the Sora Text Encode node "
                              "connected to 'positive'")
         if start_images is not None:
             start_images = wires.check_frames("start_images", start_images, config, any_count=True).cpu()
         device = model.compute_device
-        parts = SoraModel(config, parts=())
-        parts.dit, parts.vae = model.module, vae.module
-        pipe = _Conditioned(parts, {"positive": (emb.to(device), mask.to(device)),
+        pipe = _Conditioned(vae.module, model.module, config, {"positive": (emb.to(device), mask.to(device)),
                                     "negative": (neg_emb.to(device), neg_mask.to(device))}, device)
         bar = host.Progress(1)
 

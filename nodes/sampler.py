@@ -22,11 +22,14 @@ class SoraDiTSampler:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("SORA_DIT",),
-            "positive": ("CONDITIONING", {"tooltip": "From Sora Text Encode: what the video shows."}),
-            "negative": ("CONDITIONING", {"tooltip": "From Sora Text Encode: what to steer away from (may be empty)."}),
+            "positive": ("CONDITIONING", {"tooltip": (
+                "From Sora Text Encode (or, for Wan models, core's CLIPTextEncode): what the video shows.")}),
+            "negative": ("CONDITIONING", {"tooltip": (
+                "From Sora Text Encode or CLIPTextEncode: what to steer away from (may be empty).")}),
             "latent": ("LATENT", {"tooltip": (
                 "From Patchify Grid, Animate Image, Extend, Loop, Connect or SDEdit Noise (whose strength sets "
-                "how much of an input latent is re-drawn).")}),
+                "how much of an input latent is re-drawn), or a core video latent; its noise_mask says per "
+                "latent frame what is kept (0) and what is generated (1).")}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": ("Noise seed: the noise every generated (or SDEdit) frame starts from; the same "
                                          "seed and settings give the same video on any device.")}),
@@ -43,26 +46,23 @@ class SoraDiTSampler:
     def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, sampler):
         config = model.config
         check_sampling(seed=seed, steps=steps, cfg=cfg, shift=shift or None, sampler=sampler)
-        samples = wires.check_latent(latent, config)
-        strength = wires.strength_of(latent, samples)
+        z, strength = wires.read_latent(latent, config)
         emb, mask, text = wires.read_conditioning(positive, config, "positive")
         neg_emb, neg_mask, _ = wires.read_conditioning(negative, config, "negative")
-        if not text.strip():
+        if text is not None and not text.strip():  # core's conditioning does not say its prompt
             raise ValueError("the positive prompt is empty; describe the video in the Sora Text Encode node "
                              "connected to 'positive'")
-        b, _, t, h, w = samples.shape
+        b, _, t, h, w = z.shape
         s, tf = config.vae.spatial_factor, config.vae.temporal_factor
         wires.check_budget(config, "Sora DiT Sampler", w * s, h * s, 1 + tf * (t - 1), batch=b, stages=("sample",),
                            part=model, guidance=cfg != 1.0)
         dit = model.load()
         device = model.device
         callback = _step_callback(model, strength, steps)
-        out = sample_window(dit, samples, strength, (emb.to(device), mask.to(device)),
+        out = sample_window(dit, z, strength, (emb.to(device), mask.to(device)),
                             (neg_emb.to(device), neg_mask.to(device)), seed=seed, steps=steps, cfg=cfg,
                             shift=shift or None, sampler=sampler, callback=callback)
-        result = dict(latent)
-        result["samples"] = out.to(host.intermediate_device())
-        return (result,)
+        return (wires.sampled(latent, out, strength, config),)
 
 
 def _step_callback(model, strength: torch.Tensor, steps: int):

@@ -59,7 +59,7 @@ class SoraAnimateImage:
         image = wires.check_frames("image", image[:1], vae.config)
         _check_budget(vae, "Sora Animate Image", image, frames, encode_frames=1)
         window = cond.animate_image(vae.load(), image, frames, at=position, blend_frames=blend_frames)
-        return (wires.window_latent(window),)
+        return (wires.window_latent(window, vae.config),)
 
 
 class SoraExtend:
@@ -85,7 +85,7 @@ class SoraExtend:
         _check_budget(vae, "Sora Extend Video", video, frames=None, encode_frames=1 + context_frames,
                       new_frames=new_frames, context_frames=context_frames)
         window = cond.extend(vae.load(), video, new_frames, context_frames, direction, blend_frames)
-        return (wires.window_latent(window),)
+        return (wires.window_latent(window, vae.config),)
 
 
 class SoraLoop:
@@ -108,7 +108,8 @@ class SoraLoop:
         video = wires.check_frames("video", video, vae.config, any_count=True)
         _check_budget(vae, "Sora Seamless Loop", video, frames=None, encode_frames=1 + 2 * context_frames,
                       transition_frames=transition_frames, context_frames=context_frames, clips=2)
-        return (wires.window_latent(cond.loop(vae.load(), video, transition_frames, context_frames, blend_frames)),)
+        window = cond.loop(vae.load(), video, transition_frames, context_frames, blend_frames)
+        return (wires.window_latent(window, vae.config),)
 
 
 class SoraConnect:
@@ -133,7 +134,7 @@ class SoraConnect:
         _check_budget(vae, "Sora Connect Clips", first, frames=None, encode_frames=1 + 2 * context_frames,
                       transition_frames=transition_frames, context_frames=context_frames, clips=2)
         window = cond.connect(vae.load(), first, second, transition_frames, context_frames, blend_frames)
-        return (wires.window_latent(window),)
+        return (wires.window_latent(window, vae.config),)
 
 
 class SoraSDEditNoise:
@@ -154,15 +155,16 @@ class SoraSDEditNoise:
         }}
 
     def set_strength(self, latent, strength):
+        """Writes the strength into the latent's noise_mask, never raising a frame's existing value (given
+        frames stay given). An old graph's sora_strength is read when there is no noise_mask, and dropped."""
         samples = latent.get("samples") if isinstance(latent, dict) else None
-        if samples is None or samples.ndim != 5:
-            raise ValueError("latent must be a 5-D Sora video latent (from Sora VAE Encode or another Sora node)")
+        if not isinstance(samples, torch.Tensor) or samples.ndim != 5:
+            raise ValueError("latent must be a 5-D video latent (from Sora VAE Encode, another Sora node or core's VAEEncode)")
         wires.check_finite("latent", samples)
-        window = cond.sdedit(samples, strength)
-        if "sora_strength" in latent:
-            window.strength = torch.minimum(window.strength, wires.strength_of(latent, samples).float())
-        out = dict(latent)  # keeps a splice plan from Extend / Loop / Connect
-        out["sora_strength"] = window.strength.to(host.intermediate_device())
+        strength = cond.check_strength(strength)
+        levels = torch.minimum(wires.strength_of(latent, samples), torch.tensor(strength))
+        out = {k: v for k, v in latent.items() if k != "sora_strength"}  # keeps a splice plan from Extend / Loop / Connect
+        out["noise_mask"] = wires.frame_mask(levels, samples.shape).to(host.intermediate_device())
         return (out,)
 
 

@@ -187,6 +187,8 @@ def encode_chunk_frames(vae: VideoVAE, frames: torch.Tensor, history: torch.Tens
         return vae.encode_chunks(video)
     if history is not None and history.ndim == 4:
         history = frames_to_video(history)
+    if history is not None and history.shape[0] > 1:  # one clip after each of a batch of histories
+        video = video.expand(history.shape[0], -1, -1, -1, -1)
     return vae.encode_chunks(video, history=None if history is None else history.to(dev, _vae_dtype(vae)))
 
 
@@ -346,21 +348,24 @@ def sdedit(latent: torch.Tensor, strength: float) -> Window:
     return Window(latent, torch.full((latent.shape[0], latent.shape[2]), strength, device=latent.device))
 
 
-def decode(vae: VideoVAE, window: Window, latents: torch.Tensor, **decode_options) -> torch.Tensor:
-    """A sampled window -> (T, H, W, 3) frames in [0, 1], the source frames spliced in.
-
-    With a history-dependent VAE the tail's latents (estimated before sampling) are first replaced by
-    its exact in-clip latents: the tail re-encoded after the frames the window decodes to before it.
-    That is skipped when the splice keeps none of the decoded tail frames (no crossfade at the join).
-    `decode_options` (chunk, tile) go to the VAE's decode.
-    """
-    options = {k: v for k, v in decode_options.items() if v is not None}
-    dtype = _vae_dtype(vae)
-    tail, splice = window.tail, window.splice
-    if tail is not None and vae.history_dependent and (splice is None or splice.uses_from(
+def settle_tail(vae: VideoVAE, tail: Tail | None, splice: Splice | None, latents: torch.Tensor,
+                **decode_options) -> torch.Tensor:
+    """Sampled latents with a history-dependent VAE's tail (estimated before sampling) replaced by its
+    exact in-clip latents: the tail re-encoded after the frames the window decodes to before it. Skipped
+    when the splice keeps none of the decoded tail frames (no crossfade at the join)."""
+    if tail is None or not vae.history_dependent or (splice is not None and not splice.uses_from(
             1 + vae.temporal_factor * (tail.start - 1))):
-        head = vae.decode(latents[:, :, : tail.start].to(dtype), **options)  # (1, 3, 1+tf*(start-1), H, W)
-        exact = encode_chunk_frames(vae, tail.frames, history=head)
-        latents = torch.cat([latents[:, :, : tail.start], exact.to(latents)], dim=2)
-    frames = video_to_frames(vae.decode(latents.to(dtype), **options).float()).cpu()
-    return splice.apply(frames) if splice else frames
+        return latents
+    options = {k: v for k, v in decode_options.items() if v is not None}
+    head = vae.decode(latents[:, :, : tail.start].to(_vae_dtype(vae)), **options)  # (B, 3, 1+tf*(start-1), H, W)
+    exact = encode_chunk_frames(vae, tail.frames, history=head)
+    return torch.cat([latents[:, :, : tail.start], exact.to(latents)], dim=2)
+
+
+def decode(vae: VideoVAE, window: Window, latents: torch.Tensor, **decode_options) -> torch.Tensor:
+    """A sampled window -> (T, H, W, 3) frames in [0, 1], the source frames spliced in; a causal VAE's
+    tail first settled (`settle_tail`). `decode_options` (chunk, tile) go to the VAE's decode."""
+    options = {k: v for k, v in decode_options.items() if v is not None}
+    latents = settle_tail(vae, window.tail, window.splice, latents, **options)
+    frames = video_to_frames(vae.decode(latents.to(_vae_dtype(vae)), **options).float()).cpu()
+    return window.splice.apply(frames) if window.splice else frames

@@ -163,7 +163,9 @@ def test_an_empty_positive_prompt_is_refused(dit, vae, prompts):
 
 def test_conditioning_from_another_text_encoder_is_refused(dit, vae, prompts):
     foreign = [[torch.zeros(1, 77, 768), {"pooled_output": torch.zeros(1, 768)}]]
-    with pytest.raises(ValueError, match="must come from a Sora Text Encode"):
+    width = dit.config.text.dim
+    with pytest.raises(ValueError, match=rf"^positive is 768-wide conditioning from another text encoder; this Sora "
+                                         rf"model reads {width}-wide embeddings from its own text encoder"):
         sample(dit, (foreign, prompts[1]), grid(vae)["result"][0])
 
 
@@ -172,7 +174,7 @@ def test_conditioning_from_another_text_encoder_is_refused(dit, vae, prompts):
 def test_patchify_grid_makes_an_empty_latent_and_shows_its_token_grid(vae):
     out = grid(vae, frames=9, width=48, height=32, batch=2)
     latent = out["result"][0]
-    assert latent["samples"].shape == (2, 4, 3, 8, 12) and latent["sora_strength"].eq(1).all()
+    assert latent["samples"].shape == (2, 4, 3, 8, 12) and "noise_mask" not in latent  # all generated, like core's
     assert "3x4x6 = 72 tokens" in out["ui"]["text"][0]
 
 
@@ -231,11 +233,12 @@ def test_an_unknown_aspect_ratio_is_named(vae):
 
 # -- sampler ---------------------------------------------------------------------------------------
 
-def test_sampler_fills_the_latent_and_keeps_the_dict(dit, vae, prompts):
-    latent = grid(vae)["result"][0]
+def test_sampler_fills_the_latent_and_keeps_the_dict(dit, vae, prompts, clip):
+    (latent,) = SoraExtend().build(vae, clip, "forward", 4, 4)
     out = sample(dit, prompts, latent)
     assert out["samples"].shape == latent["samples"].shape and torch.isfinite(out["samples"]).all()
-    assert out["sora_strength"] is latent["sora_strength"] and out["samples"].abs().sum() > 0
+    assert set(out) == {"samples", "noise_mask", "sora_splice"} and out["samples"].abs().sum() > 0
+    assert out["noise_mask"] is latent["noise_mask"] and out["sora_splice"] is latent["sora_splice"]
 
 
 def test_same_seed_same_video_other_seed_other_video(dit, vae, prompts):
@@ -313,7 +316,7 @@ def test_the_largest_comfyui_seed_samples(dit, vae, prompts):
 
 
 def test_sampler_refuses_a_latent_that_is_not_a_sora_video_latent(dit, prompts):
-    with pytest.raises(ValueError, match="must be a Sora video latent"):
+    with pytest.raises(ValueError, match=r"latent must be a video latent of shape \(batch, 4, frames, height, width\)"):
         sample(dit, prompts, {"samples": torch.zeros(1, 4, 8, 8)})
 
 
@@ -321,7 +324,7 @@ def test_sampler_refuses_a_latent_that_is_not_a_sora_video_latent(dit, prompts):
 
 def test_encode_then_decode_keeps_the_frame_count_and_size(vae, clip):
     (latent,) = SoraVAEEncode().encode(vae, clip, 8)
-    assert latent["samples"].shape == (1, 4, 3, 8, 8) and "sora_strength" not in latent
+    assert latent["samples"].shape == (1, 4, 3, 8, 8) and "noise_mask" not in latent
     frames = decode(vae, latent)
     assert frames.shape == clip.shape and frames.min() >= 0 and frames.max() <= 1
 
@@ -358,7 +361,8 @@ def test_decode_refuses_tiles_smaller_than_8(vae):
 @pytest.mark.parametrize("position,given", [("first", 0), ("last", -1)])
 def test_animate_image_gives_the_image_as_first_or_last_frame(dit, vae, prompts, clip, position, given):
     (latent,) = SoraAnimateImage().build(vae, clip[:1], 9, position)
-    assert latent["sora_strength"][0, given] == 0 and latent["sora_strength"][0].sum() == 2
+    mask = latent["noise_mask"]
+    assert mask.shape == (1, 1, 3, 8, 8) and mask[0, 0, given].eq(0).all() and mask[0, 0, :, 0, 0].sum() == 2
     out = sample(dit, prompts, latent)
     assert torch.equal(out["samples"][:, :, given], latent["samples"][:, :, given])
     frames = decode(vae, out)
@@ -498,7 +502,8 @@ def test_sdedit_strength_0_returns_the_input(dit, vae, prompts, clip):
 def test_sdedit_sets_the_strength_and_the_samplers_seed_picks_the_edit(dit, vae, prompts, clip):
     (latent,) = SoraVAEEncode().encode(vae, clip, 8)
     (marked,) = SoraSDEditNoise().set_strength(latent, 0.5)
-    assert marked["sora_strength"].eq(0.5).all() and torch.equal(marked["samples"], latent["samples"])
+    assert marked["noise_mask"].shape == (1, 1, 3, 8, 8) and marked["noise_mask"].eq(0.5).all()
+    assert torch.equal(marked["samples"], latent["samples"])
     a, b, c = (sample(dit, prompts, marked, seed=s)["samples"] for s in (1, 1, 2))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert "denoise" not in SoraDiTSampler.INPUT_TYPES()["required"]  # one way to start part-way: this node
@@ -514,10 +519,10 @@ def test_sdedit_changes_more_with_more_strength(dit, vae, prompts, clip):
 def test_sdedit_keeps_given_frames_given(vae, clip):
     (window,) = SoraExtend().build(vae, clip, "forward", 8, 4)
     (marked,) = SoraSDEditNoise().set_strength(window, 0.7)
-    assert marked["sora_strength"][0].tolist() == pytest.approx([0, 0, 0.7, 0.7])
+    assert marked["noise_mask"][0, 0, :, 0, 0].tolist() == pytest.approx([0, 0, 0.7, 0.7])
     assert torch.equal(marked["samples"], window["samples"]) and "sora_splice" in marked
     (again,) = SoraSDEditNoise().set_strength(marked, 0.9)  # strengths only ever go down
-    assert again["sora_strength"][0].tolist() == pytest.approx([0, 0, 0.7, 0.7])
+    assert again["noise_mask"][0, 0, :, 0, 0].tolist() == pytest.approx([0, 0, 0.7, 0.7])
 
 
 @pytest.mark.parametrize("bad", [1.5, -0.1, float("nan")])
