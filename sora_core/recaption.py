@@ -213,18 +213,30 @@ def recaption(prompt: str, *, seed: int = 0, backend: str = "offline", endpoint:
     prompt = _check_prompt(prompt)
     check_seed(seed)
     if backend == "offline":
-        return expand_offline(prompt, seed=seed)
+        return plain_text(expand_offline(prompt, seed=seed))
     if backend != "llm":
         raise ValueError(f"backend={backend!r} is not allowed; choose one of: {', '.join(BACKENDS)}")
     messages = [{"role": "system", "content": _system_prompt("recaption_system.txt")},
                 {"role": "user", "content": prompt}]
     try:
-        return chat(endpoint, messages, model=model, api_key=api_key, timeout=timeout, seed=seed)
+        return plain_text(chat(endpoint, messages, model=model, api_key=api_key, timeout=timeout, seed=seed))
     except (RecaptionError, ValueError) as e:
         if not fallback:
             raise
         log.warning("recaption: %s; using the offline expansion instead", e)
-        return expand_offline(prompt, seed=seed)
+        return plain_text(expand_offline(prompt, seed=seed))
+
+
+# ComfyUI's CLIPTextEncode reads "(words)" / "(words:1.5)" as emphasis weights and uses "\0\1" / "\0\2"
+# as its own escapes; without brackets and control characters a caption means the same to every encoder.
+_BRACKETS = re.compile(r"[()]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
+
+
+def plain_text(caption: str) -> str:
+    """A caption without brackets or control characters (line breaks and tabs kept), spaces tidied."""
+    caption = _CONTROL.sub(" ", _BRACKETS.sub("", caption))
+    return re.sub(r"[ ]{2,}", " ", caption).strip()
 
 
 # --------------------------------------------------------------------------- folders
