@@ -385,22 +385,33 @@ torch.set_num_threads(1)
 asyncio.run(nodes.load_custom_node(repo))
 from sora_core.wan.vae import load_wan_vae
 from sora_core.wan.dit import WanConfig, WanDiTConfig
-pack = sys.modules[os.path.basename(repo)].nodes
-assert pack.host.IN_COMFYUI
+ours = nodes.NODE_CLASS_MAPPINGS  # our nodes registered as ComfyUI registers them
+host = sys.modules[ours["SoraExtend"].__module__].host
+assert host.IN_COMFYUI
 (model,) = nodes.UNETLoader().load_unet("tiny_wan21.safetensors", "default")
 vae = load_wan_vae(os.path.join(base, "models", "vae", "tiny_wan21_vae.safetensors"))
 config = WanConfig(WanDiTConfig(dim=256, layers=2, heads=2, ffn_dim=512), vae.config)
-vae_part = pack.host.host_part(vae, config, "vae")
+vae_part = host.host_part(vae, config, "vae")
 g = torch.Generator().manual_seed(0)
 clip = torch.rand(9, 32, 32, 3, generator=g)
-(latent,) = pack.temporal.SoraExtend().build(vae_part, clip, "forward", 8, 4, blend_frames=0)
+(latent,) = ours["SoraExtend"]().build(vae_part, clip, "forward", 8, 4, blend_frames=0)
 text = [[torch.randn(1, 512, 4096, generator=g) * 0.1, {"pooled_output": None}]]
 empty = [[torch.zeros(1, 512, 4096), {"pooled_output": None}]]
 (sampled,) = nodes.KSampler().sample(model, 3, 4, 5.0, "euler", "simple", text, empty, latent, denoise=1.0)
 given = latent["noise_mask"][0, 0, :, 0, 0] == 0
 before, after = latent["samples"], sampled["samples"]
-frames = pack.latent.SoraVAEDecode().decode(vae_part, sampled, 4, 0)[0]
+frames = ours["SoraVAEDecode"]().decode(vae_part, sampled, 4, 0)[0]
+wires = sys.modules[ours["SoraExtend"].__module__].wires
+(core_vae,) = nodes.VAELoader().load_vae("tiny_wan21_vae.safetensors")
+(core_encoded,) = nodes.VAEEncode().encode(core_vae, clip)
+(our_encoded,) = ours["SoraVAEEncode"]().encode(vae_part, clip, 8)
+(core_decoded,) = nodes.VAEDecode().decode(core_vae, our_encoded)
+our_decoded = ours["SoraVAEDecode"]().decode(vae_part, our_encoded, 4, 0)[0]
+raw = our_encoded["samples"]
 json.dump({"format": type(model.model.latent_format).__name__, "given": given.tolist(),
+           "normalise_error": float((model.model.process_latent_in(raw) - wires.to_model(raw, config)).abs().max()),
+           "encode_error": float((core_encoded["samples"] - raw).abs().max()), "raw_scale": float(raw.abs().max()),
+           "decode_error": float((core_decoded.reshape(our_decoded.shape) - our_decoded).abs().max()),
            "given_error": float((after[:, :, given] - before[:, :, given]).abs().max()),
            "given_scale": float(before[:, :, given].abs().max()),
            "new_change": float((after[:, :, ~given] - before[:, :, ~given]).abs().mean()),
@@ -412,7 +423,8 @@ json.dump({"format": type(model.model.latent_format).__name__, "given": given.to
 def test_cores_ksampler_honours_our_extend_latent_and_latent_space(tmp_path):
     """Core's UNETLoader detects a tiny random Wan 2.1 file (real key layout, 4096-wide text states as core's
     Wan model expects); core's KSampler samples our Extend latent: the given latent frames come back (up to
-    core's normalise / denormalise rounding), the new ones change, and our VAE Decode splices the source."""
+    core's normalise / denormalise rounding), the new ones change, and our VAE Decode splices the source.
+    Core's VAELoader reads the same tiny VAE file: its VAEEncode / VAEDecode agree with ours on the wire."""
     models = tmp_path / "models"
     (models / "diffusion_models").mkdir(parents=True)
     (models / "vae").mkdir()
@@ -429,3 +441,7 @@ def test_cores_ksampler_honours_our_extend_latent_and_latent_space(tmp_path):
     assert result["format"] == "Wan21" and result["given"] == [True, True, False, False]
     assert result["given_error"] <= 1e-5 * result["given_scale"]  # kept: core's rounding only
     assert result["new_change"] > 0.01 and result["frames"] == [17, 32, 32, 3] and result["source_kept"]
+    # one latent space: core's VAE encodes to what our VAE Encode puts on the wire, decodes what ours decodes,
+    # and core's Wan21 format normalises it as we do
+    assert result["encode_error"] <= 1e-4 * result["raw_scale"] and result["decode_error"] <= 1e-3
+    assert result["normalise_error"] <= 1e-5
