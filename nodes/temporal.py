@@ -141,7 +141,8 @@ class SoraSDEditNoise:
     DESCRIPTION = ("SDEdit video-to-video: sets how much of a latent (e.g. from Sora VAE Encode) the DiT Sampler "
                    "re-draws following the prompt: strength 0 keeps the input, 1 ignores it. The sampler adds "
                    "the noise, with its seed, so different seeds give different edits. Frames already marked "
-                   "as given stay given.")
+                   "as given stay given. The strength travels in the latent's noise_mask, which core's KSampler "
+                   "reads its own way (a per-step blend, not SDEdit): sample it with the Sora DiT Sampler.")
     CATEGORY = CATEGORY
     FUNCTION = "set_strength"
     RETURN_TYPES = ("LATENT",)

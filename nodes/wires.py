@@ -8,7 +8,8 @@ LATENT is a dict:
                   normalised latents themselves (core has no counterpart).
     "noise_mask"  core's: one value per latent frame, 1 = generate, 0 = keep as given, between = SDEdit
                   strength; written (B, 1, T, h, w), read in any shape core's sampler reads (`strength_of`).
-                  Absent = every frame generated, like a core empty latent.
+                  Absent = every frame generated, like a core empty latent. Core's KSampler keeps 0-frames and
+                  generates 1-frames the same way; a value between it blends per step instead of SDEdit.
     "sora_splice" how the decoded frames join the source clips (Extend / Loop / Connect)
     "sora_tail"   given frames after generated ones, re-encoded by VAE Decode after the frames decoded before
                   them (a causal VAE's exact latents; see `sora_core.conditioning`)

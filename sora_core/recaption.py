@@ -235,8 +235,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
 
 def plain_text(caption: str) -> str:
     """A caption without brackets or control characters (line breaks and tabs kept), spaces tidied."""
-    caption = _CONTROL.sub(" ", _BRACKETS.sub("", caption))
-    return re.sub(r"[ ]{2,}", " ", caption).strip()
+    caption = _CONTROL.sub(" ", _BRACKETS.sub("", caption.replace("\r\n", "\n")))
+    return re.sub(r" ?\n ?", "\n", re.sub(r"[ ]{2,}", " ", caption)).strip()
 
 
 # --------------------------------------------------------------------------- folders

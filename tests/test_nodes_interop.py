@@ -24,6 +24,7 @@ from nodes.sampler import SoraDiTSampler
 from nodes.temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
 from nodes.text import SoraRecaption, SoraTextEncode
 from sora_core.conditioning import frames_to_video
+from sora_core.recaption import plain_text
 from sora_core.wan.dit import WanConfig, WanDiTConfig, load_wan_dit
 from sora_core.wan.umt5 import UMT5Config, load_umt5
 from sora_core.wan.vae import load_wan_vae
@@ -367,6 +368,8 @@ def test_recaption_strings_are_plain_text_for_cores_tokenizer():
             assert isinstance(caption, str) and caption.strip() and not set(caption) & set("()")
             assert not [c for c in caption if unicodedata.category(c) == "Cc" and c not in "\n\t"], caption
     assert "orange" in SoraRecaption().run("a cat (orange) runs", 0, "offline", "", "", 5.0)["result"][0]
+    reply = "A woman (in her 30s) walks\x00\x01 past (a red door:1.3).\r\nThe camera pans\tleft."  # an LLM's
+    assert plain_text(reply) == "A woman in her 30s walks past a red door:1.3.\nThe camera pans\tleft."
 
 
 # -- core's KSampler on our latents, in a real ComfyUI ---------------------------------------------
