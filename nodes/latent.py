@@ -130,7 +130,7 @@ class SoraVAEDecode:
         }}
 
     def decode(self, vae, latent, chunk, tile):
-        samples, _ = wires.read_latent(latent, vae.config)
+        samples = wires.model_samples(latent, vae.config)  # its noise_mask is the sampler's business
         if tile and tile < 8:
             raise ValueError(f"tile={tile} is not allowed: use 0 (off) or at least 8 latent cells")
         b, _, t, h, w = samples.shape

@@ -46,7 +46,8 @@ class SoraDiTSampler:
     def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, sampler):
         config = model.config
         check_sampling(seed=seed, steps=steps, cfg=cfg, shift=shift or None, sampler=sampler)
-        z, strength = wires.read_latent(latent, config)
+        z = wires.model_samples(latent, config)
+        strength = wires.strength_of(latent, z)
         emb, mask, text = wires.read_conditioning(positive, config, "positive")
         neg_emb, neg_mask, _ = wires.read_conditioning(negative, config, "negative")
         if text is not None and not text.strip():  # core's conditioning does not say its prompt

@@ -94,10 +94,9 @@ def frame_mask(strength: torch.Tensor, shape) -> torch.Tensor:
     return strength.float()[:, None, :, None, None].expand(b, 1, t, h, w).contiguous()
 
 
-def read_latent(value: dict, config: Config, name: str = "latent") -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised latents, per-frame strength (B, T)) of a LATENT, checked."""
-    samples = check_latent(value, config, name)
-    return to_model(samples, config), strength_of(value, samples)
+def model_samples(value: dict, config: Config, name: str = "latent") -> torch.Tensor:
+    """The normalised latents of a LATENT, checked."""
+    return to_model(check_latent(value, config, name), config)
 
 
 def sampled(value: dict, z: torch.Tensor, strength: torch.Tensor, config: Config) -> dict:

@@ -228,6 +228,13 @@ def test_decode_settles_the_tail_of_a_causal_vae_as_the_pipeline_does(wan, monke
     assert torch.allclose(frames, cond.decode(wan.vae.module, window, window.samples, chunk=4), atol=1e-5)
 
 
+def test_decode_reads_a_latent_whatever_its_noise_mask(wan):
+    """Core's KSampler keeps the noise_mask on its output, e.g. a regional inpainting mask: decoding ignores it."""
+    (encoded,) = SoraVAEEncode().encode(wan.vae, video(), 8)
+    regional = dict(encoded, noise_mask=torch.rand(1, 1, 3, 4, 4))
+    assert torch.equal(decode(wan, regional), decode(wan, encoded))
+
+
 def test_sdedit_on_wan_redraws_by_strength_and_keeps_given_frames(wan):
     (encoded,) = SoraVAEEncode().encode(wan.vae, video(), 8)
     (kept,) = SoraSDEditNoise().set_strength(encoded, 0.0)
