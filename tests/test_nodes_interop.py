@@ -418,7 +418,15 @@ wires = sys.modules[ours["SoraExtend"].__module__].wires
 (core_decoded,) = nodes.VAEDecode().decode(core_vae, our_encoded)
 our_decoded = ours["SoraVAEDecode"]().decode(vae_part, our_encoded, 4, 0)[0]
 raw = our_encoded["samples"]
-json.dump({"format": type(model.model.latent_format).__name__, "given": given.tolist(),
+from comfy.text_encoders.wan import WanT5Tokenizer  # what CLIPTextEncode runs for CLIPLoader type=wan
+tokenizer = WanT5Tokenizer(tokenizer_data={"spiece_model": open(os.path.join(base, "spiece.model"), "rb").read()})
+def read_as_given(text):  # no weights and the same tokens as the text taken literally
+    weighted = tokenizer.tokenize_with_weights(text)["umt5xxl"]
+    literal = tokenizer.tokenize_with_weights(text, disable_weights=True)["umt5xxl"]
+    return weighted == literal and all(w == 1.0 for batch in weighted for _, w in batch)
+texts = json.load(open(os.path.join(base, "texts.json")))
+json.dump({"captions_as_given": [read_as_given(t) for t in texts["captions"]],
+           "prompts_as_given": [read_as_given(t) for t in texts["prompts"]],"format": type(model.model.latent_format).__name__, "given": given.tolist(),
            "normalise_error": float((model.model.process_latent_in(raw) - wires.to_model(raw, config)).abs().max()),
            "encode_error": float((core_encoded["samples"] - raw).abs().max()), "raw_scale": float(raw.abs().max()),
            "decode_error": float((core_decoded.reshape(our_decoded.shape) - our_decoded).abs().max()),
@@ -434,13 +442,18 @@ def test_cores_ksampler_honours_our_extend_latent_and_latent_space(tmp_path):
     """Core's UNETLoader detects a tiny random Wan 2.1 file (real key layout, 4096-wide text states as core's
     Wan model expects); core's KSampler samples our Extend latent: the given latent frames come back (up to
     core's normalise / denormalise rounding), the new ones change, and our VAE Decode splices the source.
-    Core's VAELoader reads the same tiny VAE file: its VAEEncode / VAEDecode agree with ours on the wire."""
+    Core's VAELoader reads the same tiny VAE file: its VAEEncode / VAEDecode agree with ours on the wire.
+    Core's umt5 tokenizer reads our Recaption captions without emphasis weights or escapes."""
     models = tmp_path / "models"
     (models / "diffusion_models").mkdir(parents=True)
     (models / "vae").mkdir()
     write(models / "diffusion_models" / "tiny_wan21.safetensors",
           random_state(WanDiTConfig(dim=256, layers=2, heads=2, ffn_dim=512), seed=1))
     write_random_file(models / "vae" / "tiny_wan21_vae.safetensors", FAMILIES["2.1"][1])
+    prompts = ["a cat (orange) runs over the hill", "a red ball (bouncing:1.4)", "a \x07 ((very)) bright sky"]
+    captions = [SoraRecaption().run(p, 0, "offline", "", "", 5.0)["result"][0] for p in prompts]
+    (tmp_path / "texts.json").write_text(json.dumps({"prompts": prompts, "captions": captions}))
+    (tmp_path / "spiece.model").write_bytes(spiece_model())
     script, out = tmp_path / "host.py", tmp_path / "out.json"
     script.write_text(HOST_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
@@ -455,3 +468,5 @@ def test_cores_ksampler_honours_our_extend_latent_and_latent_space(tmp_path):
     # and core's Wan21 format normalises it as we do
     assert result["encode_error"] <= 1e-4 * result["raw_scale"] and result["decode_error"] <= 1e-3
     assert result["normalise_error"] <= 1e-5
+    # Recaption's STRING goes through core's CLIPTextEncode tokenizer as plain text; the raw prompts would not
+    assert result["captions_as_given"] == [True] * 3 and result["prompts_as_given"] == [False] * 3
