@@ -160,11 +160,12 @@ class SoraSDEditNoise:
         frames stay given). An old graph's sora_strength is read when there is no noise_mask, and dropped."""
         samples = latent.get("samples") if isinstance(latent, dict) else None
         if not isinstance(samples, torch.Tensor) or samples.ndim != 5:
-            raise ValueError("latent must be a 5-D video latent (from Sora VAE Encode, another Sora node or core's VAEEncode)")
+            raise ValueError("latent must be a 5-D video latent (from Sora VAE Encode, another Sora node or core's "
+                             "VAEEncode)")
         wires.check_finite("latent", samples)
         strength = cond.check_strength(strength)
         levels = torch.minimum(wires.strength_of(latent, samples), torch.tensor(strength))
-        out = {k: v for k, v in latent.items() if k != "sora_strength"}  # keeps a splice plan from Extend / Loop / Connect
+        out = {k: v for k, v in latent.items() if k != "sora_strength"}  # keeps Extend / Loop / Connect's splice
         out["noise_mask"] = wires.frame_mask(levels, samples.shape).to(host.intermediate_device())
         return (out,)
 

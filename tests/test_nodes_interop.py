@@ -426,7 +426,8 @@ def read_as_given(text):  # no weights and the same tokens as the text taken lit
     return weighted == literal and all(w == 1.0 for batch in weighted for _, w in batch)
 texts = json.load(open(os.path.join(base, "texts.json")))
 json.dump({"captions_as_given": [read_as_given(t) for t in texts["captions"]],
-           "prompts_as_given": [read_as_given(t) for t in texts["prompts"]],"format": type(model.model.latent_format).__name__, "given": given.tolist(),
+           "prompts_as_given": [read_as_given(t) for t in texts["prompts"]],
+           "format": type(model.model.latent_format).__name__, "given": given.tolist(),
            "normalise_error": float((model.model.process_latent_in(raw) - wires.to_model(raw, config)).abs().max()),
            "encode_error": float((core_encoded["samples"] - raw).abs().max()), "raw_scale": float(raw.abs().max()),
            "decode_error": float((core_decoded.reshape(our_decoded.shape) - our_decoded).abs().max()),
