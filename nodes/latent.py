@@ -102,8 +102,9 @@ class SoraVAEEncode:
         module = vae.load()
         param = next(module.parameters())
         n = latent_frames(images.shape[0], vae.config.vae.temporal_factor)
+        chunking = {"chunk": chunk} if vae.family == "wan" else {"chunk_batch": chunk}  # Wan's VAE streams causally
         with torch.no_grad():
-            z = module.encode(frames_to_video(images).to(param.device, param.dtype), chunk_batch=chunk,
+            z = module.encode(frames_to_video(images).to(param.device, param.dtype), **chunking,
                               progress=_progress_callback(n))
         return (wires.latent(z.float()),)
 
