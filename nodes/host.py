@@ -82,8 +82,10 @@ WAN_DTYPES = [torch.float16, torch.bfloat16, torch.float32]  # what core runs Wa
 
 def wan_compute_dtype(weight_dtype: torch.dtype, device: torch.device) -> torch.dtype | None:
     """The dtype a Wan DiT with weights of `weight_dtype` computes in on `device`, as core picks it for
-    its own Wan models; None: the weights' own (outside ComfyUI: fp8 weights compute in bfloat16)."""
-    return mm.unet_manual_cast(weight_dtype, device, WAN_DTYPES) if IN_COMFYUI else None
+    its own Wan models (float32 on CPUs); None: the weights' own (bfloat16 for fp8 weights)."""
+    if IN_COMFYUI:
+        return mm.unet_manual_cast(weight_dtype, device, WAN_DTYPES)
+    return torch.float32 if device.type == "cpu" else None
 
 
 def vae_dtype(device: torch.device) -> torch.dtype:

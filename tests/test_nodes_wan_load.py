@@ -136,15 +136,15 @@ def test_wan_files_run_end_to_end_through_text_encode_grid_sampler_and_decode(wa
 def test_wan_vae_encode_then_decode_streams_any_frame_count(wan):
     family, _, vae, _ = wan
     size = vae.config.pixel_multiple
-    images = torch.rand(13, size, size, 3, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(9, size, size, 3, generator=torch.Generator().manual_seed(0))
     latent = SoraVAEEncode().encode(vae, images, 1)[0]
-    assert latent["samples"].shape == (1, FAMILIES[family][2], 4, size // vae.config.vae.spatial_factor,
+    assert latent["samples"].shape == (1, FAMILIES[family][2], 3, size // vae.config.vae.spatial_factor,
                                        size // vae.config.vae.spatial_factor)
     whole = SoraVAEDecode().decode(vae, latent, 4, 0)[0]
     streamed = SoraVAEDecode().decode(vae, latent, 1, 0)[0]  # one latent frame at a time, through the causal cache
-    assert whole.shape == (13, size, size, 3) and (whole - streamed).abs().max() < 1e-4
-    tiled = SoraVAEDecode().decode(vae, {"samples": torch.randn(1, FAMILIES[family][2], 2, 12, 12)}, 1, 8)[0]
-    assert tiled.shape == (5, 12 * vae.config.vae.spatial_factor, 12 * vae.config.vae.spatial_factor, 3)
+    assert whole.shape == (9, size, size, 3) and (whole - streamed).abs().max() < 1e-4
+    tiled = SoraVAEDecode().decode(vae, {"samples": torch.randn(1, FAMILIES[family][2], 2, 10, 10)}, 1, 8)[0]
+    assert tiled.shape == (5, 10 * vae.config.vae.spatial_factor, 10 * vae.config.vae.spatial_factor, 3)
 
 
 def test_fp8_weight_dtype_casts_the_linear_weights_only_and_stays_close(models):
