@@ -172,11 +172,12 @@ class SoraPart:
     family: str = "sora"  # or "wan"
     partial: bool = False  # built from comfy.ops layers: ComfyUI may load it partially (lowvram)
 
-    def load(self) -> nn.Module:
-        """The network, on its compute device (ComfyUI may first offload other models to make room, and
-        load a `partial` one only in part: its other layers are cast onto the device when they run)."""
+    def load(self, memory_required: int = 0) -> nn.Module:
+        """The network, on its compute device. ComfyUI first offloads other models to make room for it and
+        for `memory_required` bytes of work (the budget's estimate), and loads a `partial` one only as far
+        as that room allows: its other layers are cast onto the device when they run."""
         if self.patcher is not None:
-            mm.load_models_gpu([self.patcher], force_full_load=not self.partial)
+            mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=not self.partial)
         return self.module
 
     @property

@@ -98,9 +98,9 @@ class SoraVAEEncode:
 
     def encode(self, vae, images, chunk):
         images = wires.check_frames("images", images, vae.config)
-        wires.check_budget(vae.config, "Sora VAE Encode", images.shape[2], images.shape[1], images.shape[0],
-                           stages=("encode",), part=vae, encode_frames=images.shape[0], chunk_batch=chunk)
-        module = vae.load()
+        estimate = wires.check_budget(vae.config, "Sora VAE Encode", images.shape[2], images.shape[1], images.shape[0],
+                                      stages=("encode",), part=vae, encode_frames=images.shape[0], chunk_batch=chunk)
+        module = vae.load(estimate.memory)
         param = next(module.parameters())
         n = latent_frames(images.shape[0], vae.config.vae.temporal_factor)
         chunking = {"chunk": chunk} if vae.family == "wan" else {"chunk_batch": chunk}  # Wan's VAE streams causally
@@ -138,9 +138,9 @@ class SoraVAEDecode:
             raise ValueError(f"tile={tile} is not allowed: use 0 (off) or at least 8 latent cells")
         b, _, t, h, w = samples.shape
         s, tf = vae.config.vae.spatial_factor, vae.config.vae.temporal_factor
-        wires.check_budget(vae.config, "Sora VAE Decode", w * s, h * s, 1 + tf * (t - 1), batch=b,
-                           stages=("decode",), part=vae, chunk=chunk, tile=tile or None)
-        module = vae.load()
+        estimate = wires.check_budget(vae.config, "Sora VAE Decode", w * s, h * s, 1 + tf * (t - 1), batch=b,
+                                      stages=("decode",), part=vae, chunk=chunk, tile=tile or None)
+        module = vae.load(estimate.memory)
         param = next(module.parameters())
         with torch.no_grad():
             video = module.decode(samples.to(param.device, param.dtype), chunk=chunk, tile=tile or None,

@@ -87,6 +87,10 @@ def test_the_nodes_run_a_wan_graph_under_the_memory_manager(facts, family):
     f = facts["graph"][family]
     assert f["frames"] == [9, f["size"], f["size"], 3] and f["finite"] and f["previews"] == 2
     assert f["loaded"] == ["dit", "text", "vae"]
+    (text, _, text_full), (text_again, _, _), (dit, dit_memory, dit_full), (vae, vae_memory, vae_full) = f["loads"]
+    assert (text, text_again, dit, vae) == ("text", "text", "dit", "vae")
+    assert not text_full and not dit_full and vae_full  # the Wan DiT and umt5 may load in part, the VAE whole
+    assert dit_memory > 0 and vae_memory > 0  # ComfyUI makes room for the work, not only the weights
 
 
 # -- the checks, in a fresh interpreter ----------------------------------------------------------------
@@ -183,6 +187,14 @@ def host_facts(models: Path) -> dict:
                                      "equal_to_core": np.array_equal(np.asarray(image), np.asarray(core.decode_latent_to_preview(x0)))}
 
         vae = SoraVAELoader().load(vae_name, "default")[0]
+        names, loads, load_models_gpu = {id(part.patcher): "dit", id(text.patcher): "text", id(vae.patcher): "vae"}, [], \
+            mm.load_models_gpu
+
+        def spy(models, memory_required=0, force_full_load=False, **kw):
+            loads.append([names[id(m)] for m in models] + [memory_required, force_full_load])
+            return load_models_gpu(models, memory_required=memory_required, force_full_load=force_full_load, **kw)
+
+        mm.load_models_gpu = spy
         encode = SoraTextEncode().encode
         positive, negative = encode(text, "a red ball moving left")[0], encode(text, "")[0]
         size = vae.config.pixel_multiple * 2
@@ -195,10 +207,11 @@ def host_facts(models: Path) -> dict:
         finally:
             host.Progress.update = bar
         frames = SoraVAEDecode().decode(vae, out, 1, 0)[0]
+        mm.load_models_gpu = load_models_gpu
         loaded = sorted(kind for kind, p in (("dit", part), ("text", text), ("vae", vae))
                         if any(m.model is p.patcher for m in mm.current_loaded_models))
         facts["graph"][family] = {"frames": list(frames.shape), "size": size, "finite": bool(torch.isfinite(frames).all()),
-                                  "previews": sum(p is not None for p in shown), "loaded": loaded}
+                                  "previews": sum(p is not None for p in shown), "loaded": loaded, "loads": loads}
     return facts
 
 
