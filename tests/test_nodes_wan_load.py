@@ -235,3 +235,22 @@ def test_gguf_unknown_and_tokenizerless_files_are_refused_by_name_before_loading
     finally:
         for p in (gguf, no_tokenizer, models / "diffusion_models" / "mystery.safetensors"):
             p.unlink(missing_ok=True)
+
+
+def test_every_weight_of_the_wan_dit_and_umt5_sits_in_a_layer_of_the_injected_ops():
+    """What lets ComfyUI load them partially: its ModelPatcher moves or casts only layers it knows (comfy.ops
+    classes, passed as `ops`); anything else would be left behind on the offload device. The modulation
+    tables alone are plain parameters, cast where they are used."""
+    from sora_core.wan.dit import WanDiT, WanDiTConfig
+    from sora_core.wan.ops import TORCH
+    from sora_core.wan.umt5 import UMT5Config, UMT5Encoder
+
+    layers = tuple(vars(TORCH).values())
+    with torch.device("meta"):
+        models = (WanDiT(WanDiTConfig(dim=256, layers=2, heads=2, ffn_dim=512, text_dim=64)),
+                  UMT5Encoder(UMT5Config(vocab_size=64, dim=64, inner_dim=64, heads=4, ffn_dim=96, layers=2)))
+    for model in models:
+        loose = {f"{n}.{p}" for n, m in model.named_modules() if not isinstance(m, layers)
+                 for p, _ in m.named_parameters(recurse=False)}
+        assert loose == ({"blocks.0.modulation", "blocks.1.modulation", "head.modulation"}
+                         if isinstance(model, WanDiT) else set())
