@@ -3,7 +3,7 @@ when running inside it). Imports are relative: ComfyUI has its own top-level mod
 
 from . import host
 from .latent import SoraPatchifyGrid, SoraTrimFrames, SoraVAEDecode, SoraVAEEncode
-from .loader import SoraModelLoader
+from .loader import SoraDiffusionModelLoader, SoraModelLoader, SoraTextEncoderLoader, SoraVAELoader
 from .long import SoraLongVideo
 from .sampler import SoraDiTSampler
 from .save import SoraSaveImage, SoraSaveVideo
@@ -14,6 +14,9 @@ host.register_model_folder()
 
 NODE_CLASS_MAPPINGS = {
     "SoraModelLoader": SoraModelLoader,
+    "SoraDiffusionModelLoader": SoraDiffusionModelLoader,
+    "SoraVAELoader": SoraVAELoader,
+    "SoraTextEncoderLoader": SoraTextEncoderLoader,
     "SoraTextEncode": SoraTextEncode,
     "SoraRecaption": SoraRecaption,
     "SoraPatchifyGrid": SoraPatchifyGrid,
@@ -33,6 +36,9 @@ NODE_CLASS_MAPPINGS = {
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "SoraModelLoader": "Sora Model Loader",
+    "SoraDiffusionModelLoader": "Sora Load Diffusion Model",
+    "SoraVAELoader": "Sora Load VAE 3D",
+    "SoraTextEncoderLoader": "Sora Load Text Encoder",
     "SoraTextEncode": "Sora Text Encode",
     "SoraRecaption": "Sora Recaption Prompt",
     "SoraPatchifyGrid": "Sora Patchify Grid (Empty Video)",

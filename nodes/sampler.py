@@ -55,9 +55,9 @@ class SoraDiTSampler:
                              "connected to 'positive'")
         b, _, t, h, w = z.shape
         s, tf = config.vae.spatial_factor, config.vae.temporal_factor
-        wires.check_budget(config, "Sora DiT Sampler", w * s, h * s, 1 + tf * (t - 1), batch=b, stages=("sample",),
-                           part=model, guidance=cfg != 1.0)
-        dit = model.load()
+        estimate = wires.check_budget(config, "Sora DiT Sampler", w * s, h * s, 1 + tf * (t - 1), batch=b,
+                                      stages=("sample",), part=model, guidance=cfg != 1.0)
+        dit = model.load(estimate.memory)  # room for the sampling, not only the weights
         device = model.device
         callback = _step_callback(model, strength, steps)
         out = sample_window(dit, z, strength, (emb.to(device), mask.to(device)),

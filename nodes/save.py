@@ -78,7 +78,8 @@ def _provenance(provenance, include_prompt, model, positive, operation, sources)
     prompt = positive[0][1].get("sora_text") if positive else None
     files = [str(host.input_file(name)) for name in _source_names(sources)]
     return Provenance(operation, model=model.path if model is not None else None,
-                      family=f"sora-{model.config.name}" if model is not None else None,
+                      family=None if model is None else f"sora-{model.config.name}" if model.family == "sora"
+                      else model.config.name,
                       prompt=prompt, include_prompt=include_prompt, sources=files, strict=provenance == "strict")
 
 

@@ -207,15 +207,15 @@ def check_frames(name: str, frames: torch.Tensor, config: SoraConfig, *, any_cou
 
 
 def check_budget(config: Config, what: str, width: int, height: int, frames: int, *, batch: int = 1,
-                 stages: tuple[str, ...], part=None, **kw) -> None:
+                 stages: tuple[str, ...], part=None, **kw) -> budget.Estimate:
     """`sora_core.budget.check` on the device the work runs on: `part`'s, else where ComfyUI runs DiTs."""
     if part is not None:
         device, dtype = part.compute_device, next(part.module.parameters()).dtype
     else:
         device = host.devices("dit")[0]
         dtype = host.auto_dtype(device)
-    budget.check(config, what=what, width=width, height=height, frames=frames, batch=batch, stages=stages,
-                 device=device, dtype=dtype, **kw)
+    return budget.check(config, what=what, width=width, height=height, frames=frames, batch=batch, stages=stages,
+                        device=device, dtype=dtype, **kw)
 
 
 # -- CONDITIONING -------------------------------------------------------------------------------

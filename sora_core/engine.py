@@ -2,10 +2,11 @@
 that fills a latent window, for any denoiser, through the samplers of `flow` unchanged.
 
 A denoiser is called `dit(x, t, context, context_mask) -> velocity` with x (B, C, T, H, W) and t in
-[0, 1], and has `config.patch`. Our DiT and the Wan DiT both are. Two optional attributes say how
+[0, 1], and has `config.patch`. Our DiT and the Wan DiT both are. Optional attributes say how
 to feed it: `per_frame_t` (default True) whether it was trained with one time per latent frame (our
 DiT, Wan 2.2 TI2V-5B) or one per sample (Wan 2.1, the 14B models); `input_dtype` (default its
-weights' dtype) the dtype of the x, t and context it takes.
+weights' dtype) the dtype of the x, t and context it takes; `device` (default its weights' device)
+where it computes, for a model whose weights a host spreads over devices (ComfyUI's lowvram).
 
 One conditioning mechanism for both kinds (see `conditioning`): every latent frame has a strength,
 and its time is min(sigma, strength), so given frames (strength 0) sit at t = 0. A per-frame model
@@ -116,7 +117,7 @@ def sample_window(
     """
     if cfg < 0:
         raise ValueError(f"cfg={cfg} must be >= 0")
-    device = next(dit.parameters()).device
+    device = getattr(dit, "device", None) or next(dit.parameters()).device  # Wan's: where it computes
     x0 = samples.to(device, torch.float32)
     strength = strength.to(device, torch.float32)
     start = float(strength.max())

@@ -28,9 +28,10 @@ from einops import rearrange
 from ..attention import attention
 from ..budget import Dims
 from ..dit import timestep_embedding
-from ..patch import apply_rope, grid_positions, patchify, rope_tables
+from ..patch import apply_rope, check_latent_grid, grid_positions, rope_tables
 from . import files
-from .files import FP8, Linear
+from .files import FP8
+from .ops import TORCH
 
 if TYPE_CHECKING:
     from .vae import WanVAEConfig
@@ -115,6 +116,12 @@ def recipe_for(variant: str, latent_channels: int | None = None) -> Recipe | Non
 
 
 @dataclass(frozen=True)
+class WanTextConfig:
+    """The text side, as a SoraConfig's `text` is read: the width of the encoder states the DiT takes."""
+    dim: int
+
+
+@dataclass(frozen=True)
 class WanConfig:
     """A Wan model as a whole, as `Pipeline`, `conditioning.empty_window` and `budget` read it (like a
     SoraConfig): the DiT's and the VAE's shapes and the DiT's variant."""
@@ -129,6 +136,10 @@ class WanConfig:
     @property
     def recipe(self) -> Recipe | None:
         return recipe_for(self.variant, self.dit.in_channels)
+
+    @property
+    def text(self) -> WanTextConfig:
+        return WanTextConfig(self.dit.text_dim)
 
     @property
     def pixel_multiple(self) -> int:
@@ -155,47 +166,27 @@ def _modulate(x, shift, scale):
     return torch.addcmul(shift, x, 1 + scale)  # one fused op: these fp32 tensors are the size of the residual
 
 
-class LayerNorm(nn.Module):
-    """Affine LayerNorm computed in fp32 whatever the stored dtype (Wan's cross-attention norm, `norm3`)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.empty(dim))
-        self.bias = nn.Parameter(torch.empty(dim))
-
-    def forward(self, x):
-        return F.layer_norm(x.float(), x.shape[-1:], self.weight.float(), self.bias.float(), self.eps)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm in fp32 over the whole width (all heads together, as Wan normalises q and k)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.empty(dim))
-
-    def forward(self, x):
-        x = x.float()
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+def _table(param: nn.Parameter, like: torch.Tensor) -> torch.Tensor:
+    """A modulation table in fp32 where `like` is (a host may leave it on the offload device)."""
+    return param.to(device=like.device, dtype=torch.float32)
 
 
 class Attention(nn.Module):
-    """Wan's attention: q, k, v, o projections with RMSNorm on q and k; RoPE for self-attention."""
+    """Wan's attention: q, k, v, o projections with RMSNorm on q and k (fp32, over the whole width: all
+    heads together, as Wan normalises them); RoPE for self-attention."""
 
-    def __init__(self, dim: int, heads: int, eps: float):
+    def __init__(self, dim: int, heads: int, eps: float, ops=TORCH):
         super().__init__()
         self.heads = heads
-        self.q, self.k, self.v, self.o = (Linear(dim, dim) for _ in range(4))
-        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+        self.q, self.k, self.v, self.o = (ops.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = ops.RMSNorm(dim, eps=eps), ops.RMSNorm(dim, eps=eps)
 
     def forward(self, x, context=None, rope=None):
         # x: (B, N, D) in the compute dtype; context: (B, L, D) for cross-attention, else None.
         src = x if context is None else context
         split = "b n (h d) -> b h n d"
-        q = rearrange(self.norm_q(self.q(x)), split, h=self.heads)  # (B, H, N, Dh) fp32
-        k = rearrange(self.norm_k(self.k(src)), split, h=self.heads)
+        q = rearrange(self.norm_q(self.q(x).float()), split, h=self.heads)  # (B, H, N, Dh) fp32
+        k = rearrange(self.norm_k(self.k(src).float()), split, h=self.heads)
         v = rearrange(self.v(src), split, h=self.heads)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -206,23 +197,23 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Self-attention, cross-attention and MLP, modulated by the per-frame timestep through `modulation`."""
 
-    def __init__(self, c: WanDiTConfig):
+    def __init__(self, c: WanDiTConfig, ops=TORCH):
         super().__init__()
         self.eps = c.eps
-        self.self_attn = Attention(c.dim, c.heads, c.eps)
-        self.norm3 = LayerNorm(c.dim, c.eps)
-        self.cross_attn = Attention(c.dim, c.heads, c.eps)
-        self.ffn = nn.Sequential(Linear(c.dim, c.ffn_dim), nn.GELU(approximate="tanh"), Linear(c.ffn_dim, c.dim))
+        self.self_attn = Attention(c.dim, c.heads, c.eps, ops)
+        self.norm3 = ops.LayerNorm(c.dim, eps=c.eps)  # fp32, affine: the cross-attention's input norm
+        self.cross_attn = Attention(c.dim, c.heads, c.eps, ops)
+        self.ffn = nn.Sequential(ops.Linear(c.dim, c.ffn_dim), nn.GELU(approximate="tanh"), ops.Linear(c.ffn_dim, c.dim))
         self.modulation = nn.Parameter(torch.empty(1, 6, c.dim))
 
     def forward(self, x, e, rope, context, dtype):
         # x: (B, T, S, D) fp32 residual, tokens grouped by latent frame; e: (B, T, 6, D) fp32 from each
         # frame's timestep; context: (B, 512, D) in the compute dtype.
         b, t, s, d = x.shape
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).unsqueeze(2).unbind(3)  # (B, T, 1, D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (_table(self.modulation, e) + e).unsqueeze(2).unbind(3)  # (B, T, 1, D)
         h = _modulate(_norm(x, self.eps), shift1, scale1).to(dtype).view(b, t * s, d)
         x = torch.addcmul(x, self.self_attn(h, rope=rope).view(b, t, s, d), gate1)  # fp32 += gate * y
-        h = self.norm3(x).to(dtype).view(b, t * s, d)
+        h = self.norm3(x.float()).to(dtype).view(b, t * s, d)
         x = x + self.cross_attn(h, context).view(b, t, s, d)
         h = _modulate(_norm(x, self.eps), shift2, scale2).to(dtype)
         return torch.addcmul(x, self.ffn(h), gate2)
@@ -231,33 +222,42 @@ class Block(nn.Module):
 class Head(nn.Module):
     """Final modulated norm and projection to patch velocities, in fp32 (as Wan runs it)."""
 
-    def __init__(self, c: WanDiTConfig):
+    def __init__(self, c: WanDiTConfig, ops=TORCH):
         super().__init__()
         self.eps = c.eps
-        self.head = Linear(c.dim, c.out_channels * math.prod(c.patch))
+        self.head = ops.Linear(c.dim, c.out_channels * math.prod(c.patch))
         self.modulation = nn.Parameter(torch.empty(1, 2, c.dim))
 
     def forward(self, x, e):
         # x: (B, T, S, D) fp32; e: (B, T, D) fp32 time embedding (before the block projection).
-        shift, scale = (self.modulation.float() + e.unsqueeze(2)).unsqueeze(2).unbind(3)  # (B, T, 1, D)
+        shift, scale = (_table(self.modulation, e) + e.unsqueeze(2)).unsqueeze(2).unbind(3)  # (B, T, 1, D)
         return self.head(_modulate(_norm(x, self.eps), shift, scale))  # (B, T, S, out * pt * ph * pw)
 
 
 class WanDiT(nn.Module):
-    """Wan's DiT: the flow velocity of (B, C, T, H, W) latents at times t in [0, 1] given umt5 states."""
+    """Wan's DiT: the flow velocity of (B, C, T, H, W) latents at times t in [0, 1] given umt5 states.
+    `ops`: the layer classes (`ops.TORCH`, or a host's that moves weights layer by layer)."""
 
-    def __init__(self, config: WanDiTConfig, variant: str = "custom", compute_dtype: torch.dtype | None = None):
+    compute_device: torch.device | None = None  # set by a host that keeps some weights elsewhere (lowvram)
+
+    def __init__(self, config: WanDiTConfig, variant: str = "custom", compute_dtype: torch.dtype | None = None,
+                 ops=TORCH):
         super().__init__()  # weights come from a file (`load_wan_dit`): built here they are uninitialised
         c = config
         if c.dim % c.heads or (c.dim // c.heads) % 2:
             raise ValueError(f"dim={c.dim} with heads={c.heads} is not allowed: dim must split into heads of even width")
         self.config, self.variant, self.compute_dtype = c, variant, compute_dtype
-        self.patch_embedding = Linear(c.in_channels * math.prod(c.patch), c.dim, weight_shape=(c.dim, c.in_channels, *c.patch))
-        self.text_embedding = nn.Sequential(Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), Linear(c.dim, c.dim))
-        self.time_embedding = nn.Sequential(Linear(c.freq_dim, c.dim), nn.SiLU(), Linear(c.dim, c.dim))
-        self.time_projection = nn.Sequential(nn.SiLU(), Linear(c.dim, 6 * c.dim))
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
-        self.head = Head(c)
+        self.patch_embedding = ops.Conv3d(c.in_channels, c.dim, c.patch, stride=c.patch)
+        self.text_embedding = nn.Sequential(ops.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), ops.Linear(c.dim, c.dim))
+        self.time_embedding = nn.Sequential(ops.Linear(c.freq_dim, c.dim), nn.SiLU(), ops.Linear(c.dim, c.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(c.dim, 6 * c.dim))
+        self.blocks = nn.ModuleList(Block(c, ops) for _ in range(c.layers))
+        self.head = Head(c, ops)
+
+    @property
+    def device(self) -> torch.device:
+        """Where it computes (the engine puts its inputs there)."""
+        return self.compute_device or self.head.head.weight.device
 
     @property
     def recipe(self) -> Recipe | None:
@@ -313,7 +313,8 @@ class WanDiT(nn.Module):
         e = self.time_embedding(timestep_embedding(t, c.freq_dim))  # (B, Tp, D) fp32
         e0 = self.time_projection(e).unflatten(-1, (6, c.dim))  # (B, Tp, 6, D) fp32
         context = self.embed_text(context, context_mask)  # (B, 512, D)
-        h = self.patch_embedding(patchify(x.float(), c.patch))  # (B, N, D) fp32
+        check_latent_grid(frames, height, width, c.patch)
+        h = rearrange(self.patch_embedding(x.float()), "b d t h w -> b (t h w) d")  # (B, N, D) fp32
         rope = rope_tables(grid_positions(grid, x.device), c.dim // c.heads, c.rope_theta)
         h = h.view(b, grid[0], grid[1] * grid[2], c.dim)  # (B, Tp, S, D)
         for block in self.blocks:
@@ -324,14 +325,14 @@ class WanDiT(nn.Module):
 
 
 def load_wan_dit(path, *, device="cpu", dtype: torch.dtype | None = None,
-                 compute_dtype: torch.dtype | None = None) -> WanDiT:
+                 compute_dtype: torch.dtype | None = None, ops=TORCH) -> WanDiT:
     """A Wan DiT from a single-file safetensors in the original layout (any prefix, fp32/fp16/bf16/fp8),
-    built on the meta device and filled from the mapped file in its stored dtype (or `dtype`)."""
+    built on the meta device from `ops`' layers and filled from the mapped file in its stored dtype (or `dtype`)."""
     header, ident = files.open_component(path, "diffusion_model")
     if ident.family != "wan":
         raise ValueError(f"{str(path)!r} is {ident.label()}, not a Wan diffusion model")
     with torch.device("meta"):
-        model = WanDiT(WanDiTConfig(**ident.config), ident.variant, compute_dtype)
+        model = WanDiT(WanDiTConfig(**ident.config), ident.variant, compute_dtype, ops)
     return files.load_into(model, header, ident, device=device, dtype=dtype)
 
 

@@ -26,7 +26,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ..checkpoint import read_metadata
@@ -379,31 +378,7 @@ def quantization(header: Header, ident: Identity) -> Quant:
 
 # -- loading ---------------------------------------------------------------------------------------
 
-class Linear(nn.Module):
-    """Linear layer whose weight keeps its stored dtype (fp8 included) and is cast, and scaled, to the
-    input's dtype at each call: fp8 stays fp8 in memory, the matmul runs in the activation dtype.
-
-    `weight_shape` lets a stride = kernel convolution be stored as itself (Wan's 5-D patch embedding)
-    while running as the linear layer over flattened patches that it is."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, weight_shape: tuple | None = None):
-        super().__init__()
-        shape = tuple(weight_shape or (out_features, in_features))
-        if shape[0] != out_features or math.prod(shape[1:]) != in_features:
-            raise ValueError(f"weight_shape={shape} does not hold a ({out_features}, {in_features}) matrix")
-        self.weight = nn.Parameter(torch.empty(shape))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self.register_buffer("weight_scale", None)  # set by `load_into` for scaled fp8 weights
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype)
-        if self.weight_scale is not None:
-            w = w * self.weight_scale.to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w.flatten(1), b)
-
-
-SCALED_LAYERS = (Linear, nn.Linear, nn.Embedding)  # Wan's `Linear`; umt5's layers read `weight_scale` themselves
+SCALED_LAYERS = (nn.Linear, nn.Embedding)  # the layers that apply `weight_scale` (`ops`, and the host's)
 
 
 def _map(path: Path, size: int) -> torch.Tensor:
@@ -436,7 +411,9 @@ def load_into(module: nn.Module, header: Header, ident: Identity, *, device="cpu
               rename: dict[str, str] | None = None) -> nn.Module:
     """Fill `module` (built on the meta device) with the `ident` component of the file, checking every
     name, shape and dtype first. Weights keep their stored dtype unless `dtype` is given (fp8 always
-    stays fp8, with its scale attached to the layer as `weight_scale`). `ignore(key)` says which stored
+    stays fp8, with its scale attached to the layer as `weight_scale`; an fp8 `dtype` casts only the
+    2-D weights of linear and embedding layers, as fp8 files store them, and leaves norms, biases,
+    modulation tables and convolutions as they are). `ignore(key)` says which stored
     keys (without the prefix) are not the module's, e.g. a text encoder's unused decoder; `rename` maps
     a stored key to the module's name for it. Returns the module in eval mode, no grads."""
     path = str(header.path)
@@ -477,7 +454,7 @@ def load_into(module: nn.Module, header: Header, ident: Identity, *, device="cpu
     for r, k in stored.items():
         info = header.tensors[k]
         t = _view(data, info, quant.containers[r] if info.dtype == "U8" else DTYPES[info.dtype]).to(device)
-        if dtype is not None and t.dtype not in FP8 and t.dtype != dtype:
+        if dtype is not None and t.dtype not in FP8 and t.dtype != dtype and (dtype not in FP8 or t.ndim == 2):
             t = t.to(dtype)  # on the device: a 14B fp32 file is cast tensor by tensor, never held twice
         state[r] = t
     module.requires_grad_(False)

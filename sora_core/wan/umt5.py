@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import files
+from .ops import TORCH
 from .tokenizer import SentencePieceUnigram, load_tokenizer
 
 TEXT_LEN = 512  # Wan's text_len: the DiT always receives 512 context rows
@@ -67,48 +68,30 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.bfloat16 if weight.dtype in FP8_DTYPES else weight.dtype
 
 
-def _weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    w = layer.weight.to(dtype)
-    scale = getattr(layer, "weight_scale", None)  # "scaled fp8" files: weight = fp8 value * its scale_weight
-    return w if scale is None else w * scale.to(dtype)
-
-
 def _linear(layer: nn.Linear, x: torch.Tensor, fp16_in_fp32: bool = False) -> torch.Tensor:
+    """The layer in its compute dtype (the `ops` layer casts, and scales, its weight to the input's)."""
     dtype = _compute_dtype(layer.weight)
     if fp16_in_fp32 and dtype == torch.float16:
         dtype = torch.float32
-    return F.linear(x.to(dtype), _weight(layer, dtype))
-
-
-class UMT5LayerNorm(nn.Module):
-    """T5's RMS norm (no mean, no bias), computed in fp32."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x):
-        x = x.float()
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+    return layer(x.to(dtype))
 
 
 class UMT5Attention(nn.Module):
     """Self-attention without 1/sqrt(d) scaling, with this block's own relative position bias."""
 
-    def __init__(self, c: UMT5Config):
+    def __init__(self, c: UMT5Config, ops=TORCH):
         super().__init__()
         self.heads = c.heads
-        self.q = nn.Linear(c.dim, c.inner_dim, bias=False)
-        self.k = nn.Linear(c.dim, c.inner_dim, bias=False)
-        self.v = nn.Linear(c.dim, c.inner_dim, bias=False)
-        self.o = nn.Linear(c.inner_dim, c.dim, bias=False)
-        self.relative_attention_bias = nn.Embedding(c.num_buckets, c.heads)
+        self.q = ops.Linear(c.dim, c.inner_dim, bias=False)
+        self.k = ops.Linear(c.dim, c.inner_dim, bias=False)
+        self.v = ops.Linear(c.dim, c.inner_dim, bias=False)
+        self.o = ops.Linear(c.inner_dim, c.dim, bias=False)
+        self.relative_attention_bias = ops.Embedding(c.num_buckets, c.heads)
 
     def forward(self, x, buckets, key_bias):
         b, n, _ = x.shape
         q, k, v = (_linear(p, x).view(b, n, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
-        bias = self.relative_attention_bias.weight.float()[buckets].permute(2, 0, 1)[None]  # (1, H, N, N)
+        bias = self.relative_attention_bias(buckets, out_dtype=torch.float32).permute(2, 0, 1)[None]  # (1, H, N, N)
         if key_bias is not None:
             bias = bias + key_bias  # (B, H, N, N): -inf on padding keys
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)  # (B, H, N, d)
@@ -116,23 +99,23 @@ class UMT5Attention(nn.Module):
 
 
 class UMT5LayerSelfAttention(nn.Module):
-    def __init__(self, c: UMT5Config):
+    def __init__(self, c: UMT5Config, ops=TORCH):
         super().__init__()
-        self.SelfAttention = UMT5Attention(c)
-        self.layer_norm = UMT5LayerNorm(c.dim, c.eps)
+        self.SelfAttention = UMT5Attention(c, ops)
+        self.layer_norm = ops.RMSNorm(c.dim, eps=c.eps)  # T5's norm: RMS, no mean, no bias; run in fp32
 
     def forward(self, x, buckets, key_bias):
-        return x + self.SelfAttention(self.layer_norm(x), buckets, key_bias).float()
+        return x + self.SelfAttention(self.layer_norm(x.float()), buckets, key_bias).float()
 
 
 class UMT5DenseGatedGelu(nn.Module):
     """Gated feed-forward: wo(gelu_tanh(wi_0 x) * wi_1 x)."""
 
-    def __init__(self, c: UMT5Config):
+    def __init__(self, c: UMT5Config, ops=TORCH):
         super().__init__()
-        self.wi_0 = nn.Linear(c.dim, c.ffn_dim, bias=False)
-        self.wi_1 = nn.Linear(c.dim, c.ffn_dim, bias=False)
-        self.wo = nn.Linear(c.ffn_dim, c.dim, bias=False)
+        self.wi_0 = ops.Linear(c.dim, c.ffn_dim, bias=False)
+        self.wi_1 = ops.Linear(c.dim, c.ffn_dim, bias=False)
+        self.wo = ops.Linear(c.ffn_dim, c.dim, bias=False)
 
     def forward(self, x):
         gate = F.gelu(_linear(self.wi_0, x).float(), approximate="tanh")
@@ -141,29 +124,29 @@ class UMT5DenseGatedGelu(nn.Module):
 
 
 class UMT5LayerFF(nn.Module):
-    def __init__(self, c: UMT5Config):
+    def __init__(self, c: UMT5Config, ops=TORCH):
         super().__init__()
-        self.DenseReluDense = UMT5DenseGatedGelu(c)
-        self.layer_norm = UMT5LayerNorm(c.dim, c.eps)
+        self.DenseReluDense = UMT5DenseGatedGelu(c, ops)
+        self.layer_norm = ops.RMSNorm(c.dim, eps=c.eps)
 
     def forward(self, x):
-        return x + self.DenseReluDense(self.layer_norm(x)).float()
+        return x + self.DenseReluDense(self.layer_norm(x.float())).float()
 
 
 class UMT5Block(nn.Module):
-    def __init__(self, c: UMT5Config):
+    def __init__(self, c: UMT5Config, ops=TORCH):
         super().__init__()
-        self.layer = nn.ModuleList([UMT5LayerSelfAttention(c), UMT5LayerFF(c)])
+        self.layer = nn.ModuleList([UMT5LayerSelfAttention(c, ops), UMT5LayerFF(c, ops)])
 
     def forward(self, x, buckets, key_bias):
         return self.layer[1](self.layer[0](x, buckets, key_bias))
 
 
 class UMT5Stack(nn.Module):
-    def __init__(self, c: UMT5Config):
+    def __init__(self, c: UMT5Config, ops=TORCH):
         super().__init__()
-        self.block = nn.ModuleList(UMT5Block(c) for _ in range(c.layers))
-        self.final_layer_norm = UMT5LayerNorm(c.dim, c.eps)
+        self.block = nn.ModuleList(UMT5Block(c, ops) for _ in range(c.layers))
+        self.final_layer_norm = ops.RMSNorm(c.dim, eps=c.eps)
 
 
 def relative_position_buckets(n: int, num_buckets: int, max_distance: int, device=None) -> torch.Tensor:
@@ -181,18 +164,22 @@ def relative_position_buckets(n: int, num_buckets: int, max_distance: int, devic
 
 
 class UMT5Encoder(nn.Module):
-    """umt5 encoder stack; `encode(texts)` is Wan's text path when a tokenizer is attached."""
+    """umt5 encoder stack; `encode(texts)` is Wan's text path when a tokenizer is attached. `ops`: the
+    layer classes (`ops.TORCH`, or a host's that moves weights layer by layer)."""
 
-    def __init__(self, config: UMT5Config = UMT5Config(), tokenizer: SentencePieceUnigram | None = None):
+    compute_device: torch.device | None = None  # set by a host that keeps some weights elsewhere (lowvram)
+
+    def __init__(self, config: UMT5Config = UMT5Config(), tokenizer: SentencePieceUnigram | None = None, ops=TORCH):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
-        self.shared = nn.Embedding(config.vocab_size, config.dim)
-        self.encoder = UMT5Stack(config)
+        self.shared = ops.Embedding(config.vocab_size, config.dim)
+        self.encoder = UMT5Stack(config, ops)
 
     @property
     def device(self) -> torch.device:
-        return self.shared.weight.device
+        """Where it computes (`encode` puts the token ids there)."""
+        return self.compute_device or self.shared.weight.device
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, N) long, mask (B, N) bool (True = token, False = padding) -> hidden states (B, N, D) fp32."""
@@ -202,11 +189,9 @@ class UMT5Encoder(nn.Module):
                 raise ValueError(f"mask has shape {tuple(mask.shape)}; it must match ids {tuple(ids.shape)}")
             if not mask.any(-1).all():
                 raise ValueError("every sequence needs at least one unmasked token (the EOS)")
-        x = F.embedding(ids, self.shared.weight).float()  # (B, N, D)
+        x = self.shared(ids, out_dtype=torch.float32)  # (B, N, D), times the fp8 scale if any
         if self.shared.weight.dtype in FP8_DTYPES:
             x = torch.nan_to_num(x)  # fp8 files can hold NaN rows (ComfyUI does the same)
-            scale = getattr(self.shared, "weight_scale", None)
-            x = x if scale is None else x * scale.float()
         c = self.config
         buckets = relative_position_buckets(n, c.num_buckets, c.max_distance, ids.device)
         key_bias = None
@@ -214,7 +199,7 @@ class UMT5Encoder(nn.Module):
             key_bias = torch.zeros(b, 1, 1, n, device=ids.device).masked_fill(~mask[:, None, None, :], float("-inf"))
         for block in self.encoder.block:
             x = block(x, buckets, key_bias)
-        return self.encoder.final_layer_norm(x)
+        return self.encoder.final_layer_norm(x.float())
 
     @torch.no_grad()
     def encode(self, texts: list[str], text_len: int = TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,7 +359,7 @@ def encoder_state_dict(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def load_umt5(path, *, tokenizer: SentencePieceUnigram | str | None = None, device="cpu",
-              dtype: torch.dtype | None = None) -> UMT5Encoder:
+              dtype: torch.dtype | None = None, ops=TORCH) -> UMT5Encoder:
     """umt5 from a single-file safetensors (Hugging Face encoder layout, any prefix; fp32 / fp16 / bf16 /
     scaled fp8), checked against the shapes, built on the meta device and filled from the mapped file.
     Its tokenizer: `tokenizer` (a SentencePieceUnigram, or a spiece.model file), else the file's own
@@ -388,7 +373,7 @@ def load_umt5(path, *, tokenizer: SentencePieceUnigram | str | None = None, devi
         raise ValueError(f"the tokenizer ({tokenizer.source}) has {len(tokenizer)} pieces but {str(path)!r} embeds "
                          f"only {config.vocab_size}: they are not a pair")
     with torch.device("meta"):
-        model = UMT5Encoder(config, tokenizer)
+        model = UMT5Encoder(config, tokenizer, ops)
     tied = "shared.weight" not in shapes  # a file may keep the embedding only under its tied name
 
     def ignore(key: str) -> bool:  # the decoder / lm_head of a full umt5, the tied copy of the embedding
