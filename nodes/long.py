@@ -61,8 +61,9 @@ class SoraLongVideo:
             "new_frames": _chunk(16, "Frames each window adds."),
             "context_frames": _chunk(8, "Frames of the video so far that each window sees."),
             "drift": (list(DRIFT), {"default": DEFAULT_DRIFT, "tooltip": (
-                "anchor = give every window the colour statistics (in latent space) of the first window: less drift "
-                "over minutes, but slow global changes (lighting, a pan onto new colours) are held back; none = off.")}),
+                "colour = shift each window's new frames so their median colour stays the first window's (ramped, no "
+                "jump at the joins); anchor = give each window's latents the first window's statistics; both hold "
+                "back slow global changes (lighting, a pan onto new colours) on purpose; none = off.")}),
             "loop": ("BOOLEAN", {"default": False, "tooltip": (
                 "End on a transition back into the opening frames, so the video plays as a seamless loop.")}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,

@@ -430,8 +430,8 @@ def _long_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-frames", type=int, default=16, help="frames each window adds (multiple of 4)")
     p.add_argument("--context-frames", type=int, default=8, help="frames each window sees (multiple of 4)")
     p.add_argument("--drift", choices=DRIFT, default=DEFAULT_DRIFT,
-                   help="colour drift control: give each window the latent statistics of the first (anchor), "
-                        "or none")
+                   help="colour drift control: keep each window's median colour at the first window's (colour), "
+                        "give each window the latent statistics of the first (anchor), or none")
     _blend_option(p)
     p.epilog = ("Frames are written as each window finishes (.mp4/.mov/.mkv/.avi/.webm stream in flat memory; "
                 ".gif/.webp/.png are assembled at the end). Ctrl-C stops between steps and keeps the finished "

@@ -264,12 +264,22 @@ class Pipeline:
         """Sample a window, decode it, splice in the source frames -> (T, H, W, 3) frames. Options:
         `negative`, `progress`, `decode_chunk`, `decode_tile` here, the rest go to `engine.sample_window`
         (seed, steps, cfg, shift, sampler, sequential_cfg)."""
+        latents, decode = self.latents(window, prompt, **kw)
+        frames = cond.decode(self.vae, window, latents, **decode)
+        if not torch.isfinite(frames).all():  # the latents are finite (sample_window checks), so the VAE overflowed
+            raise FloatingPointError("the VAE decoded NaN/inf from finite latents; its dtype may be too narrow "
+                                     "(load the model in float32)")
+        return frames
+
+    def latents(self, window: cond.Window, prompt: str, **kw) -> tuple[torch.Tensor, dict]:
+        """`run` without the decode: the sampled latents (after `on_latents`) and the decode options
+        (chunk, tile) the request asked for."""
         kw = self._settings(prompt, kw)
         b, _, t, h, w = window.samples.shape
         s, tf = self.config.vae.spatial_factor, self.config.vae.temporal_factor
         self._plan("run", w * s, h * s, 1 + tf * (t - 1), kw, batch=b)
         progress, negative = kw.pop("progress", None), kw.pop("negative")
-        chunk, tile = kw.pop("decode_chunk"), auto_tile(h, w, kw.pop("decode_tile", None))
+        decode = {"chunk": kw.pop("decode_chunk"), "tile": auto_tile(h, w, kw.pop("decode_tile", None))}
         on_latents = kw.pop("on_latents", None)  # e.g. long videos' drift control, before decoding
         steps = kw["steps"]
         callback = (lambda d: progress(d["i"] + 1, steps)) if progress else None
@@ -277,11 +287,7 @@ class Pipeline:
         latents = self.sample(window, text, neg, callback=callback, **kw)
         if on_latents is not None:
             latents = on_latents(latents)
-        frames = cond.decode(self.vae, window, latents, chunk=chunk, tile=tile)
-        if not torch.isfinite(frames).all():  # the latents are finite (sample_window checks), so the VAE overflowed
-            raise FloatingPointError("the VAE decoded NaN/inf from finite latents; its dtype may be too narrow "
-                                     "(load the model in float32)")
-        return frames
+        return latents, decode
 
     def generate(self, prompt: str, width: int | None = None, height: int | None = None, frames: int | None = None,
                  **kw) -> torch.Tensor:

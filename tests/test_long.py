@@ -7,7 +7,8 @@ import gc
 import pytest
 import torch
 
-from sora_core.long import LongVideo, latent_stats, match_stats
+from sora_core.conditioning import video_to_frames
+from sora_core.long import DECODE_CONTEXT, LongVideo, latent_stats, match_stats
 from sora_core.pipeline import Pipeline
 
 FAST = dict(steps=1, cfg=1.0)
@@ -97,27 +98,54 @@ def test_memory_stays_flat_in_the_length(pipe):
     assert long <= short + 2 * frame, (short, long)
 
 
-def test_the_context_stays_in_latent_space_and_anchor_matches_new_latents_to_the_opening(pipe, monkeypatch):
-    decoded = []
-    decode = pipe.vae.decode
+def test_one_latent_stream_context_and_decode_and_anchor_matches_new_latents_to_the_opening(pipe, monkeypatch):
+    decoded, windows = [], []
+    decode, latents = pipe.vae.decode, pipe.latents
     monkeypatch.setattr(pipe.vae, "decode", lambda z, **kw: decoded.append(z.clone()) or decode(z, **kw))
+    monkeypatch.setattr(pipe, "latents", lambda w, *a, **kw: windows.append(w.samples.clone()) or latents(w, *a, **kw))
 
-    def run(drift: str) -> list[torch.Tensor]:
+    def run(drift: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         decoded.clear()
+        windows.clear()
         list(LongVideo(pipe, "a ball", 49, width=SIZE, height=SIZE, drift=drift, seed=5, **FAST))
-        return list(decoded)
+        return list(decoded), list(windows)
 
+    k = DECODE_CONTEXT
     none, anchor = run("none"), run("anchor")
-    for run_ in (none, anchor):  # windows: a lone frame, 2 context chunks, 4 new; the opening: 1 + 4
-        for before, after in zip(run_, run_[1:]):
-            assert torch.equal(after[:, :, 1:3], before[:, :, -2:])  # the previous window's own latents
-    reference = latent_stats(anchor[0][:, :, 1:])  # the opening's chunks
-    for z in anchor[1:]:
-        for got, want in zip(latent_stats(z[:, :, 3:]), reference):
+    for decodes, contexts in (none, anchor):
+        # the opening (a lone frame + 4 chunks), then per window: the video's last k latents + 4 new ones
+        assert [z.shape[2] for z in decodes] == [5] + [k + 4] * 2
+        for before, after, seen in zip(decodes, decodes[1:], contexts[1:]):  # contexts[0]: the opening
+            assert torch.equal(after[:, :, :k], before[:, :, -k:])  # the decoder carries on from the video's latents
+            assert torch.equal(seen[:, :, 1:3], before[:, :, -2:])  # the DiT's context: the same latents
+    reference = latent_stats(anchor[0][0][:, :, 1:])  # the opening's chunks
+    for z in anchor[0][1:]:
+        for got, want in zip(latent_stats(z[:, :, k:]), reference):
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(none[0], anchor[0])  # the opening is never moved
-    gap = [(latent_stats(z[:, :, 3:])[0] - reference[0]).abs().max() for z in none[1:]]
+    torch.testing.assert_close(none[0][0], anchor[0][0])  # the opening is never moved
+    gap = [(latent_stats(z[:, :, k:])[0] - reference[0]).abs().max() for z in none[0][1:]]
     assert min(gap) > 1e-2  # left alone, the windows do not match the opening on their own
+
+
+def test_stream_decode_matches_decoding_the_whole_video_at_once(pipe):
+    """Decoding each window after the video's last DECODE_CONTEXT latents gives (nearly) the frames one
+    decode of the whole latent video gives: the joins are the decoder's, not a cut between two decodes."""
+    captured = []
+    job = LongVideo(pipe, "a ball", 49, width=SIZE, height=SIZE, drift="none", seed=2, blend_frames=0, **FAST)
+    decode = pipe.vae.decode
+    pipe.vae.decode = lambda z, **kw: captured.append(z.clone()) or decode(z, **kw)
+    try:
+        frames = torch.cat(list(job))
+    finally:
+        del pipe.vae.decode
+    whole = torch.cat([captured[0]] + [z[:, :, DECODE_CONTEXT:] for z in captured[1:]], dim=2)
+    with torch.no_grad():
+        reference = video_to_frames(decode(whole)).float()
+    assert frames.shape == reference.shape
+    err = (frames - reference).abs().mean(dim=(1, 2, 3))
+    assert float(err.max()) < 0.02, err
+    cut = (frames[:17] - reference[:17]).abs().max()
+    assert float(cut) < 1e-5  # the opening is decoded alone in both
 
 
 def test_match_stats_moves_every_channel_to_the_target():
@@ -156,3 +184,23 @@ def test_eval_measures_drift_and_every_join_of_a_chain(pipe):
     drift, seams, frames = long_chain(pipe, clip, "a ball", windows=3, new_frames=8, context_frames=4, **FAST)
     assert frames.shape[0] == 17 + 3 * 8 and len(seams) == 3
     assert all(s > 0 for s in seams) and 0 <= drift <= 255
+
+
+def test_colour_drift_control_pulls_each_window_to_the_openings_median_colour(pipe):
+    """drift="colour" leaves the latents alone (the same frames as "none" before correction) and shifts
+    each window's new frames, ramping from the correction at the join to the one that gives the window's
+    frames the opening's median colour."""
+    kw = dict(width=SIZE, height=SIZE, seed=4, blend_frames=0, **FAST)
+    plain = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="none", **kw)))
+    fixed = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="colour", **kw)))
+    assert torch.equal(fixed[:17], plain[:17])  # the opening is the reference, untouched
+    reference = plain[:17].reshape(-1, 3).median(dim=0).values
+    offset = torch.zeros(3)
+    for start in (17, 33):  # two windows of 16 new frames
+        new = plain[start : start + 16]
+        target = reference - new.reshape(-1, 3).median(dim=0).values
+        ramp = (torch.arange(1, 17) / 16).view(-1, 1, 1, 1)
+        want = (new + offset + ramp * (target - offset)).clamp(0, 1)
+        torch.testing.assert_close(fixed[start : start + 16], want, atol=1e-5, rtol=0)
+        offset = target
+    assert float((target - 0).abs().max()) > 1e-3  # the micro model does drift: the check is not vacuous

@@ -474,8 +474,8 @@ def test_long_video_cancel_stops_between_steps(dit, vae, prompts, monkeypatch):
             raise Cancelled
 
     monkeypatch.setattr(host, "check_interrupted", cancel_in_the_second_window)
-    run = Pipeline.run
-    monkeypatch.setattr(Pipeline, "run", lambda self, *a, **kw: sampled.append(1) or run(self, *a, **kw))
+    latents = Pipeline.latents  # every window samples through it (the first also decodes through run)
+    monkeypatch.setattr(Pipeline, "latents", lambda self, *a, **kw: sampled.append(1) or latents(self, *a, **kw))
     with pytest.raises(Cancelled):
         long_video(dit, vae, prompts, 4.0, steps=2)  # 3 windows of 2 steps
     assert len(checks) == 5 and len(sampled) == 2  # stopped after step 1 of window 2: no step and no window more
