@@ -257,9 +257,10 @@ def previewer(part: SoraPart):
     """A function latent (B, C, 1, h, w) -> preview image for the progress bar, or None when
     previews are off (ComfyUI's --preview-method none), unavailable, or outside ComfyUI.
 
-    Sora models: latent2rgb / auto is ComfyUI's linear colour map (fast, approximate: a linear map
-    cannot follow the decoder closely); taesd is the frame decoded by the model's own VAE (exact
-    colours, one frame's decode per step), as core has no TAESD for Sora latents. Wan models: core's
+    Sora models: taesd and auto (core's "the best there is") show the frame decoded by the model's own
+    VAE (exact colours, one frame's decode per step: small next to a DiT step), as core has no TAESD
+    for Sora latents; latent2rgb is ComfyUI's linear colour map (fast, approximate, darker: a linear
+    map cannot follow the decoder closely). Wan models: core's
     own previewer for its Wan21 / Wan22 latent format (its colour factors, or its lighttaew2 TAE when
     models/vae_approx has it). Core hands that previewer the sampler's x0 in the space its model
     works in, which is the normalised space (latent_format.process_in) our sampler's x0 is in too."""
@@ -270,7 +271,7 @@ def previewer(part: SoraPart):
         return None
     if part.family == "wan":
         fmt = comfy.latent_formats.Wan22() if part.config.vae.latent_channels == 48 else comfy.latent_formats.Wan21()
-    elif method == LatentPreviewMethod.TAESD and part.preview_vae is not None:
+    elif method in (LatentPreviewMethod.TAESD, LatentPreviewMethod.Auto) and part.preview_vae is not None:
         vae = part.preview_vae
         return lambda x0: ("JPEG", _decoded_preview(vae, x0), latent_preview.MAX_PREVIEW_RESOLUTION)
     elif part.latent_rgb is not None:

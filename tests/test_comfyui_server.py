@@ -209,16 +209,17 @@ def test_the_sampler_shows_progress_and_previews_every_step(server, object_info)
     assert seen["previews"] >= 6
 
 
-def test_taesd_previews_show_the_decoded_colours(server, object_info):
-    """--preview-method taesd (here per prompt, as the frontend's setting sends it) decodes the preview with
-    the model's own VAE, so the last preview looks like the saved video's first frame."""
+@pytest.mark.parametrize("method", ["taesd", "auto"])
+def test_taesd_and_auto_previews_show_the_decoded_colours(server, object_info, method):
+    """--preview-method taesd or auto (here per prompt, as the frontend's setting sends it) decodes the
+    preview with the model's own VAE, so the last preview looks like the saved video's first frame."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    prompt, _ = _text_to_video(object_info, seed=626262, steps=6)
-    seen = _watch(server, prompt, extra_data={"preview_method": "taesd"})
+    prompt, _ = _text_to_video(object_info, seed=626262 + len(method), steps=6)  # a seed each: no cached result
+    seen = _watch(server, prompt, extra_data={"preview_method": method})
     assert seen["end"] == "execution_success" and seen["last_preview"]
     save = next(k for k, n in prompt.items() if n["class_type"] == "SoraSaveVideo")
     deadline = time.time() + 60
