@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 from tests.workflow_api import (  # noqa: E402
-    CORE_DISPLAY_NAMES, CORE_DOUBLES, DOM_WIDGET_H, TITLE_H, class_specs, min_node_size)
+    CORE_DISPLAY_NAMES, CORE_DOUBLES, CORE_ONLY, DOM_WIDGET_H, TITLE_H, class_specs, min_node_size)
 
 OUT = ROOT / "workflows"
 
@@ -45,12 +45,9 @@ MODEL_FILE = "sora-tiny.safetensors"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
-# Core nodes used here: (socket inputs, widget names in frontend order, outputs), as ComfyUI 0.33's
-# /object_info gives them.
-CORE = {
-    "PreviewImage": ([("images", "IMAGE")], [], [("images", "IMAGE")]),
-    "ImageScale": ([("image", "IMAGE")], ["upscale_method", "width", "height", "crop"], [("IMAGE", "IMAGE")]),
-}
+# Every node type a workflow may use: ours, and core's as tests/workflow_api.py describes them (a double,
+# or the interface only), with widget defaults of our own for some core ones.
+CLASSES = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES, **CORE_ONLY}
 CORE_DEFAULTS = {
     "ImageScale": {"upscale_method": "bicubic", "crop": "disabled"},
 }
@@ -66,7 +63,7 @@ CAPTION = ("A video clip of a medium-sized red circle on a navy background. Star
 # An image preview (an output node's result, a sampler's live preview): the frontend gives it at least
 # 190 px when the first image arrives and grows the node to fit, so the layout leaves room for it.
 PREVIEW_H = 190 + 4
-SPECS = class_specs({**NODE_CLASS_MAPPINGS, **CORE_DOUBLES})
+SPECS = class_specs(CLASSES)
 
 
 def _is_widget(spec) -> bool:
@@ -84,10 +81,7 @@ class Widget:
 
 def describe(node_type: str):
     """(socket inputs [(name, type)], widgets [Widget], outputs [(name, type)], display name)."""
-    if node_type in CORE:
-        sockets, widgets, outputs = CORE[node_type]
-        return sockets, [Widget(w) for w in widgets], outputs, CORE_DISPLAY_NAMES[node_type]
-    cls = NODE_CLASS_MAPPINGS[node_type]
+    cls = CLASSES[node_type]
     spec = cls.INPUT_TYPES()
     sockets, widgets = [], []
     for section in ("required", "optional"):
@@ -98,19 +92,18 @@ def describe(node_type: str):
             else:
                 sockets.append((name, s[0]))
     names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-    return sockets, widgets, list(zip(names, cls.RETURN_TYPES)), NODE_DISPLAY_NAME_MAPPINGS[node_type]
+    display = NODE_DISPLAY_NAME_MAPPINGS.get(node_type) or CORE_DISPLAY_NAMES[node_type]
+    return sockets, widgets, list(zip(names, cls.RETURN_TYPES)), display
 
 
 def default_widgets(node_type: str) -> dict:
-    if node_type in CORE:
-        return dict(CORE_DEFAULTS.get(node_type, {}))
     out = {}
     for section in ("required", "optional"):
-        for name, s in NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES().get(section, {}).items():
+        for name, s in CLASSES[node_type].INPUT_TYPES().get(section, {}).items():
             if _is_widget(s):
                 opts = s[1] if len(s) > 1 else {}
-                out[name] = opts.get("default", s[0][0] if isinstance(s[0], list) else "")
-    return out
+                out[name] = opts.get("default", s[0][0] if isinstance(s[0], list) and s[0] else "")
+    return out | CORE_DEFAULTS.get(node_type, {})
 
 
 class Node:
