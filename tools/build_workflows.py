@@ -703,13 +703,13 @@ WAN22 = WanModel("Wan 2.2 5B", "wan2.2_ti2v_5B_fp16.safetensors", "wan2.2_vae.sa
 DECODING = dict(chunk=1)  # one latent frame at a time, as Wan decodes: a quarter of chunk 4's memory
 
 
-def wan_note(m: WanModel, what: str) -> str:
+def wan_note(m: WanModel, what: str, vram: str | None = None) -> str:
     """A Wan graph's note: what it does, where each file goes, the VRAM and the settings it uses."""
     r = m.recipe
     files = ", ".join(f"`{f}`" for f in m.files)
-    return (f"{what}\n\n**VRAM** at {r.width}x{r.height}x{r.frames}: {m.vram}. **Settings**, Wan's recipe: "
+    return (f"{what}\n\n**VRAM** at {r.width}x{r.height}x{r.frames}: {vram or m.vram}. **Settings**, Wan's recipe: "
             f"{r.fps} fps, {r.steps} steps, cfg {r.cfg:g}, shift {r.shift:g}, Wan's negative prompt.\n\n"
-            f"**{m.label} files**, in `ComfyUI/models/` (the Sora loaders list its folders): {files}.")
+            f"**{m.label} files**, in `ComfyUI/models/` (where core's loaders and the Sora ones find them): {files}.")
 
 
 class Parts:
@@ -994,7 +994,9 @@ def wan_with_core_nodes() -> Graph:
                      f"{CONTEXT} frames and asks for {NEW} new ones; core's KSampler honours it, and **Sora VAE "
                      f"Decode** joins the new frames onto the untouched clip. Our latents are in the VAE's raw "
                      f"space and our conditioning is core's, so either sampler takes either.")
-    g.note, g.card = wan_note(m, load_wan_note), (m.label, m.files)
+    vram = ("core's KSampler and Wan model manage their own memory; the Sora nodes here need at most 4.1 GB (VAE "
+            "Decode, one latent frame at a time)")
+    g.note, g.card = wan_note(m, load_wan_note, vram), (m.label, m.files)
     model = g.add("UNETLoader", unet_name=m.dit, weight_dtype="default")
     clip = g.add("CLIPLoader", clip_name=WAN_TEXT_ENCODER, type="wan", device="default")
     core_vae = g.add("VAELoader", vae_name=m.vae)
