@@ -129,6 +129,12 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
     return lines
 
 
+def card_comment(title: str, model: str, files: list[str]) -> str:
+    """The card's text, also kept in the JPEG's comment so a test can tell a stale card from the pixels' fonts."""
+    return "\n".join([title, model, *files])
+
+
 def write_title_card(path: Path, title: str, model: str, files: list[str]) -> Path:
     card = title_card(title, model, files)
-    return atomic_write(path, lambda tmp: card.save(tmp, "JPEG", quality=QUALITY, optimize=True))
+    comment = card_comment(title, model, files)
+    return atomic_write(path, lambda tmp: card.save(tmp, "JPEG", quality=QUALITY, optimize=True, comment=comment))
