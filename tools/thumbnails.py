@@ -99,7 +99,7 @@ CARD_ACCENT = (63, 120, 158)  # the loader groups' colour in the workflows
 
 def title_card(title: str, model: str, files: list[str], side: int = SIDE) -> Image.Image:
     """A square card: the workflow's title, the model it runs and the files it needs (`folder/name`
-    under ComfyUI/models), in Pillow's own font so every machine draws the same card."""
+    under ComfyUI/models), in Pillow's own font (no system fonts needed; Pillow 10.1 or later)."""
     card = Image.new("RGB", (side, side), BACKGROUND)
     draw = ImageDraw.Draw(card)
     margin = side // 16
