@@ -4,6 +4,9 @@ Skipped unless COMFYUI_PATH points at a ComfyUI checkout whose requirements are 
 this Python. The server listens on 127.0.0.1 only, runs on the CPU with its base directory
 and database in a temporary folder. Environment it passes on: PYTHONPATH (e.g. a torchvision
 shim), SORA_MODEL (set to a micro checkpoint when the shipped model does not exist yet).
+The Wan workflows find tiny random Wan files under the real names in the server's own
+models/diffusion_models, vae and text_encoders (tests/wan_files.py); so that core's CLIPLoader
+can read the tiny umt5 too, tests/comfyui_tiny_umt5.py goes in custom_nodes beside the pack.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import pytest
 
 from sora_core.pipeline import DEFAULT_MODEL
 
+from .test_workflows import WAN_EXPECTED
+from .wan_files import write_wan_models
 from .workflow_api import VIRTUAL_NODES, object_info_specs, reduced, ui_to_api
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +72,8 @@ def server(tmp_path_factory, micro_checkpoint):
     base = tmp_path_factory.mktemp("comfy")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / "tiny_umt5.py").symlink_to(REPO / "tests" / "comfyui_tiny_umt5.py")
+    write_wan_models(base / "models", text_dim=4096)  # umt5-xxl's width: core's Wan DiT assumes it
     port = _free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
     if not DEFAULT_MODEL.is_file():
@@ -154,6 +161,26 @@ def test_workflow_runs_on_the_server(server, object_info, path):
     saved = [nid for nid, node in prompt.items() if node["class_type"] in ("SoraSaveVideo", "SoraSaveImage")]
     for nid in saved:
         assert entry["outputs"][nid]["images"], f"{path.stem}: node {nid} saved nothing"
+    if path.stem in WAN_EXPECTED:  # the files the server wrote: frames and size, as the headless run gives them
+        files = {prompt[nid]["inputs"]["filename_prefix"]: _frames(server, entry["outputs"][nid]["images"][0])
+                 for nid in saved}
+        want = {k: v for k, v in WAN_EXPECTED[path.stem].items() if k != "preview"}
+        assert {k: (len(v), v[0].shape[1], v[0].shape[0]) for k, v in files.items()} == want
+        if "core nodes" in path.stem:  # core's clip, extended by core's KSampler, starts with that clip
+            source, longer = files["sora/wan_core_source"], files["sora/wan_core_extended"]
+            assert max(abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(source[:5], longer[:5])) < 2
+
+
+def _frames(server: Server, image: dict) -> list:
+    """The frames of a file the server saved, as uint8 arrays (H, W, 3)."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageSequence
+
+    query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
+    with urllib.request.urlopen(f"{server.url}/view?{query}", timeout=60) as r:
+        return [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(io.BytesIO(r.read())))]
 
 
 def _watch(server: Server, prompt: dict, *, interrupt_after_progress: bool = False, extra_data: dict | None = None) -> dict:

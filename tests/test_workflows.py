@@ -2,6 +2,10 @@
 
 The model is the shipped default when it exists, else a random-weight micro checkpoint (set
 through SORA_MODEL), so these check wiring, sizes and splicing rather than picture quality.
+The Wan workflows load tiny random Wan files written under the real file names into a temporary
+ComfyUI-style models folder (SORA_COMFY_MODELS) and run at reduced sizes (workflow_api.reduced).
+The one that mixes core's loaders, CLIPTextEncode and KSampler with our nodes has no headless
+doubles for them (they would be fakes): it runs in tests/test_comfyui_server.py only.
 The save nodes are the pack's own: they write signed files into a temporary output folder.
 """
 
@@ -20,11 +24,12 @@ from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host
 from sora_core.pipeline import DEFAULT_MODEL, default_model_path
 from sora_core.provenance import ASSERTION, DIGITAL_SOURCE_TYPE, file_sha256, read_manifest
 
-from .workflow_api import (CORE_DISPLAY_NAMES, CORE_DOUBLES, TEXT_DISPLAY, TITLE_H, Recorder, class_specs, execute,
-                           min_node_size, reduced, ui_to_api)
+from .wan_files import FAMILIES, TEXT_ENCODER, write_wan_models
+from .workflow_api import (CORE_DISPLAY_NAMES, CORE_DOUBLES, CORE_ONLY, TEXT_DISPLAY, TITLE_H, Recorder, class_specs,
+                           execute, min_node_size, reduced, ui_to_api)
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
-CLASSES = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES}
+CLASSES = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES, **CORE_ONLY}
 SAVE_NODES = ("SoraSaveVideo", "SoraSaveImage")
 
 # workflow -> {filename prefix: (frames, width, height)} of what it saves or previews
@@ -46,12 +51,55 @@ EXPECTED = {
     "11. Recaption a short prompt": {"sora/recaption": (17, 64, 64)},
     "12. A minute of video": {"sora/long_video": (32, 64, 64)},  # run at 4 s (workflow_api.REDUCED)
 }
+# The Wan workflows at their reduced sizes: 832x480 -> 64x32, 1280x704 -> 64x32, 81 / 121 frames -> 9, extensions
+# and transitions 4 frames (workflow_api.WAN_REDUCED).
+WAN_EXPECTED = {
+    "13. Wan 2.1 text to video": {"sora/wan_text_to_video": (9, 64, 32)},
+    "14. Wan 2.2 animate an image": {"preview": (1, 64, 32), "sora/wan_animate_image": (9, 64, 32)},
+    "15. Wan 2.1 extend a video forward": {"sora/wan_extend_source": (9, 64, 32), "sora/wan_extend_forward": (13, 64, 32)},
+    "16. Wan 2.1 extend backward (three beginnings)": {
+        "sora/wan_extend_backward_ending": (9, 64, 32), "sora/wan_extend_backward_seed32": (13, 64, 32),
+        "sora/wan_extend_backward_seed33": (13, 64, 32), "sora/wan_extend_backward_seed34": (13, 64, 32)},
+    "17. Wan 2.1 seamless loop": {"sora/wan_seamless_loop": (13, 64, 32)},
+    "18. Wan 2.1 connect two clips": {"sora/wan_connect_two_clips": (22, 64, 32)},
+    "19. Wan 2.1 video to video (SDEdit)": {"sora/wan_sdedit_source": (9, 64, 32), "sora/wan_sdedit_edited": (9, 64, 32)},
+    "20. Wan 2.1 widescreen and vertical": {"sora/wan_aspect_widescreen": (9, 64, 32),
+                                            "sora/wan_aspect_vertical": (9, 32, 64)},
+    "21. Wan 2.1 prototype small, then full resolution": {"sora/wan_prototype": (9, 32, 32),
+                                                          "sora/wan_prototype_full_res": (9, 64, 32)},
+    "22. Wan 2.1 with core nodes (KSampler extends a clip)": {"sora/wan_core_source": (9, 64, 32),
+                                                              "sora/wan_core_extended": (13, 64, 32)},
+}
+SERVER_ONLY = {"22. Wan 2.1 with core nodes (KSampler extends a clip)"}  # core's KSampler, umt5: no doubles
+EXPECTED |= WAN_EXPECTED
+HEADLESS = sorted(set(EXPECTED) - SERVER_ONLY)
 
 
 @pytest.fixture(autouse=True)
 def model_file(monkeypatch, micro_checkpoint):
     if not DEFAULT_MODEL.is_file():
         monkeypatch.setenv("SORA_MODEL", micro_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def wan_models(tmp_path_factory):
+    """A ComfyUI models folder with tiny Wan 2.1 and 2.2 files under the names the Wan workflows load."""
+    root = tmp_path_factory.mktemp("models")
+    write_wan_models(root, text_dim=4096)  # umt5-xxl's width, as the real files have it
+    return root
+
+
+@pytest.fixture(autouse=True)
+def wan_folders(monkeypatch, wan_models):
+    monkeypatch.setenv(host.MODELS_ENV, str(wan_models))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared machine
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -96,7 +144,7 @@ def test_every_workflow_saves_through_the_signing_save_nodes():
         assert types & set(SAVE_NODES) and not types & {"SaveAnimatedWEBP", "SaveImage", "SaveVideo"}, path.stem
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", HEADLESS)
 def test_workflow_runs_and_saves_the_expected_videos(name):
     _, saved, _, _ = run(name)
     assert {k: (v.shape[0], v.shape[2], v.shape[1]) for k, v in saved.items()} == EXPECTED[name]
@@ -141,6 +189,140 @@ def test_loop_output_starts_with_the_source_clip():
     _, loop = node_of(prompt, "SoraLoop")
     source = outputs[loop["inputs"]["video"][0]][0]  # both of its ends crossfade, 4 frames each
     assert torch.equal(saved["sora/seamless_loop"][4:13], source[4:13])
+
+
+# -- the Wan workflows: each capability's defining property, on tiny random files -------------------------
+
+def test_the_wan_workflows_load_the_real_file_names_and_say_where_they_go():
+    folder = {TEXT_ENCODER: "text_encoders"} | {dit: "diffusion_models" for dit, _, _, _ in FAMILIES.values()} | {
+        vae: "vae" for _, vae, _, _ in FAMILIES.values()}
+    inputs = {"SoraDiffusionModelLoader": "model_name", "SoraVAELoader": "vae_name",
+              "SoraTextEncoderLoader": "text_encoder_name", "UNETLoader": "unet_name", "CLIPLoader": "clip_name",
+              "VAELoader": "vae_name"}
+    for name in WAN_EXPECTED:
+        prompt = ui_to_api(load(name), class_specs(CLASSES))
+        loaded = {n["inputs"][inputs[n["class_type"]]] for n in prompt.values() if n["class_type"] in inputs}
+        assert len(loaded) == 3 and loaded <= set(folder), (name, loaded)
+        assert ("wan2.2_ti2v_5B_fp16.safetensors" in loaded) == ("animate" in name), name  # the model made for it
+        note = next(n for n in load(name)["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+        assert "in `ComfyUI/models/`" in note and "**VRAM**" in note and " GB " in note, name
+        for file in loaded:
+            assert f"`{folder[file]}/{file}`" in note, (name, file)
+
+
+def test_the_wan_workflows_sample_with_each_models_recipe():
+    from sora_core.wan.dit import RECIPES
+
+    recipes = {"wan2.1_t2v_1.3B_fp16.safetensors": RECIPES["wan2.1-t2v-1.3B"],
+               "wan2.2_ti2v_5B_fp16.safetensors": RECIPES["wan2.2-ti2v-5B"]}
+    for name in WAN_EXPECTED:
+        prompt = ui_to_api(load(name), class_specs(CLASSES))
+        model = next(n["inputs"].get("model_name") or n["inputs"]["unet_name"] for n in prompt.values()
+                     if n["class_type"] in ("SoraDiffusionModelLoader", "UNETLoader"))
+        r = recipes[model]
+        for node in prompt.values():
+            i = node["inputs"]
+            if node["class_type"] == "SoraDiTSampler":
+                assert (i["steps"], i["cfg"], i["shift"]) == (r.steps, r.cfg, r.shift), name
+            if node["class_type"] == "KSampler":  # core's Wan 2.1 sampling shift is 8 already, as the recipe's
+                assert (i["steps"], i["cfg"]) == (r.steps, r.cfg) and r.shift == 8, name
+            if node["class_type"] in ("SoraPatchifyGrid", "EmptyHunyuanLatentVideo"):
+                size = (i["width"], i["height"])
+                assert size in ((r.width, r.height), (r.height, r.width), (r.width // 2, r.height // 2)), name
+        negatives = [n for n in load(name)["nodes"] if (n.get("title") or "").startswith("Negative")]
+        assert [n["widgets_values"][0] for n in negatives] == [r.negative_prompt], name
+        saves = [n["inputs"]["fps"] for n in prompt.values() if n["class_type"] == "SoraSaveVideo"]
+        assert saves and set(saves) == {float(r.fps)}, name
+
+
+def test_wan_text_to_video_decodes_a_clip_of_the_grids_size():
+    _, saved, _, _ = run("13. Wan 2.1 text to video")
+    frames = saved["sora/wan_text_to_video"]
+    assert frames.shape == (9, 32, 64, 3) and frames.std() > 0.01
+
+
+def test_wan_animate_starts_with_the_still_exactly():
+    _, saved, _, _ = run("14. Wan 2.2 animate an image")
+    video = saved["sora/wan_animate_image"]
+    assert torch.equal(video[0], saved["preview"][0]) and not torch.equal(video[-1], video[0])
+
+
+def test_wan_extend_forward_keeps_the_source_frames():
+    _, saved, _, _ = run("15. Wan 2.1 extend a video forward")
+    source, longer = saved["sora/wan_extend_source"], saved["sora/wan_extend_forward"]
+    assert torch.equal(longer[:5], source[:5])  # all but the 4 that crossfade at the join
+    assert not torch.equal(longer[5:9], source[5:9]) and longer.shape[0] == source.shape[0] + 4
+
+
+def test_wan_extend_backward_gives_different_beginnings_to_one_ending():
+    _, saved, _, _ = run("16. Wan 2.1 extend backward (three beginnings)")
+    ending = saved["sora/wan_extend_backward_ending"]
+    videos = [saved[f"sora/wan_extend_backward_seed{s}"] for s in (32, 33, 34)]
+    for video in videos:
+        assert torch.equal(video[8:], ending[4:])  # 4 new frames, then the ending (its first 4 crossfade)
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        assert (videos[a][:4] - videos[b][:4]).abs().mean() > 1e-3
+
+
+def test_wan_loop_ends_on_a_transition_into_its_own_start():
+    prompt, saved, outputs, _ = run("17. Wan 2.1 seamless loop")
+    loop_id, loop = node_of(prompt, "SoraLoop")
+    source = outputs[loop["inputs"]["video"][0]][0]
+    window = outputs[loop_id][0]
+    # the window: the clip's end (given), the transition (generated), the clip's start (given)
+    assert window["noise_mask"][0, 0, :, 0, 0].tolist() == [0, 0, 1, 0]
+    assert torch.equal(window["sora_tail"].frames, source[:4])
+    looped = saved["sora/wan_seamless_loop"]
+    assert looped.shape[0] == source.shape[0] + 4 and torch.equal(looped[4:5], source[4:5])
+    # played on repeat, the first frames fade from what the model made after the transition into the clip
+    assert not torch.equal(looped[:4], source[:4])
+
+
+def test_wan_connect_is_first_transition_second():
+    prompt, saved, outputs, _ = run("18. Wan 2.1 connect two clips")
+    _, connect = node_of(prompt, "SoraConnect")
+    first = outputs[connect["inputs"]["first"][0]][0]
+    second = outputs[connect["inputs"]["second"][0]][0]
+    joined = saved["sora/wan_connect_two_clips"]
+    assert joined.shape[0] == 9 + 4 + 9 and torch.equal(joined[:5], first[:5]) and torch.equal(joined[-5:], second[4:])
+
+
+def test_wan_sdedit_redraws_the_encoded_source_at_its_strength():
+    prompt, saved, outputs, _ = run("19. Wan 2.1 video to video (SDEdit)")
+    noise_id, _ = node_of(prompt, "SoraSDEditNoise")
+    mask = outputs[noise_id][0]["noise_mask"]
+    assert torch.allclose(mask, torch.full_like(mask, 0.6))
+    source, edited = saved["sora/wan_sdedit_source"], saved["sora/wan_sdedit_edited"]
+    assert edited.shape == source.shape and (edited - source).abs().mean() > 1e-3
+
+
+def test_wan_widescreen_and_vertical_come_from_one_seed_and_model():
+    prompt, saved, _, _ = run("20. Wan 2.1 widescreen and vertical")
+    samplers = [n["inputs"] for n in prompt.values() if n["class_type"] == "SoraDiTSampler"]
+    assert len(samplers) == 2 and samplers[0]["seed"] == samplers[1]["seed"]
+    assert samplers[0]["model"] == samplers[1]["model"] and samplers[0]["positive"] == samplers[1]["positive"]
+    assert saved["sora/wan_aspect_widescreen"].shape[1:3] == saved["sora/wan_aspect_vertical"].shape[2:0:-1]
+
+
+def test_wan_full_resolution_pass_refines_the_prototype_with_its_seed():
+    prompt, saved, _, _ = run("21. Wan 2.1 prototype small, then full resolution")
+    seeds = {n["inputs"]["seed"] for n in prompt.values() if n["class_type"] == "SoraDiTSampler"}
+    assert len(seeds) == 1
+    prototype, full = saved["sora/wan_prototype"], saved["sora/wan_prototype_full_res"]
+    assert prototype.shape[1] * prototype.shape[2] < full.shape[1] * full.shape[2]
+
+
+def test_the_wan_core_graph_mixes_core_nodes_with_ours():
+    prompt = ui_to_api(load("22. Wan 2.1 with core nodes (KSampler extends a clip)"), class_specs(CLASSES))
+    types = {n["class_type"] for n in prompt.values()}
+    assert {"UNETLoader", "CLIPLoader", "CLIPTextEncode", "KSampler", "SoraExtend", "SoraVAEDecode"} <= types
+    _, extend = node_of(prompt, "SoraExtend")
+    sampler = next(n for n in prompt.values() if n["class_type"] == "KSampler" and
+                   prompt[n["inputs"]["latent_image"][0]]["class_type"] == "SoraExtend")
+    assert prompt[extend["inputs"]["video"][0]]["class_type"] == "VAEDecode"
+    assert next(n for n in prompt.values() if n["class_type"] == "CLIPLoader")["inputs"]["type"] == "wan"
+    with pytest.raises(NotImplementedError, match="KSampler has no headless double"):
+        CLASSES["KSampler"]().run(**sampler["inputs"])
 
 
 def test_the_long_video_workflow_ships_a_minute_at_the_default_size():
@@ -320,6 +502,28 @@ def test_every_workflow_has_a_small_thumbnail_from_its_output(name):
     assert image.format == "JPEG" and image.width == image.height >= 200
     pixels = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32))
     assert pixels.std() > 3, f"{path.name} is one flat colour"
+
+
+def test_wan_thumbnails_are_the_builders_title_cards():
+    """No output can be made without the real weights: the card names the capability, the model and its files,
+    and the shipped one is what the builder draws for the workflow as it is now (its text is in the JPEG's
+    comment, so a stale card is told apart whatever fonts draw it)."""
+    from tools import build_workflows
+    from tools.thumbnails import card_comment, title_card
+
+    builds = zip(build_workflows.workflow_names(), build_workflows.WORKFLOWS)
+    cards = {name: build_workflows.card_text(graph) for name, (_, build) in builds if (graph := build()).card}
+    assert sorted(cards) == sorted(WAN_EXPECTED)
+    capability, model, files = cards["16. Wan 2.1 extend backward (three beginnings)"]
+    assert (capability, model) == ("Extend backward (three beginnings)", "Wan 2.1 1.3B")
+    assert files == ["diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors", f"text_encoders/{TEXT_ENCODER}",
+                     "vae/wan_2.1_vae.safetensors"]
+    for name, card in cards.items():
+        image = Image.open(WORKFLOWS / f"{name}.jpg")
+        assert image.info.get("comment", b"").decode() == card_comment(*card), f"{name}: rebuild its card"
+    drawn = [np.asarray(title_card(*card).convert("L"), dtype=np.float32) for card in
+             ((capability, model, files), (capability, model, files[:2] + ["vae/wan2.2_vae.safetensors"]))]
+    assert np.abs(drawn[0] - drawn[1]).max() > 100  # the files are written on it
 
 
 def test_contact_sheet_spreads_each_video_over_its_length():

@@ -36,20 +36,21 @@ def scaled_fp8(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_wan_models(models_dir, families=("2.1", "2.2")) -> dict[str, Path]:
+def write_wan_models(models_dir, families=("2.1", "2.2"), text_dim: int = TEXT_DIM) -> dict[str, Path]:
     """Write the diffusion model and VAE of each family and the shared umt5 (scaled fp8, its tokenizer
     inside as `spiece_model`, as ComfyUI's file has it) into models_dir/diffusion_models, /vae and
-    /text_encoders; returns file name -> path."""
+    /text_encoders; returns file name -> path. `text_dim` 4096 (umt5-xxl's width) makes a DiT that
+    core's UNETLoader builds too (it assumes that width)."""
     root = Path(models_dir)
     for sub in ("diffusion_models", "vae", "text_encoders"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    text = UMT5Config(vocab_size=64, dim=TEXT_DIM, inner_dim=64, heads=4, ffn_dim=96, layers=2)
+    text = UMT5Config(vocab_size=64, dim=text_dim, inner_dim=64, heads=4, ffn_dim=96, layers=2)
     tokenizer = torch.frombuffer(bytearray(spiece_model()), dtype=torch.uint8)
     paths = {TEXT_ENCODER: root / "text_encoders" / TEXT_ENCODER}
     write(paths[TEXT_ENCODER], scaled_fp8(umt5_state(text)) | {"spiece_model": tokenizer})
     for family in families:
         dit_name, vae_name, channels, vae = FAMILIES[family]
-        dit = WanDiTConfig(dim=256, layers=2, heads=2, ffn_dim=512, text_dim=TEXT_DIM, in_channels=channels,
+        dit = WanDiTConfig(dim=256, layers=2, heads=2, ffn_dim=512, text_dim=text_dim, in_channels=channels,
                            out_channels=channels)
         paths[dit_name] = root / "diffusion_models" / dit_name
         write(paths[dit_name], {k: v.half() for k, v in random_state(dit, seed=channels).items()})

@@ -3,6 +3,11 @@
     python3 tools/build_workflows.py                # the workflows
     python3 tools/build_workflows.py --thumbnails   # and their template-browser thumbnails (runs each one)
 
+The Wan workflows (13 on) are the same capabilities on real open models, under the file names and
+folders ComfyUI users have; weights cannot be had here, so their thumbnails are title cards (what
+the graph does, the model, the files it needs), not outputs, and they are tested on tiny random
+files under those names (tests/test_workflows.py, tests/test_comfyui_server.py).
+
 Each workflow uses only this pack's nodes and core nodes and makes its own inputs (a clip is
 generated first, then extended, looped, ...), so it runs with nothing but the default model.
 Outputs go through Sora Save Video / Image, so every file carries a C2PA manifest; a saved clip
@@ -25,6 +30,7 @@ import argparse
 import json
 import math
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from sora_core.wan.dit import RECIPES, Recipe  # noqa: E402
 from tests.workflow_api import (  # noqa: E402
-    CORE_DISPLAY_NAMES, CORE_DOUBLES, DOM_WIDGET_H, TITLE_H, class_specs, min_node_size)
+    CORE_DISPLAY_NAMES, CORE_DOUBLES, CORE_ONLY, DOM_WIDGET_H, TITLE_H, class_specs, min_node_size)
 
 OUT = ROOT / "workflows"
 
@@ -45,12 +52,9 @@ MODEL_FILE = "sora-tiny.safetensors"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
-# Core nodes used here: (socket inputs, widget names in frontend order, outputs), as ComfyUI 0.33's
-# /object_info gives them.
-CORE = {
-    "PreviewImage": ([("images", "IMAGE")], [], [("images", "IMAGE")]),
-    "ImageScale": ([("image", "IMAGE")], ["upscale_method", "width", "height", "crop"], [("IMAGE", "IMAGE")]),
-}
+# Every node type a workflow may use: ours, and core's as tests/workflow_api.py describes them (a double,
+# or the interface only), with widget defaults of our own for some core ones.
+CLASSES = {**NODE_CLASS_MAPPINGS, **CORE_DOUBLES, **CORE_ONLY}
 CORE_DEFAULTS = {
     "ImageScale": {"upscale_method": "bicubic", "crop": "disabled"},
 }
@@ -66,7 +70,7 @@ CAPTION = ("A video clip of a medium-sized red circle on a navy background. Star
 # An image preview (an output node's result, a sampler's live preview): the frontend gives it at least
 # 190 px when the first image arrives and grows the node to fit, so the layout leaves room for it.
 PREVIEW_H = 190 + 4
-SPECS = class_specs({**NODE_CLASS_MAPPINGS, **CORE_DOUBLES})
+SPECS = class_specs(CLASSES)
 
 
 def _is_widget(spec) -> bool:
@@ -84,10 +88,7 @@ class Widget:
 
 def describe(node_type: str):
     """(socket inputs [(name, type)], widgets [Widget], outputs [(name, type)], display name)."""
-    if node_type in CORE:
-        sockets, widgets, outputs = CORE[node_type]
-        return sockets, [Widget(w) for w in widgets], outputs, CORE_DISPLAY_NAMES[node_type]
-    cls = NODE_CLASS_MAPPINGS[node_type]
+    cls = CLASSES[node_type]
     spec = cls.INPUT_TYPES()
     sockets, widgets = [], []
     for section in ("required", "optional"):
@@ -98,19 +99,18 @@ def describe(node_type: str):
             else:
                 sockets.append((name, s[0]))
     names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-    return sockets, widgets, list(zip(names, cls.RETURN_TYPES)), NODE_DISPLAY_NAME_MAPPINGS[node_type]
+    display = NODE_DISPLAY_NAME_MAPPINGS.get(node_type) or CORE_DISPLAY_NAMES[node_type]
+    return sockets, widgets, list(zip(names, cls.RETURN_TYPES)), display
 
 
 def default_widgets(node_type: str) -> dict:
-    if node_type in CORE:
-        return dict(CORE_DEFAULTS.get(node_type, {}))
     out = {}
     for section in ("required", "optional"):
-        for name, s in NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES().get(section, {}).items():
+        for name, s in CLASSES[node_type].INPUT_TYPES().get(section, {}).items():
             if _is_widget(s):
                 opts = s[1] if len(s) > 1 else {}
-                out[name] = opts.get("default", s[0][0] if isinstance(s[0], list) else "")
-    return out
+                out[name] = opts.get("default", s[0][0] if isinstance(s[0], list) and s[0] else "")
+    return out | CORE_DEFAULTS.get(node_type, {})
 
 
 class Node:
@@ -160,8 +160,9 @@ class Node:
         w, h = self.min_size()
         prompts = [x for x in self.widget_specs if x.multiline and x.name in PROMPT_BOXES]
         text = next((self.values[x.name] for x in prompts if x.name not in self.widget_links), "")
-        if text:  # about 34 characters a line in a 300 px text box, 16 px a line
-            h += max(0, 16 * (math.ceil(len(text) / 34) + 1) + 8 - DOM_WIDGET_H)
+        if text:  # about 34 characters a line in a 300 px text box (a CJK character takes two), 16 px a line
+            chars = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+            h += max(0, 16 * (math.ceil(chars / 34) + 1) + 8 - DOM_WIDGET_H)
         if self.type in OUTPUT_NODES:
             h += PREVIEW_H
         return [_round_up(max(w, 300 if prompts else 250)), _round_up(h)]
@@ -242,6 +243,7 @@ class Graph:
         self.links: list[list] = []
         self.note = note
         self.pages: list[list[list[Stage]]] = []  # page columns of rows of stages (see layout)
+        self.card: tuple[str, list[str]] | None = None  # (model, files): a title card as its thumbnail
 
     def add(self, node_type: str, *, title: str | None = None, **kwargs) -> Node:
         """kwargs: widget values by name, or (node, slot) pairs for inputs (a widget given a pair becomes an input)."""
@@ -270,10 +272,11 @@ class Graph:
         self.links.append([link_id, src.id, slot, target.id, to_slot, link_type])
         src.links_out.setdefault(slot, []).append(link_id)
 
-    def layout(self, *pages: list[Stage | list[Stage]]) -> None:
+    def layout(self, *pages: list[Stage | list[Stage]], note_over: int = 1) -> None:
         """Page columns, left to right, of stages top to bottom (a list of stages: side by side);
-        the note goes above the first one."""
+        the note goes above the first one, or spans the first `note_over` (a long note on a narrow page)."""
         self.pages = [[item if isinstance(item, list) else [item] for item in page] for page in pages]
+        self.note_over = note_over
 
     def stages(self) -> list[Stage]:
         return [s for page in self.pages for row in page for s in row]
@@ -292,11 +295,16 @@ class Graph:
         placed = [n.id for s in self.stages() for row in s.rows for col in row for n in col]
         if sorted(placed) != [n.id for n in self.nodes]:
             raise ValueError(f"{self.title}: every node must be laid out exactly once; placed {sorted(placed)}")
-        note_w = sum(s.measure()[0] for s in self.pages[0][0]) + STAGE_GAP * (len(self.pages[0][0]) - 1)
+        def row_width(row: list[Stage]) -> int:
+            return sum(s.measure()[0] for s in row) + STAGE_GAP * (len(row) - 1)
+
+        under = self.pages[: self.note_over]
+        note_w = row_width(self.pages[0][0]) if len(under) == 1 else (
+            sum(max(row_width(row) for row in page) for page in under) + STAGE_GAP * (len(under) - 1))
         note_h = self._note_height(note_w)
         x = 0
         for i, page in enumerate(self.pages):
-            y, width = (TITLE_H + note_h + STAGE_GAP if i == 0 else 0), 0
+            y, width = (TITLE_H + note_h + STAGE_GAP if i < len(under) else 0), 0
             for row in page:
                 left = x
                 for stage in row:
@@ -378,28 +386,29 @@ def sample(g: Graph, loader: Node, positive: Node, negative: Node, latent, seed:
                  latent=latent, **settings)
 
 
-def decode(g: Graph, loader: Node, latent: Node, title: str | None = None) -> Node:
-    return g.add("SoraVAEDecode", title=title, vae=loader["vae"], latent=latent[0])
+def decode(g: Graph, loader: Node, latent: Node, title: str | None = None, **settings) -> Node:
+    return g.add("SoraVAEDecode", title=title, vae=loader["vae"], latent=latent[0], **settings)
 
 
 def generate(g: Graph, loader: Node, positive: Node, negative: Node, seed: int, title: str = "Generate a clip",
-             **grid) -> list[Node]:
+             sampling: dict | None = None, decoding: dict | None = None, **grid) -> list[Node]:
     """Text to video, decoded: [Patchify Grid, DiT Sampler, VAE Decode]; the last one gives the frames."""
     size = dict(aspect_ratio="custom", long_side=64, batch_size=1) | VIDEO | grid
     latent = g.add("SoraPatchifyGrid", vae=loader["vae"], **size)
-    sampler = sample(g, loader, positive, negative, latent[0], seed, title=title)
-    return [latent, sampler, decode(g, loader, sampler)]
+    sampler = sample(g, loader, positive, negative, latent[0], seed, title=title, **(sampling or {}))
+    return [latent, sampler, decode(g, loader, sampler, **(decoding or {}))]
 
 
 def save(g: Graph, loader: Node, positive: Node, images: Node, prefix: str, title: str | None = None,
-         operation: str = "generate", sources: Node | None = None, node_type: str = "SoraSaveVideo") -> Node:
+         operation: str = "generate", sources: Node | None = None, node_type: str = "SoraSaveVideo", **widgets) -> Node:
     """Sora Save Video / Image: the file's C2PA manifest records the model, the operation, the prompt
     (when include_prompt is switched on) and `sources`, the files output of the save node of the clip
     this one was made from."""
+    model = {"model": loader["model"]} if loader is not None else {}  # a core MODEL is no SORA_DIT: none named
     links = {"sources": sources["files"]} if sources is not None else {}
     title = title or ("Save video" if node_type == "SoraSaveVideo" else "Save image")  # the type's name is long
-    return g.add(node_type, title=title, images=images[0], filename_prefix=f"sora/{prefix}", model=loader["model"],
-                 positive=positive[0], operation=operation, **links)
+    return g.add(node_type, title=title, images=images[0], filename_prefix=f"sora/{prefix}", **model,
+                 positive=positive[0], operation=operation, **links, **widgets)
 
 
 def chain(*nodes: Node) -> list[list[Node]]:
@@ -652,6 +661,367 @@ def long_video() -> Graph:
     return g
 
 
+# -- Wan 2.1 / 2.2: the same capabilities on real open models -------------------------------------
+# These graphs load the files ComfyUI users have, under ComfyUI's own names and folders, and use each
+# model's recipe (sora_core.wan.dit.RECIPES: native size and length, steps, cfg, shift, Wan's negative
+# prompt). They cannot run here (no weights), so their thumbnails are title cards (tools/thumbnails.py
+# title_card: what the graph does, the model and the files it needs), not outputs.
+
+WAN_TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+
+@dataclass(frozen=True)
+class WanModel:
+    label: str  # as the title card and the notes name it
+    dit: str  # file names, as ComfyUI's own Wan workflows name them
+    vae: str
+    recipe: Recipe
+    vram: str  # from benchmarks/wan_workflow_memory.py (GiB, rounded up); see the README's VRAM table
+
+    @property
+    def files(self) -> list[str]:
+        """Where each file goes, under ComfyUI/models/."""
+        return [f"diffusion_models/{self.dit}", f"text_encoders/{WAN_TEXT_ENCODER}", f"vae/{self.vae}"]
+
+    @property
+    def size(self) -> dict:
+        r = self.recipe
+        return dict(width=r.width, height=r.height, frames=r.frames)
+
+    @property
+    def sampling(self) -> dict:
+        r = self.recipe
+        return dict(steps=r.steps, cfg=r.cfg, shift=r.shift)
+
+
+WAN21 = WanModel("Wan 2.1 1.3B", "wan2.1_t2v_1.3B_fp16.safetensors", "wan_2.1_vae.safetensors",
+                 RECIPES["wan2.1-t2v-1.3B"], "8 GB (7.1 with every weight on the card), 6 GB with ComfyUI's partial "
+                                             "loading (5.9, slower)")
+WAN22 = WanModel("Wan 2.2 5B", "wan2.2_ti2v_5B_fp16.safetensors", "wan2.2_vae.safetensors",
+                 RECIPES["wan2.2-ti2v-5B"], "16 GB (15.8 with every weight on the card), 12 GB with ComfyUI's partial "
+                                            "loading (11.0, slower)")
+DECODING = dict(chunk=1)  # one latent frame at a time, as Wan decodes: a quarter of chunk 4's memory
+
+
+def wan_note(m: WanModel, what: str, vram: str | None = None) -> str:
+    """A Wan graph's note: what it does, where each file goes, the VRAM and the settings it uses."""
+    r = m.recipe
+    files = ", ".join(f"`{f}`" for f in m.files)
+    return (f"{what}\n\n**VRAM** at {r.width}x{r.height}x{r.frames}: {vram or m.vram}. **Settings**, Wan's recipe: "
+            f"{r.fps} fps, {r.steps} steps, cfg {r.cfg:g}, shift {r.shift:g}, Wan's negative prompt.\n\n"
+            f"**{m.label} files**, in `ComfyUI/models/` (where core's loaders and the Sora ones find them): {files}.")
+
+
+class Parts:
+    """The three loaders of a Wan model, indexed like Sora Model Loader's outputs."""
+
+    def __init__(self, model: Node, text_encoder: Node, vae: Node):
+        self.nodes = {"model": model, "text_encoder": text_encoder, "vae": vae}
+
+    def __getitem__(self, name: str) -> tuple[Node, int]:
+        return self.nodes[name][name]
+
+    def column(self) -> list[Node]:
+        return column(*self.nodes.values())
+
+
+def load_wan(g: Graph, m: WanModel, what: str) -> tuple[Parts, Node]:
+    """The loaders and Wan's negative prompt; the graph's note and title card."""
+    g.note = wan_note(m, what)
+    g.card = (m.label, m.files)
+    parts = Parts(g.add("SoraDiffusionModelLoader", model_name=m.dit),
+                  g.add("SoraTextEncoderLoader", text_encoder_name=WAN_TEXT_ENCODER),
+                  g.add("SoraVAELoader", vae_name=m.vae))
+    negative = prompt(g, parts, m.recipe.negative_prompt, "Negative prompt (Wan's own)")
+    return parts, negative
+
+
+def wan_sample(g: Graph, m: WanModel, parts: Parts, positive: Node, negative: Node, latent, seed: int,
+               title: str | None = None) -> Node:
+    return sample(g, parts, positive, negative, latent, seed, title=title, **m.sampling)
+
+
+def wan_generate(g: Graph, m: WanModel, parts: Parts, positive: Node, negative: Node, seed: int,
+                 title: str = "Generate a clip", **size) -> list[Node]:
+    size = m.size | size
+    return generate(g, parts, positive, negative, seed, title, sampling=m.sampling, decoding=DECODING,
+                    long_side=max(size["width"], size["height"]), **size)
+
+
+def wan_decode(g: Graph, parts: Parts, latent: Node, title: str | None = None) -> Node:
+    return decode(g, parts, latent, title, **DECODING)
+
+
+def wan_save(g: Graph, m: WanModel, parts: Parts | None, positive: Node, images: Node, prefix: str, **kw) -> Node:
+    return save(g, parts, positive, images, f"wan_{prefix}", fps=float(m.recipe.fps), **kw)
+
+
+def models_stage(parts: Parts, negative: Node, *prompts: Node) -> Stage:
+    return Stage("Models and prompts", [[parts.column() + [negative], column(*prompts)]])
+
+
+BEACH = ("A corgi runs along a sandy beach at sunset, waves rolling in behind it. The camera tracks it from the "
+         "side at a low height; warm golden light, soft shadows, a gentle lens flare.")
+
+
+def wan_text_to_video() -> Graph:
+    m = WAN21
+    g = Graph("Wan 2.1 text to video", "")
+    parts, neg = load_wan(g, m, "Text to video with Wan 2.1 T2V 1.3B through the Sora nodes: **Patchify Grid** "
+                                "sets the size and length (832x480, 81 frames = 5 s), the **DiT Sampler** "
+                                "generates, **VAE Decode** streams the frames out one latent frame at a time.")
+    pos = prompt(g, parts, BEACH)
+    clip = wan_generate(g, m, parts, pos, neg, seed=1, title="Sample")
+    out = wan_save(g, m, parts, pos, clip[-1], "text_to_video")
+    g.layout([models_stage(parts, neg, pos)], [Stage("Generate", [chain(*clip, out)])])
+    return g
+
+
+def wan_animate_image() -> Graph:
+    m = WAN22
+    g = Graph("Wan 2.2 animate an image", "")
+    parts, neg = load_wan(g, m, "Image to video with Wan 2.2 TI2V 5B, the model made for it (it takes a timestep "
+                                "per latent frame, so the given frame stays given): the still becomes the **first "
+                                "frame** of a 121-frame video, exactly as given. The still is generated here at "
+                                "1280x704 by the same model; to animate your own picture, replace it with core "
+                                "**Load Image** and **Upscale Image** to 1280x704 (sides a multiple of 32).")
+    still_text = ("A red vintage bicycle leans against a white stone wall covered in blooming bougainvillea on a "
+                  "quiet Mediterranean street, morning sunlight.")
+    image_prompt = prompt(g, parts, still_text, "Image prompt")
+    still = wan_generate(g, m, parts, image_prompt, neg, seed=11, title="Generate the still", frames=1)
+    shown = g.add("PreviewImage", title="The still", images=still[-1][0])
+    motion = ("The camera slowly pushes in on a red vintage bicycle leaning against a white stone wall as "
+              "bougainvillea petals drift down in a light breeze; sunlight flickers across the wall.")
+    video_prompt = prompt(g, parts, motion, "Video prompt")
+    latent = g.add("SoraAnimateImage", vae=parts["vae"], image=still[-1][0], frames=m.recipe.frames, position="first")
+    sampler = wan_sample(g, m, parts, video_prompt, neg, latent[0], seed=12, title="Animate")
+    video = wan_decode(g, parts, sampler)
+    out = wan_save(g, m, parts, video_prompt, video, "animate_image", operation="animate")
+    g.layout([models_stage(parts, neg, image_prompt, video_prompt)],
+             [Stage("1. The still image", [chain(*still, shown)]),
+              Stage("2. Animate it", [chain(latent, sampler, video, out)])])
+    return g
+
+
+# Extend / loop / connect windows are the model's native 81 frames: 16 frames of context at each given
+# end and the rest new (1 + 16 + 64, 1 + 16 + 48 + 16).
+CONTEXT, NEW, TRANSITION = 16, 64, 48
+
+
+def wan_extend_forward() -> Graph:
+    m = WAN21
+    g = Graph("Wan 2.1 extend a video forward", "")
+    parts, neg = load_wan(g, m, f"Continues a clip: **Extend** (forward) gives the model the clip's last "
+                                f"{CONTEXT} frames as fixed context and generates {NEW} new frames after them, an "
+                                f"81-frame window as Wan was trained on. **VAE Decode** returns the whole clip with "
+                                f"the new frames appended (81 + {NEW} = {81 + NEW} frames, 9 s); the original "
+                                f"frames are untouched.")
+    pos = prompt(g, parts, BEACH)
+    clip = wan_generate(g, m, parts, pos, neg, seed=21)
+    source = wan_save(g, m, parts, pos, clip[-1], "extend_source", title="Source clip")
+    latent = g.add("SoraExtend", vae=parts["vae"], video=clip[-1][0], direction="forward", new_frames=NEW,
+                   context_frames=CONTEXT)
+    sampler = wan_sample(g, m, parts, pos, neg, latent[0], seed=22, title="Extend")
+    longer = wan_decode(g, parts, sampler)
+    out = wan_save(g, m, parts, pos, longer, "extend_forward", title="Extended clip", operation="extend",
+                   sources=source)
+    g.layout([models_stage(parts, neg, pos)],
+             [Stage("1. A source clip", [chain(*clip, source)]),
+              Stage("2. Extend it forward", [chain(latent, sampler, longer, out)])])
+    return g
+
+
+def wan_extend_backward() -> Graph:
+    m = WAN21
+    g = Graph("Wan 2.1 extend backward (three beginnings)", "")
+    parts, neg = load_wan(g, m, f"As in the Sora report, one clip extended **backward in time** with three seeds: "
+                                f"three different beginnings that all lead into the same ending. Each output is "
+                                f"{NEW} new frames followed by the unchanged clip ({NEW + 81} frames).")
+    text = ("A paper boat floats down a rain-filled gutter on a city street, raindrops rippling the water around "
+            "it; close-up at street level, soft overcast light.")
+    pos = prompt(g, parts, text)
+    clip = wan_generate(g, m, parts, pos, neg, seed=31, title="Generate the ending")
+    ending = wan_save(g, m, parts, pos, clip[-1], "extend_backward_ending", title="The shared ending")
+    latent = g.add("SoraExtend", vae=parts["vae"], video=clip[-1][0], direction="backward", new_frames=NEW,
+                   context_frames=CONTEXT)
+    seeds = []
+    for seed in (32, 33, 34):
+        sampler = wan_sample(g, m, parts, pos, neg, latent[0], seed=seed, title=f"Beginning, seed {seed}")
+        video = wan_decode(g, parts, sampler)
+        out = wan_save(g, m, parts, pos, video, f"extend_backward_seed{seed}", title=f"Seed {seed}",
+                       operation="extend", sources=ending)
+        seeds.append(column(sampler, video, out))
+    g.layout([Stage("Models and prompts", [[parts.column() + [neg, pos]]])],
+             [Stage("1. The ending, extended backward", [[column(clip[0], clip[1], latent), column(clip[2], ending)]])],
+             [Stage("2. Three beginnings", [seeds])], note_over=2)
+    return g
+
+
+def wan_seamless_loop() -> Graph:
+    m = WAN21
+    g = Graph("Wan 2.1 seamless loop", "")
+    parts, neg = load_wan(g, m, f"**Loop** generates a {TRANSITION}-frame transition from the clip's last "
+                                f"{CONTEXT} frames back to its first {CONTEXT}. The output (clip + transition, "
+                                f"{81 + TRANSITION} frames) plays on repeat without a jump.")
+    text = ("A koi fish swims slowly in a clear pond among drifting lily pads, sunlight dappling the water; "
+            "top-down view, calm and still.")
+    pos = prompt(g, parts, text)
+    clip = wan_generate(g, m, parts, pos, neg, seed=41)
+    latent = g.add("SoraLoop", vae=parts["vae"], video=clip[-1][0], transition_frames=TRANSITION,
+                   context_frames=CONTEXT)
+    sampler = wan_sample(g, m, parts, pos, neg, latent[0], seed=42, title="Close the loop")
+    looped = wan_decode(g, parts, sampler)
+    out = wan_save(g, m, parts, pos, looped, "seamless_loop", title="Loop (plays on repeat)", operation="loop")
+    g.layout([models_stage(parts, neg, pos)],
+             [Stage("1. A clip", [chain(*clip)]),
+              Stage("2. Close the loop", [chain(latent, sampler, looped, out)])])
+    return g
+
+
+def wan_connect_two_clips() -> Graph:
+    m = WAN21
+    g = Graph("Wan 2.1 connect two clips", "")
+    parts, neg = load_wan(g, m, f"**Connect** generates a {TRANSITION}-frame transition between two different "
+                                f"clips: it sees the last {CONTEXT} frames of the first and the first {CONTEXT} of "
+                                f"the second. Output: first clip, the transition, second clip "
+                                f"({81 + TRANSITION + 81} frames).")
+    second_text = ("A corgi sleeps curled up on a knitted blanket in front of a crackling fireplace, warm lamp "
+                   "light, the camera slowly pushing in.")
+    first_prompt = prompt(g, parts, BEACH, "First clip prompt")
+    second_prompt = prompt(g, parts, second_text, "Second clip prompt")
+    first = wan_generate(g, m, parts, first_prompt, neg, seed=61, title="First clip")
+    second = wan_generate(g, m, parts, second_prompt, neg, seed=62, title="Second clip")
+    transition = ("The sunset beach slowly dissolves into a cosy living room at night as the running corgi "
+                  "settles onto a blanket in front of a fireplace.")
+    transition_prompt = prompt(g, parts, transition, "Transition prompt")
+    latent = g.add("SoraConnect", vae=parts["vae"], first=first[-1][0], second=second[-1][0],
+                   transition_frames=TRANSITION, context_frames=CONTEXT)
+    sampler = wan_sample(g, m, parts, transition_prompt, neg, latent[0], seed=63, title="Transition")
+    joined = wan_decode(g, parts, sampler)
+    out = wan_save(g, m, parts, transition_prompt, joined, "connect_two_clips", title="First + transition + second",
+                   operation="connect")
+    g.layout([models_stage(parts, neg, first_prompt, second_prompt, transition_prompt)],
+             [[Stage("1. First clip", [chain(*first[:2])]), Stage("2. Second clip", [chain(*second[:2])])],
+              Stage("3. Connect them", [[column(first[2], second[2], latent), [sampler], [joined], [out]]])])
+    return g
+
+
+def wan_video_to_video() -> Graph:
+    m = WAN21
+    g = Graph("Wan 2.1 video to video (SDEdit)", "")
+    parts, neg = load_wan(g, m, "Re-draws a video from a new prompt while keeping its layout and motion: **VAE "
+                                "Encode**, then **SDEdit Noise** sets how much changes (strength 0 = keep, 1 = "
+                                "ignore the input) and the sampler noises it that far with its seed. The source is "
+                                "generated here; to edit your own video, load it (core Load Video + Get Video "
+                                "Components), scale it to 832x480 and pass it through **Trim Frames** (1 + 4k "
+                                "frames, at most 81).")
+    source_prompt = prompt(g, parts, BEACH, "Source prompt")
+    clip = wan_generate(g, m, parts, source_prompt, neg, seed=51, title="Generate a source clip")
+    source = wan_save(g, m, parts, source_prompt, clip[-1], "sdedit_source", title="Source")
+    trimmed = g.add("SoraTrimFrames", images=clip[-1][0], drop_from="end", max_frames=m.recipe.frames)
+    latent = g.add("SoraVAEEncode", vae=parts["vae"], images=trimmed[0], chunk=1)
+    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6)
+    edit = ("A watercolor painting of a corgi running along a beach at sunset: loose brush strokes, soft washes "
+            "of orange and blue, visible paper texture.")
+    edit_prompt = prompt(g, parts, edit, "Edit prompt")
+    sampler = wan_sample(g, m, parts, edit_prompt, neg, noised[0], seed=53, title="Re-draw")
+    edited = wan_decode(g, parts, sampler)
+    out = wan_save(g, m, parts, edit_prompt, edited, "sdedit_edited", title="Edited", operation="edit",
+                   sources=source)
+    g.layout([models_stage(parts, neg, source_prompt, edit_prompt)],
+             [Stage("1. A source clip", [chain(*clip, source)]),
+              Stage("2. Re-draw it", [[column(trimmed, latent, noised), [sampler], [edited], [out]]])])
+    return g
+
+
+def wan_widescreen_and_vertical() -> Graph:
+    m = WAN21
+    g = Graph("Wan 2.1 widescreen and vertical", "")
+    r = m.recipe
+    parts, neg = load_wan(g, m, f"One prompt and one seed at two shapes from one model: **{r.width}x{r.height} "
+                                f"widescreen** and **{r.height}x{r.width} vertical**, the two Wan 2.1 1.3B was "
+                                f"trained on. Each framing keeps the subject in view instead of cropping it.")
+    text = ("A hot air balloon rises over a valley of green hills at sunrise, mist lying in the valleys, the camera "
+            "slowly tilting up to follow it.")
+    pos = prompt(g, parts, text)
+    shapes = []
+    for name, w, h in (("widescreen", r.width, r.height), ("vertical", r.height, r.width)):
+        clip = wan_generate(g, m, parts, pos, neg, seed=3, title=f"Sample {name}", width=w, height=h)
+        shapes.append(clip + [wan_save(g, m, parts, pos, clip[-1], f"aspect_{name}", title=f"{w}x{h} {name}")])
+    g.layout([models_stage(parts, neg, pos)],
+             [Stage("Two shapes, one seed", [chain(*nodes) for nodes in shapes])])
+    return g
+
+
+def wan_prototype_then_full_res() -> Graph:
+    m = WAN21
+    g = Graph("Wan 2.1 prototype small, then full resolution", "")
+    r = m.recipe
+    small = dict(width=r.width // 2, height=r.height // 2)
+    parts, neg = load_wan(g, m, f"Try prompts and seeds at {small['width']}x{small['height']} (a quarter of the "
+                                f"tokens: several times faster), then render the one you like at {r.width}x"
+                                f"{r.height} with the **same seed**: the prototype is upscaled (core **Upscale "
+                                f"Image**) and encoded, **SDEdit Noise** sets how much may change, and the sampler "
+                                f"samples it again at full resolution.")
+    text = ("A lighthouse on a rocky cliff at dusk, waves crashing against the rocks below, its beam sweeping "
+            "across the darkening sea; slow aerial orbit.")
+    pos = prompt(g, parts, text)
+    seed = 5
+    proto = wan_generate(g, m, parts, pos, neg, seed=seed, title=f"Prototype ({small['width']}x{small['height']})",
+                         **small)
+    preview = wan_save(g, m, parts, pos, proto[-1], "prototype", title="Prototype")
+    big = g.add("ImageScale", image=proto[-1][0], width=r.width, height=r.height)
+    latent = g.add("SoraVAEEncode", vae=parts["vae"], images=big[0], chunk=1)
+    noised = g.add("SoraSDEditNoise", latent=latent[0], strength=0.6)
+    sampler = wan_sample(g, m, parts, pos, neg, noised[0], seed=seed, title="Full resolution")
+    full = wan_decode(g, parts, sampler)
+    out = wan_save(g, m, parts, pos, full, "prototype_full_res", title="Full resolution")
+    g.layout([models_stage(parts, neg, pos)],
+             [Stage(f"1. Prototype at {small['width']}x{small['height']}", [chain(*proto, preview)]),
+              Stage(f"2. The same seed at {r.width}x{r.height}",
+                    [[column(big, latent, noised), [sampler], [full], [out]]])])
+    return g
+
+
+def wan_with_core_nodes() -> Graph:
+    m = WAN21
+    r = m.recipe
+    g = Graph("Wan 2.1 with core nodes (KSampler extends a clip)", "")
+    load_wan_note = ("Our temporal nodes inside a core Wan graph: core **Load Diffusion Model**, **Load CLIP** "
+                     "(type wan) and **CLIP Text Encode** feed core **KSampler**, which makes a clip from "
+                     "**Empty HunyuanVideo Latent** (core's Wan text-to-video) decoded by core **VAE Decode**. "
+                     f"**Sora Extend Video** turns that clip into a latent whose `noise_mask` keeps its last "
+                     f"{CONTEXT} frames and asks for {NEW} new ones; core's KSampler honours it, and **Sora VAE "
+                     f"Decode** joins the new frames onto the untouched clip. Our latents are in the VAE's raw "
+                     f"space and our conditioning is core's, so either sampler takes either.")
+    vram = ("core's KSampler and Wan model manage their own memory; the Sora nodes here need at most 4.1 GB (VAE "
+            "Decode, one latent frame at a time)")
+    g.note, g.card = wan_note(m, load_wan_note, vram), (m.label, m.files)
+    model = g.add("UNETLoader", unet_name=m.dit, weight_dtype="default")
+    clip = g.add("CLIPLoader", clip_name=WAN_TEXT_ENCODER, type="wan", device="default")
+    core_vae = g.add("VAELoader", vae_name=m.vae)
+    vae = g.add("SoraVAELoader", vae_name=m.vae)
+    pos = g.add("CLIPTextEncode", title="Positive prompt", clip=clip[0], text=BEACH)
+    neg = g.add("CLIPTextEncode", title="Negative prompt (Wan's own)", clip=clip[0], text=r.negative_prompt)
+    ksampler = dict(steps=r.steps, cfg=r.cfg, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
+    empty = g.add("EmptyHunyuanLatentVideo", width=r.width, height=r.height, length=r.frames, batch_size=1)
+    first = g.add("KSampler", title="Generate a clip (core)", model=model[0], positive=pos[0], negative=neg[0],
+                  latent_image=empty[0], seed=71, **ksampler)
+    frames = g.add("VAEDecode", samples=first[0], vae=core_vae[0])
+    source = wan_save(g, m, None, pos, frames, "core_source", title="Source clip")
+    latent = g.add("SoraExtend", vae=vae["vae"], video=frames[0], direction="forward", new_frames=NEW,
+                   context_frames=CONTEXT)
+    extend = g.add("KSampler", title="Extend (core KSampler)", model=model[0], positive=pos[0], negative=neg[0],
+                   latent_image=latent[0], seed=72, **ksampler)
+    longer = g.add("SoraVAEDecode", vae=vae["vae"], latent=extend[0], **DECODING)
+    out = wan_save(g, m, None, pos, longer, "core_extended", title="Extended clip", operation="extend",
+                   sources=source)
+    g.layout([Stage("Core loaders and prompts", [[column(model, clip, core_vae, vae), column(pos, neg)]])],
+             [Stage("1. A clip with core nodes", [chain(empty, first, frames, source)]),
+              Stage("2. Sora Extend, core KSampler, Sora VAE Decode", [chain(latent, extend, longer, out)])])
+    return g
+
+
 # The template browser's order and titles: file "<n>. <title>.json" (see the module docstring).
 WORKFLOWS = [
     ("Text to video", text_to_video),
@@ -666,7 +1036,25 @@ WORKFLOWS = [
     ("Connect two clips", connect_two_clips),
     ("Recaption a short prompt", recaption),
     ("A minute of video", long_video),
+    ("Wan 2.1 text to video", wan_text_to_video),
+    ("Wan 2.2 animate an image", wan_animate_image),
+    ("Wan 2.1 extend a video forward", wan_extend_forward),
+    ("Wan 2.1 extend backward (three beginnings)", wan_extend_backward),
+    ("Wan 2.1 seamless loop", wan_seamless_loop),
+    ("Wan 2.1 connect two clips", wan_connect_two_clips),
+    ("Wan 2.1 video to video (SDEdit)", wan_video_to_video),
+    ("Wan 2.1 widescreen and vertical", wan_widescreen_and_vertical),
+    ("Wan 2.1 prototype small, then full resolution", wan_prototype_then_full_res),
+    ("Wan 2.1 with core nodes (KSampler extends a clip)", wan_with_core_nodes),
 ]
+
+
+def card_text(graph: Graph) -> tuple[str, str, list[str]]:
+    """(capability, model, files) on a graph's title card: its title without the model it names first."""
+    model, files = graph.card
+    words = graph.title.split(" ")
+    capability = " ".join(words[2:]) if " ".join(words[:2]) == model.rsplit(" ", 1)[0] else graph.title
+    return capability[0].upper() + capability[1:], model, files
 
 
 def workflow_names() -> list[str]:
@@ -679,14 +1067,20 @@ def main() -> None:
                         help="also run every workflow with the default model and write its <name>.jpg thumbnail")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
+    cards = {}
     for name, (_, build) in zip(workflow_names(), WORKFLOWS):
         path = OUT / f"{name}.json"
-        path.write_text(json.dumps(build().to_json(), indent=1) + "\n")
+        graph = build()
+        path.write_text(json.dumps(graph.to_json(), indent=1) + "\n")
         print(path.relative_to(ROOT))
+        if graph.card:
+            cards[name] = card_text(graph)
     if args.thumbnails:
-        from tools.thumbnails import write_thumbnails
+        from tools.thumbnails import write_thumbnails, write_title_card
 
-        for path in write_thumbnails(OUT, workflow_names()):
+        paths = write_thumbnails(OUT, [n for n in workflow_names() if n not in cards])
+        paths += [write_title_card(OUT / f"{name}.jpg", *card) for name, card in cards.items()]
+        for path in paths:
             print(path.relative_to(ROOT))
 
 

@@ -6,7 +6,8 @@ ComfyUI's frontend asks for a custom pack's template thumbnail as `<workflow nam
 workflow's JSON. Each workflow is run headless here (UI -> API as the frontend converts it, core
 nodes replaced by the small doubles in tests/workflow_api.py) with the default model (or SORA_MODEL),
 and every clip its Sora Save nodes save becomes part of a small square contact sheet: a video as
-frames spread over its length, an image as itself.
+frames spread over its length, an image as itself. A workflow for weights that cannot be had here
+(Wan) gets a title card instead: what it does, its model and the files it needs, drawn as text.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from nodes import NODE_CLASS_MAPPINGS, host
 from sora_core.fsutil import atomic_write
@@ -91,3 +92,49 @@ def write_thumbnails(folder: Path, names: list[str]) -> list[Path]:
         finally:
             host.OUTPUT_DIR = saved_to
     return written
+
+
+CARD_ACCENT = (63, 120, 158)  # the loader groups' colour in the workflows
+
+
+def title_card(title: str, model: str, files: list[str], side: int = SIDE) -> Image.Image:
+    """A square card: the workflow's title, the model it runs and the files it needs (`folder/name`
+    under ComfyUI/models), in Pillow's own font (no system fonts needed; Pillow 10.1 or later)."""
+    card = Image.new("RGB", (side, side), BACKGROUND)
+    draw = ImageDraw.Draw(card)
+    margin = side // 16
+    draw.rectangle([0, 0, side, side // 5], fill=CARD_ACCENT)
+    draw.text((margin, side // 10), model, font=ImageFont.load_default(side // 11), fill="white", anchor="lm")
+    y = side // 5 + margin
+    big = ImageFont.load_default(side // 13)
+    for line in _wrap(draw, title, big, side - 2 * margin):
+        draw.text((margin, y), line, font=big, fill=(236, 236, 236))
+        y += side // 11
+    small = ImageFont.load_default(side // 27)
+    y = side - margin - len(files) * (side // 22) - side // 18
+    draw.text((margin, y), "a title card, not an output; needs in ComfyUI/models:", font=small, fill=(160, 160, 168))
+    for f in files:
+        y += side // 22
+        draw.text((margin, y), f, font=small, fill=(200, 200, 208))
+    return card
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def card_comment(title: str, model: str, files: list[str]) -> str:
+    """The card's text, also kept in the JPEG's comment so a test can tell a stale card from the pixels' fonts."""
+    return "\n".join([title, model, *files])
+
+
+def write_title_card(path: Path, title: str, model: str, files: list[str]) -> Path:
+    card = title_card(title, model, files)
+    comment = card_comment(title, model, files)
+    return atomic_write(path, lambda tmp: card.save(tmp, "JPEG", quality=QUALITY, optimize=True, comment=comment))
