@@ -646,7 +646,7 @@ def long_video() -> Graph:
     g = Graph("A minute of video", "**Long Video** makes a video of any length window by window: the first "
               "window from the prompt, then each next one continuing the last frames of the one before (the "
               "report's 'extending', forward in time). A minute at 8 fps is 480 frames, 30 windows. **drift** "
-              "keeps colours from creeping over the windows (anchor: every window matched to the first); **loop** "
+              "keeps colours from creeping over the windows (colour: each window's colours pulled back to the first's); **loop** "
               "ends on a transition back into the opening. Link an IMAGE to start_images to continue your own "
               "clip or animate your own picture.\n\nThe IMAGE output holds every frame in memory (24 MB here); "
               "for hours or large frames use `python -m sora_core long`, which streams to the file in flat memory.")
