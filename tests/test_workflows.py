@@ -537,3 +537,21 @@ def test_contact_sheet_spreads_each_video_over_its_length():
     assert corners[0] < 3 and corners[-1] > 252 and corners == sorted(corners)  # first .. last frame
     two = contact_sheet([ramp, ramp.flip(0)]).convert("L")
     assert two.getpixel((w // 4, h // 4)) < 3 and two.getpixel((w // 4, 3 * h // 4)) > 252
+
+
+@pytest.mark.parametrize("name", sorted(WAN_EXPECTED))
+def test_wan_loaders_say_where_each_missing_file_goes(name):
+    """Like ComfyUI's own Wan templates: every loader names its file's folder and source, so the frontend's
+    missing-models dialog says where to put it (the graph's note gives the same folders)."""
+    workflow = load(name)
+    note = next(n for n in workflow["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+    folders = {"SoraDiffusionModelLoader": "diffusion_models", "UNETLoader": "diffusion_models",
+               "SoraVAELoader": "vae", "VAELoader": "vae", "SoraTextEncoderLoader": "text_encoders",
+               "CLIPLoader": "text_encoders"}
+    loaders = [n for n in workflow["nodes"] if n["type"] in folders]
+    assert loaders
+    for node in loaders:
+        (model,) = node["properties"]["models"]
+        assert model["name"] in node["widgets_values"] and model["directory"] == folders[node["type"]]
+        assert model["url"].startswith("https://huggingface.co/Comfy-Org/") and model["url"].endswith("/" + model["name"])
+        assert f"{model['directory']}/{model['name']}" in note or f"`{model['directory']}/`" in note, model

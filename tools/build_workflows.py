@@ -324,6 +324,10 @@ class Graph:
             entry = {"id": n.id, "type": n.type, "pos": n.pos, "size": n.size(), "flags": {}, "order": order[n.id] + 1,
                      "mode": 0, "inputs": inputs, "outputs": outputs,
                      "properties": {"Node name for S&R": n.type}, "widgets_values": n.widgets_values()}
+            models = [{"name": v, "url": MODEL_SOURCES[v][1], "directory": MODEL_SOURCES[v][0]}
+                      for v in n.widgets_values() if isinstance(v, str) and v in MODEL_SOURCES]
+            if models:
+                entry["properties"]["models"] = models
             if n.title:
                 entry["title"] = n.title
             nodes_json.append(entry)
@@ -668,6 +672,18 @@ def long_video() -> Graph:
 # title_card: what the graph does, the model and the files it needs), not outputs.
 
 WAN_TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+# Where each file comes from, as ComfyUI's own Wan templates give it (a loader node's properties.models):
+# when a file is missing, the frontend names it, its folder and offers this link; nothing here downloads.
+_WAN21_REPO = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+_WAN22_REPO = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+MODEL_SOURCES = {  # file -> (folder under ComfyUI/models, url)
+    "wan2.1_t2v_1.3B_fp16.safetensors": ("diffusion_models", f"{_WAN21_REPO}/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors"),
+    "wan2.2_ti2v_5B_fp16.safetensors": ("diffusion_models", f"{_WAN22_REPO}/diffusion_models/wan2.2_ti2v_5B_fp16.safetensors"),
+    "wan_2.1_vae.safetensors": ("vae", f"{_WAN21_REPO}/vae/wan_2.1_vae.safetensors"),
+    "wan2.2_vae.safetensors": ("vae", f"{_WAN22_REPO}/vae/wan2.2_vae.safetensors"),
+    WAN_TEXT_ENCODER: ("text_encoders", f"{_WAN21_REPO}/text_encoders/{WAN_TEXT_ENCODER}"),
+}
 
 
 @dataclass(frozen=True)
