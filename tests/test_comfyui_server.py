@@ -222,7 +222,7 @@ def _watch(server: Server, prompt: dict, *, interrupt_after_progress: bool = Fal
 
 
 def _text_to_video(object_info: dict, *, seed: int, steps: int) -> tuple[dict, str]:
-    prompt = ui_to_api(json.loads((REPO / "workflows" / "1. Text to video.json").read_text()), object_info_specs(object_info))
+    prompt = ui_to_api(json.loads((REPO / "workflows" / "01. Text to video.json").read_text()), object_info_specs(object_info))
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "SoraDiTSampler")
     prompt[sampler]["inputs"].update(seed=seed, steps=steps)  # a new seed: not answered from the cache
     return prompt, sampler

@@ -34,19 +34,19 @@ SAVE_NODES = ("SoraSaveVideo", "SoraSaveImage")
 
 # workflow -> {filename prefix: (frames, width, height)} of what it saves or previews
 EXPECTED = {
-    "1. Text to video": {"sora/text_to_video": (17, 64, 64)},
-    "2. Text to image": {"sora/text_to_image": (1, 128, 128)},
-    "3. Aspect ratios": {"sora/aspect_widescreen": (17, 88, 48), "sora/aspect_vertical": (17, 48, 88),
+    "01. Text to video": {"sora/text_to_video": (17, 64, 64)},
+    "02. Text to image": {"sora/text_to_image": (1, 128, 128)},
+    "03. Aspect ratios": {"sora/aspect_widescreen": (17, 88, 48), "sora/aspect_vertical": (17, 48, 88),
                          "sora/aspect_square": (17, 64, 64)},
-    "4. Prototype small, then full resolution": {"sora/prototype": (17, 32, 32),
+    "04. Prototype small, then full resolution": {"sora/prototype": (17, 32, 32),
                                                  "sora/prototype_full_res": (17, 64, 64)},
-    "5. Animate an image": {"preview": (1, 64, 64), "sora/animate_image": (17, 64, 64)},
-    "6. Extend a video forward": {"sora/extend_source": (17, 64, 64), "sora/extend_forward": (33, 64, 64)},
-    "7. Extend backward (three beginnings)": {
+    "05. Animate an image": {"preview": (1, 64, 64), "sora/animate_image": (17, 64, 64)},
+    "06. Extend a video forward": {"sora/extend_source": (17, 64, 64), "sora/extend_forward": (33, 64, 64)},
+    "07. Extend backward (three beginnings)": {
         "sora/extend_backward_ending": (17, 64, 64), "sora/extend_backward_seed32": (33, 64, 64),
         "sora/extend_backward_seed33": (33, 64, 64), "sora/extend_backward_seed34": (33, 64, 64)},
-    "8. Seamless loop": {"sora/seamless_loop": (25, 64, 64)},
-    "9. Video to video (SDEdit)": {"sora/sdedit_source": (17, 64, 64), "sora/sdedit_edited": (17, 64, 64)},
+    "08. Seamless loop": {"sora/seamless_loop": (25, 64, 64)},
+    "09. Video to video (SDEdit)": {"sora/sdedit_source": (17, 64, 64), "sora/sdedit_edited": (17, 64, 64)},
     "10. Connect two clips": {"sora/connect_two_clips": (50, 64, 64)},
     "11. Recaption a short prompt": {"sora/recaption": (17, 64, 64)},
     "12. A minute of video": {"sora/long_video": (32, 64, 64)},  # run at 4 s (workflow_api.REDUCED)
@@ -155,18 +155,18 @@ def test_workflow_runs_and_saves_the_expected_videos(name):
 
 
 def test_extend_forward_output_starts_with_the_untouched_source():
-    _, saved, _, _ = run("6. Extend a video forward")
+    _, saved, _, _ = run("06. Extend a video forward")
     # untouched except the 4 frames that crossfade into the new ones at the join
     assert torch.equal(saved["sora/extend_forward"][:13], saved["sora/extend_source"][:13])
 
 
 def test_animate_output_starts_with_the_still_exactly():
-    _, saved, _, _ = run("5. Animate an image")
+    _, saved, _, _ = run("05. Animate an image")
     assert torch.equal(saved["sora/animate_image"][0], saved["preview"][0])
 
 
 def test_extend_backward_gives_different_beginnings_to_the_same_ending():
-    _, saved, _, _ = run("7. Extend backward (three beginnings)")
+    _, saved, _, _ = run("07. Extend backward (three beginnings)")
     ending = saved["sora/extend_backward_ending"]
     videos = [saved[f"sora/extend_backward_seed{s}"] for s in (32, 33, 34)]
     for video in videos:
@@ -185,7 +185,7 @@ def test_connect_output_is_first_transition_second():
 
 
 def test_loop_output_starts_with_the_source_clip():
-    prompt, saved, outputs, _ = run("8. Seamless loop")
+    prompt, saved, outputs, _ = run("08. Seamless loop")
     _, loop = node_of(prompt, "SoraLoop")
     source = outputs[loop["inputs"]["video"][0]][0]  # both of its ends crossfade, 4 frames each
     assert torch.equal(saved["sora/seamless_loop"][4:13], source[4:13])
@@ -371,7 +371,7 @@ MADE_FROM = {"sora/extend_forward": ("extend", "sora/extend_source"),
              "sora/sdedit_edited": ("edit", "sora/sdedit_source")}
 
 
-@pytest.mark.parametrize("name", ["2. Text to image", "6. Extend a video forward", "9. Video to video (SDEdit)"])
+@pytest.mark.parametrize("name", ["02. Text to image", "06. Extend a video forward", "09. Video to video (SDEdit)"])
 def test_saved_files_carry_a_signed_manifest_with_the_model_and_the_source_chain(name):
     files = saved_files(name)
     sha = file_sha256(default_model_path())

@@ -16,10 +16,12 @@ Widget values are given by name and written in the order the frontend saves them
 
 What the artist sees first is decided here. The template browser (frontend 1.49) shows a custom
 pack's workflows by file name only: the title is the file name, the description repeats it, the
-thumbnail is `<name>.jpg` beside the JSON and the order is the server's directory listing (or
-alphabetical). So the file names are numbered human titles. Each graph is laid out in groups
-(stages read left to right, top to bottom) small enough that "fit view" stays above the zoom
-where the frontend stops drawing text, and it carries a saved view (`extra.ds`) for Workflow > Open.
+thumbnail is `<name>.jpg` beside the JSON and the order is the server's directory listing (glob
+order: on Linux file systems, effectively arbitrary) unless the artist sorts alphabetically. So the
+file names are human titles numbered with two digits, which sort in order either way. Each graph
+is laid out in groups (stages read left to right, top to bottom) small enough that "fit view" stays
+above the zoom where the frontend stops drawing text, and it carries a saved view (`extra.ds`) for
+Workflow > Open.
 Node sizes are at least what the frontend computes for them (it grows smaller ones on load,
 which would cover the node below and mark the tab as modified).
 """
@@ -1074,7 +1076,8 @@ def card_text(graph: Graph) -> tuple[str, str, list[str]]:
 
 
 def workflow_names() -> list[str]:
-    return [f"{i}. {title}" for i, (title, _) in enumerate(WORKFLOWS, 1)]
+    # Zero-padded: the browser's alphabetical sort (and any file list) then keeps the numbers in order.
+    return [f"{i:02}. {title}" for i, (title, _) in enumerate(WORKFLOWS, 1)]
 
 
 def main() -> None:

@@ -103,9 +103,13 @@ def title_card(title: str, model: str, files: list[str], side: int = SIDE) -> Im
     card = Image.new("RGB", (side, side), BACKGROUND)
     draw = ImageDraw.Draw(card)
     margin = side // 16
-    draw.rectangle([0, 0, side, side // 5], fill=CARD_ACCENT)
-    draw.text((margin, side // 10), model, font=ImageFont.load_default(side // 11), fill="white", anchor="lm")
-    y = side // 5 + margin
+    # The template browser lays its "Node graph" badge over the top left corner: the band under it is
+    # only colour, and the model's name starts below it.
+    band = side // 7
+    draw.rectangle([0, 0, side, band], fill=CARD_ACCENT)
+    y = band + margin // 2
+    draw.text((margin, y), model, font=ImageFont.load_default(side // 11), fill=(120, 180, 220))
+    y += side // 8
     big = ImageFont.load_default(side // 13)
     for line in _wrap(draw, title, big, side - 2 * margin):
         draw.text((margin, y), line, font=big, fill=(236, 236, 236))
