@@ -425,3 +425,17 @@ def test_wrong_or_mismatched_files_are_refused_by_name_before_loading(wan, tmp_p
     err = capsys.readouterr().err
     assert re.fullmatch(r"error: .*other_vae\.safetensors.*latent channels.*\n", err) and err.count("\n") == 1
     assert loads == [] and not (tmp_path / "x.png").exists()
+
+
+def test_long_video_chains_windows_on_wan_and_keeps_the_start_clip(pipe):
+    """sora_core.long on both Wan families (one t per sample: 2.1; per frame: 2.2): three windows after a
+    start clip, the clip itself untouched up to the crossfade before the first join, every frame finite."""
+    from sora_core.long import LongVideo
+
+    start = clip(9, seed=3)
+    job = LongVideo(pipe, "a ball rolling on", 9 + 3 * 4, start=start, new_frames=4, context_frames=4, blend_frames=2,
+                    steps=1, cfg=1.0, seed=2)
+    frames = torch.cat(list(job))
+    assert frames.shape == (21, 32, 32, 3) and torch.isfinite(frames).all()
+    assert torch.equal(frames[:7], start[:7])  # the last blend_frames of the clip crossfade into the stream
+    assert job.joins == [8, 12, 16]
