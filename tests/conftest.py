@@ -29,6 +29,16 @@ def private_config(tmp_path_factory):
     patch.undo()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: tiny models and convs on a shared 2-core machine, where
+    thread hand-offs cost more than they save. Modules opt in with `pytestmark`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def micro_model() -> SoraModel:
     torch.manual_seed(0)

@@ -26,11 +26,12 @@ from nodes.text import SoraRecaption, SoraTextEncode
 from sora_core.conditioning import frames_to_video
 from sora_core.recaption import plain_text
 from sora_core.wan.dit import WanConfig, WanDiTConfig, load_wan_dit
-from sora_core.wan.umt5 import UMT5Config, load_umt5
+from sora_core.wan.umt5 import load_umt5
 from sora_core.wan.vae import load_wan_vae
 
 from .test_wan_dit import random_state, write
-from .test_wan_pipeline import FAMILIES, TEXT_DIM, spiece_model, umt5_state
+from .test_wan_pipeline import FAMILIES
+from .wan_files import TEXT_DIM, spiece_model, tiny_dit, tiny_umt5, umt5_state
 from .test_wan_vae import write_random_file
 
 SIZE, FRAMES = 32, 9  # a multiple of both families' pixel multiple (16, 32); 3 latent frames
@@ -38,18 +39,12 @@ COMFYUI = os.environ.get("COMFYUI_PATH")
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")
 def text_encoder_file(tmp_path_factory):
-    config = UMT5Config(vocab_size=64, dim=TEXT_DIM, inner_dim=64, heads=4, ffn_dim=96, layers=2)
-    state = umt5_state(config) | {"spiece_model": torch.frombuffer(bytearray(spiece_model()), dtype=torch.uint8)}
+    state = umt5_state(tiny_umt5()) | {"spiece_model": torch.frombuffer(bytearray(spiece_model()), dtype=torch.uint8)}
     return write(tmp_path_factory.mktemp("te") / "umt5_tiny.safetensors", state)
 
 
@@ -58,9 +53,7 @@ def wan(request, tmp_path_factory, text_encoder_file):
     """One tiny Wan family as the loader nodes hand it on: hosted parts sharing one WanConfig."""
     channels, vae_config, _ = FAMILIES[request.param]
     folder = tmp_path_factory.mktemp(f"wan{request.param}")
-    dit_config = WanDiTConfig(dim=256, layers=2, heads=2, ffn_dim=512, text_dim=TEXT_DIM, in_channels=channels,
-                              out_channels=channels)
-    dit = load_wan_dit(write(folder / "dit.safetensors", random_state(dit_config, seed=channels)))
+    dit = load_wan_dit(write(folder / "dit.safetensors", random_state(tiny_dit(channels), seed=channels)))
     vae = load_wan_vae(write_random_file(folder / "vae.safetensors", vae_config))
     config = WanConfig(dit.config, vae.config, dit.variant)  # as Pipeline._load_wan builds it
     parts = SimpleNamespace(family=request.param, config=config, dit=host.host_part(dit, config, "dit"),

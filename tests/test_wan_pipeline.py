@@ -5,73 +5,33 @@ history handled exactly; loaders of every stored variant; clear refusals of wron
 
 from __future__ import annotations
 
-import io
 import math
-import random
 import re
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from sora_core import conditioning as cond
 from sora_core.__main__ import main
 from sora_core.engine import sample_window, seeded_noise
 from sora_core.io import read_video
 from sora_core.pipeline import Pipeline
-from sora_core.wan.dit import NEGATIVE_PROMPT, RECIPES, WanDiTConfig, load_wan_dit
-from sora_core.wan.umt5 import UMT5Config, expected_shapes, load_umt5
-from sora_core.wan.vae import WanVAEConfig, load_wan_vae
+from sora_core.wan.dit import FAMILY_RECIPE, NEGATIVE_PROMPT, RECIPES, WanDiTConfig, load_wan_dit
+from sora_core.wan.umt5 import UMT5Config, load_umt5
+from sora_core.wan.vae import load_wan_vae
 from sora_core.wan.vae import expected_shapes as expected_shapes_vae
 
-from .test_wan_dit import random_state
+from . import wan_files
+from .test_wan_dit import random_state, write
 from .test_wan_vae import write_random_file
+from .wan_files import TEXT_DIM, spiece_model, tiny_dit, tiny_umt5, umt5_state
 
-TEXT_DIM = 64
 FAMILIES = {  # DiT channels, VAE config, the release whose recipe a custom size of this family takes
-    "2.1": (16, WanVAEConfig("2.1", dim=8, dec_dim=8, z_dim=16), "wan2.1-t2v-1.3B"),
-    "2.2": (48, WanVAEConfig("2.2", dim=8, dec_dim=12, z_dim=48), "wan2.2-ti2v-5B"),
+    family: (channels, vae, FAMILY_RECIPE[channels]) for family, (_, _, channels, vae) in wan_files.FAMILIES.items()
 }
 FAST = dict(steps=2, cfg=3.0, seed=5)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
-
-
-def spiece_model() -> bytes:
-    import sentencepiece as spm  # test-only, like diffusers / transformers
-
-    rng = random.Random(0)
-    words = "a red ball blue square moving left right the cat runs over hill sky sea slowly".split()
-    out = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(" ".join(rng.choice(words) for _ in range(8)) for _ in range(300)), model_writer=out,
-        model_type="unigram", vocab_size=60, pad_id=0, eos_id=1, bos_id=2, unk_id=3, hard_vocab_limit=False,
-        num_threads=1, minloglevel=2)
-    return out.getvalue()
-
-
-def umt5_state(config: UMT5Config, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for k, shape in expected_shapes(config).items():
-        if k.endswith("layer_norm.weight"):
-            state[k] = 1 + 0.1 * torch.randn(shape, generator=g)
-        elif "relative_attention_bias" in k or k == "shared.weight":
-            state[k] = torch.randn(shape, generator=g)
-        else:
-            state[k] = torch.randn(shape, generator=g) / shape[1] ** 0.5
-    return state
-
-
-def write(path, state, metadata=None) -> str:
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +42,7 @@ def tokenizer_bytes():
 @pytest.fixture(scope="module")
 def text_encoder(tmp_path_factory, tokenizer_bytes):
     """A tiny umt5 file as ComfyUI keeps it: the encoder's keys and the tokenizer as `spiece_model`."""
-    config = UMT5Config(vocab_size=64, dim=TEXT_DIM, inner_dim=64, heads=4, ffn_dim=96, layers=2)
-    state = umt5_state(config) | {"spiece_model": torch.frombuffer(bytearray(tokenizer_bytes), dtype=torch.uint8)}
+    state = umt5_state(tiny_umt5()) | {"spiece_model": torch.frombuffer(bytearray(tokenizer_bytes), dtype=torch.uint8)}
     return write(tmp_path_factory.mktemp("te") / "umt5_tiny.safetensors", state)
 
 
@@ -92,9 +51,7 @@ def wan(request, tmp_path_factory, text_encoder):
     """(family, DiT file, VAE file, text encoder file) of one tiny Wan family."""
     channels, vae_config, _ = FAMILIES[request.param]
     folder = tmp_path_factory.mktemp(f"wan{request.param}")
-    config = WanDiTConfig(dim=256, layers=2, heads=2, ffn_dim=512, text_dim=TEXT_DIM, in_channels=channels,
-                          out_channels=channels)
-    dit = write(folder / "dit.safetensors", random_state(config, seed=channels))
+    dit = write(folder / "dit.safetensors", random_state(tiny_dit(channels), seed=channels))
     vae = write_random_file(folder / "vae.safetensors", vae_config)
     return request.param, dit, vae, text_encoder
 
@@ -357,8 +314,7 @@ def test_vae_files_load_in_every_stored_dtype_and_prefix(tmp_path):
 
 
 def test_umt5_files_load_in_every_stored_dtype_prefix_and_scaled_fp8(tmp_path, tokenizer_bytes):
-    config = UMT5Config(vocab_size=64, dim=TEXT_DIM, inner_dim=64, heads=4, ffn_dim=96, layers=2)
-    state = umt5_state(config)
+    state = umt5_state(tiny_umt5())
     spiece = {"spiece_model": torch.frombuffer(bytearray(tokenizer_bytes), dtype=torch.uint8)}
     ref = load_umt5(write(tmp_path / "ref.safetensors", state | spiece))
     want, mask = ref.encode(["a red ball moving left", "sky"])
@@ -415,8 +371,7 @@ def test_wrong_or_mismatched_files_are_refused_by_name_before_loading(wan, tmp_p
     narrow = write(tmp_path / "narrow_te.safetensors", umt5_state(wide))
     with pytest.raises(ValueError, match=r"narrow_te\.safetensors.*32-wide states.*reads 64-wide"):
         Pipeline.load(dit, vae=vae, text_encoder=narrow)
-    bare = write(tmp_path / "bare_te.safetensors", umt5_state(UMT5Config(vocab_size=64, dim=TEXT_DIM, inner_dim=64,
-                                                                           heads=4, ffn_dim=96, layers=1)))
+    bare = write(tmp_path / "bare_te.safetensors", umt5_state(tiny_umt5(layers=1)))
     with pytest.raises(ValueError, match=r"bare_te\.safetensors.*no `spiece_model`"):
         Pipeline.load(dit, vae=vae, text_encoder=bare)
     # the CLI says the same in one line

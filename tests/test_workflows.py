@@ -94,12 +94,7 @@ def wan_folders(monkeypatch, wan_models):
     monkeypatch.setenv(host.MODELS_ENV, str(wan_models))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 @pytest.fixture(scope="module", autouse=True)
