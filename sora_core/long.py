@@ -174,9 +174,7 @@ class LongVideo:
             z, options = sample(w, seed, decode=False)
             both = torch.cat([stream.to(z), z[:, :, 1 + m :]], dim=2)
             stream = both[:, :, -DECODE_CONTEXT:]
-            decoded = cond.decode(vae, cond.Window(both, torch.ones(both.shape[:1] + both.shape[2:3])), both, **options)
-            if not torch.isfinite(decoded).all():
-                raise FloatingPointError("the VAE decoded NaN/inf from finite latents; its dtype may be too narrow")
+            decoded = pipe.decode(cond.Window(both, torch.ones(both.shape[:1] + both.shape[2:3])), both, **options)
             if self.drift == "colour":
                 decoded = correct(decoded, n)
             splice = cond.Splice(keep_start=decoded.shape[0] - n, keep_stop=None, before=held, blend=self.blend_frames)

@@ -265,7 +265,11 @@ class Pipeline:
         `negative`, `progress`, `decode_chunk`, `decode_tile` here, the rest go to `engine.sample_window`
         (seed, steps, cfg, shift, sampler, sequential_cfg)."""
         latents, decode = self.latents(window, prompt, **kw)
-        frames = cond.decode(self.vae, window, latents, **decode)
+        return self.decode(window, latents, **decode)
+
+    def decode(self, window: cond.Window, latents: torch.Tensor, **options) -> torch.Tensor:
+        """`cond.decode` (options: chunk, tile), refusing the NaN/inf an overflowing VAE makes."""
+        frames = cond.decode(self.vae, window, latents, **options)
         if not torch.isfinite(frames).all():  # the latents are finite (sample_window checks), so the VAE overflowed
             raise FloatingPointError("the VAE decoded NaN/inf from finite latents; its dtype may be too narrow "
                                      "(load the model in float32)")
