@@ -185,8 +185,6 @@ class SoraPart:
         """Where the network runs: inside ComfyUI the patcher's load device, else where it is."""
         return self.patcher.load_device if self.patcher is not None else next(self.module.parameters()).device
 
-    compute_device = device
-
     @property
     def family(self) -> str:
         """"wan" for a Wan model's part, else "sora" (from the config, so it cannot disagree with it)."""

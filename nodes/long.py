@@ -90,7 +90,7 @@ class SoraLongVideo:
                              "connected to 'positive'")
         if start_images is not None:
             start_images = wires.check_frames("start_images", start_images, config, any_count=True).cpu()
-        device = model.compute_device
+        device = model.device
         pipe = _Conditioned(vae.module, model.module, config, {"positive": (emb.to(device), mask.to(device)),
                                     "negative": (neg_emb.to(device), neg_mask.to(device))}, device)
         bar = host.Progress(1)

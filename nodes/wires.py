@@ -210,7 +210,7 @@ def check_budget(config: Config, what: str, width: int, height: int, frames: int
                  stages: tuple[str, ...], part=None, **kw) -> budget.Estimate:
     """`sora_core.budget.check` on the device the work runs on: `part`'s, else where ComfyUI runs DiTs."""
     if part is not None:
-        device, dtype = part.compute_device, next(part.module.parameters()).dtype
+        device, dtype = part.device, next(part.module.parameters()).dtype
     else:
         device = host.devices("dit")[0]
         dtype = host.auto_dtype(device)
@@ -225,11 +225,6 @@ def conditioning(embeddings: torch.Tensor, mask: torch.Tensor, text: str) -> lis
     return [[embeddings.to(d), {"sora_mask": mask.to(d), "sora_text": text}]]
 
 
-def text_width(config: Config) -> int:
-    """The width of the text states a model's DiT reads."""
-    return config.dit.text_dim if is_wan(config) else config.text.dim
-
-
 def read_conditioning(value, config: Config, name: str) -> tuple[torch.Tensor, torch.Tensor, str | None]:
     """(embeddings (1, L, D), mask (1, L) bool, prompt or None) from Sora Text Encode's or, for Wan models,
     core's CLIPTextEncode output (no mask: every token valid; its prompt is not known)."""
@@ -242,7 +237,7 @@ def read_conditioning(value, config: Config, name: str) -> tuple[torch.Tensor, t
         raise ValueError(f"{name} holds {len(value)} prompts (combined conditioning); the Sora sampler takes one "
                          f"text encode output")
     emb, extra = value[0]
-    width, want = emb.shape[-1], text_width(config)
+    width, want = emb.shape[-1], config.text.dim  # the text states the DiT reads (WanConfig too)
     ours = "sora_mask" in extra
     if not is_wan(config) and not ours:
         raise ValueError(f"{name} is {width}-wide conditioning from another text encoder; this Sora model reads "
