@@ -5,12 +5,13 @@ For each held-out source clip (64x64, 17 frames, as eval uses them) and each `--
 the colour drift after the last window (mean abs RGB change x 255 of the static background,
 `eval.run.border_colour`, the last window's frames against the clip's: `eval.run.long_chain`),
 the same between the last and the first frame alone ("1 frame": it includes flicker), the drift
-after every window, the seam ratio at every join (`eval.run.seam_ratio`) and the worst join over
+after every window, the seam ratio at every join (`long.seam_ratio`) and the worst join over
 the median seam of single extends of the same clips (the issue's targets: drift <= 2/255, worst
 join <= 1.5x). "join/chunk" is the largest frame-to-frame jump at a join over the median jump
 between the 4-frame VAE chunks inside the windows: about 1 means the joins are no more visible
 than the chunk boundaries every window has anyway. The last line is JSON with every figure, so
-a retrained model is compared by re-running this.
+a retrained model is compared by re-running this. Windows are redrawn as `LongVideo` does by default
+(`--retries`, `--seam-limit`; `--retries 0` for a single draw per window).
 
     python benchmarks/bench_long.py                          # the shipped model, 2 clips, 15 windows
     python benchmarks/bench_long.py --model runs/dit/model.safetensors --sources 4
@@ -25,8 +26,8 @@ import time
 import numpy as np
 import torch
 
-from sora_core.eval.run import background_drift, border_colour, heldout, long_chain, seam_ratio
-from sora_core.long import DRIFT
+from sora_core.eval.run import background_drift, border_colour, heldout, long_chain
+from sora_core.long import DRIFT, RETRIES, SEAM_LIMIT, seam_ratio
 from sora_core.pipeline import Pipeline
 
 
@@ -39,6 +40,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retries", type=int, default=RETRIES, help="redraws of a window whose join jumps (LongVideo)")
+    p.add_argument("--seam-limit", type=float, default=SEAM_LIMIT, help="the jump that triggers a redraw (LongVideo)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
@@ -65,7 +68,8 @@ def main() -> None:
         for i, (clip, prompt) in enumerate(clips):
             start = time.time()
             drift, seams, frames = long_chain(pipe, clip, prompt, windows=args.windows, drift=mode,
-                                              seed=args.seed + 100 * i, **sampling)
+                                              seed=args.seed + 100 * i, retries=args.retries,
+                                              seam_limit=args.seam_limit, **sampling)
             # after each window: its frames' background against the clip's (what `drift` is after the last)
             curve = [background_drift(frames[: len(clip) + 16 * (k + 1)], len(clip), 16) for k in range(args.windows)]
             one_frame = float((border_colour(frames[-1]) - border_colour(frames[0])).abs().mean() * 255)

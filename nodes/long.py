@@ -7,7 +7,7 @@ import torch
 from sora_core import conditioning as cond
 from sora_core.budget import Budget, BudgetError, format_size
 from sora_core.flow import SAMPLERS
-from sora_core.long import DEFAULT_DRIFT, DRIFT, LongVideo
+from sora_core.long import DEFAULT_DRIFT, DRIFT, MAX_RETRIES, RETRIES, SEAM_LIMIT, LongVideo
 from sora_core.pipeline import Pipeline
 
 from . import host, wires
@@ -61,9 +61,10 @@ class SoraLongVideo:
             "new_frames": _chunk(16, "Frames each window adds."),
             "context_frames": _chunk(8, "Frames of the video so far that each window sees."),
             "drift": (list(DRIFT), {"default": DEFAULT_DRIFT, "tooltip": (
-                "colour = shift each window's new frames so their median colour stays the first window's (ramped, no "
-                "jump at the joins); anchor = give each window's latents the first window's statistics; both hold "
-                "back slow global changes (lighting, a pan onto new colours) on purpose; none = off.")}),
+                "colour = shift each window's new frames so their backdrop colour (the median colour of the frame's "
+                "outer ring, where a subject rarely is) stays the first window's (ramped, no jump at the joins); "
+                "anchor = give each window's latents the first window's statistics; both hold back slow global "
+                "changes (lighting, a pan onto new colours) on purpose; none = off.")}),
             "loop": ("BOOLEAN", {"default": False, "tooltip": (
                 "End on a transition back into the opening frames, so the video plays as a seamless loop.")}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
@@ -78,10 +79,18 @@ class SoraLongVideo:
                 "its frames open the output unchanged. Sets the frame size.")}),
             "blend_frames": ("INT", {"default": cond.SEAM_BLEND, "min": 0, "max": 64, "tooltip": (
                 "Frames before each join that crossfade into the model's redraw of them (0 = hard cut).")}),
+            "retries": ("INT", {"default": RETRIES, "min": 0, "max": MAX_RETRIES, "tooltip": (
+                "Draw a window again, with the next seed, when its join jumps more than seam_limit; up to this "
+                "many times, keeping the smoothest. Each redraw costs one window's time (the progress bar "
+                "repeats that window).")}),
+            "seam_limit": ("FLOAT", {"default": SEAM_LIMIT, "min": 1.0, "max": 100.0, "step": 0.5, "tooltip": (
+                "How big a jump at a join is allowed before the window is drawn again: multiples of the video's "
+                "median frame-to-frame change (1 = no bigger than an ordinary frame step).")}),
         }}
 
     def generate(self, model, vae, positive, negative, width, height, seconds, fps, new_frames, context_frames,
-                 drift, loop, seed, steps, cfg, sampler, start_images=None, blend_frames=cond.SEAM_BLEND):
+                 drift, loop, seed, steps, cfg, sampler, start_images=None, blend_frames=cond.SEAM_BLEND,
+                 retries=RETRIES, seam_limit=SEAM_LIMIT):
         config = model.config
         emb, mask, text = wires.read_conditioning(positive, config, "positive")
         neg_emb, neg_mask, _ = wires.read_conditioning(negative, config, "negative")
@@ -103,8 +112,8 @@ class SoraLongVideo:
         try:  # every setting and the largest window's budget, before the networks load
             job = LongVideo(pipe, "positive", count, width=width, height=height, start=start_images, loop=loop,
                             new_frames=new_frames, context_frames=context_frames, blend_frames=blend_frames,
-                            drift=drift, negative="negative", seed=seed, progress=progress, steps=steps, cfg=cfg,
-                            sampler=sampler)
+                            drift=drift, retries=retries, seam_limit=seam_limit, negative="negative", seed=seed,
+                            progress=progress, steps=steps, cfg=cfg, sampler=sampler)
         except ValueError as err:
             raise type(err)(f"seconds={seconds} at fps={fps} ({count} frames): {err}") from None
         _check_output_memory(job)

@@ -225,7 +225,8 @@ def _long(args) -> int:
     job = LongVideo(pipe, _prompt(args, pipe), count, width=args.width or pipe.defaults.width,
                     height=args.height or pipe.defaults.height, start=start,
                     loop=args.loop == "close", window_frames=args.window_frames, new_frames=args.new_frames,
-                    context_frames=args.context_frames, drift=args.drift, seed=args.seed,
+                    context_frames=args.context_frames, drift=args.drift, retries=args.retries,
+                    seam_limit=args.seam_limit, seed=args.seed,
                     negative=pipe.defaults.negative if args.negative is None else args.negative,
                     progress=progress, steps=args.steps, cfg=args.cfg, sampler=args.sampler, shift=args.shift,
                     **_joins(args))
@@ -239,6 +240,9 @@ def _long(args) -> int:
             if not out.frames:
                 raise
     sys.stderr.write("\n")
+    if job.redraws:
+        print(f"{job.redraws} window(s) drawn again for a smoother join (--retries {args.retries}, "
+              f"--seam-limit {args.seam_limit:g})")
     print(f"{'cancelled; ' if cancelled else ''}wrote {out.path} ({out.frames} frames, {job.width}x{job.height}, "
           f"{out.frames / args.fps:.1f} s at {args.fps:g} fps)")
     return 130 if cancelled else 0
@@ -416,7 +420,7 @@ def _edit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _long_arguments(p: argparse.ArgumentParser) -> None:
-    from .long import DEFAULT_DRIFT, DRIFT
+    from .long import DEFAULT_DRIFT, DRIFT, RETRIES, SEAM_LIMIT
 
     _common(p)
     p.add_argument("--seconds", type=float, default=60.0, help="length at --fps (default 60)")
@@ -430,8 +434,15 @@ def _long_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-frames", type=int, default=16, help="frames each window adds (multiple of 4)")
     p.add_argument("--context-frames", type=int, default=8, help="frames each window sees (multiple of 4)")
     p.add_argument("--drift", choices=DRIFT, default=DEFAULT_DRIFT,
-                   help="colour drift control: keep each window's median colour at the first window's (colour), "
-                        "give each window the latent statistics of the first (anchor), or none")
+                   help="colour drift control: keep each window's backdrop colour (the median colour of the frame's "
+                        "outer ring) at the first window's (colour), give each window the latent statistics of the "
+                        "first (anchor), or none")
+    p.add_argument("--retries", type=int, default=RETRIES,
+                   help=f"draw a window again, with the next seed, when its join jumps more than --seam-limit; "
+                        f"up to this many times, keeping the smoothest (each costs one window; default {RETRIES})")
+    p.add_argument("--seam-limit", type=float, default=SEAM_LIMIT,
+                   help="the jump at a join, in multiples of the video's median frame-to-frame change, above "
+                        f"which a window is drawn again (default {SEAM_LIMIT:g})")
     _blend_option(p)
     p.epilog = ("Frames are written as each window finishes (.mp4/.mov/.mkv/.avi/.webm stream in flat memory; "
                 ".gif/.webp/.png are assembled at the end). Ctrl-C stops between steps and keeps the finished "

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sora_core.conditioning import video_to_frames
-from sora_core.long import DECODE_CONTEXT, LongVideo, latent_stats, match_stats
+from sora_core.long import DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop_colour, latent_stats, match_stats, seam_ratio
 from sora_core.pipeline import Pipeline
 
 FAST = dict(steps=1, cfg=1.0)
@@ -186,21 +186,87 @@ def test_eval_measures_drift_and_every_join_of_a_chain(pipe):
     assert all(s > 0 for s in seams) and 0 <= drift <= 255
 
 
-def test_colour_drift_control_pulls_each_window_to_the_openings_median_colour(pipe):
+def test_backdrop_colour_is_the_median_of_the_frames_outer_ring():
+    frames = torch.full((3, 16, 16, 3), 0.25)
+    frames[:, 2:14, 2:14] = 0.9  # a subject filling all but the outer eighth of each side
+    frames[0, 0, :6] = 1.0  # a few odd ring pixels do not move a median
+    assert torch.equal(backdrop_colour(frames), torch.full((3,), 0.25))
+    frames[:, :, :, 1] = 0.5
+    assert backdrop_colour(frames)[1] == 0.5
+
+
+def test_colour_drift_control_pulls_each_window_to_the_openings_backdrop_colour(pipe):
     """drift="colour" leaves the latents alone (the same frames as "none" before correction) and shifts
     each window's new frames, ramping from the correction at the join to the one that gives the window's
-    frames the opening's median colour."""
+    frames the opening's backdrop colour (the median of the outer eighth of each side)."""
     kw = dict(width=SIZE, height=SIZE, seed=4, blend_frames=0, **FAST)
     plain = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="none", **kw)))
     fixed = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="colour", **kw)))
     assert torch.equal(fixed[:17], plain[:17])  # the opening is the reference, untouched
-    reference = plain[:17].reshape(-1, 3).median(dim=0).values
+
+    def ring(frames):  # written out by hand: 4 px of each side of a 32 px frame
+        inner = torch.ones(SIZE, SIZE, dtype=torch.bool)
+        inner[4:-4, 4:-4] = False
+        return frames[:, inner].reshape(-1, 3).median(dim=0).values
+
+    reference = ring(plain[:17])
     offset = torch.zeros(3)
     for start in (17, 33):  # two windows of 16 new frames
         new = plain[start : start + 16]
-        target = reference - new.reshape(-1, 3).median(dim=0).values
+        target = reference - ring(new)
         ramp = (torch.arange(1, 17) / 16).view(-1, 1, 1, 1)
         want = (new + offset + ramp * (target - offset)).clamp(0, 1)
         torch.testing.assert_close(fixed[start : start + 16], want, atol=1e-5, rtol=0)
         offset = target
-    assert float((target - 0).abs().max()) > 1e-3  # the micro model does drift: the check is not vacuous
+    assert float(target.abs().max()) > 1e-3  # the micro model does drift: the check is not vacuous
+
+
+def test_a_jumpy_join_is_drawn_again_and_the_smoothest_draw_is_kept(pipe, monkeypatch):
+    import sora_core.long as long
+
+    kw = dict(start=ramp_clip(13), new_frames=8, context_frames=4, **FAST)
+
+    def draw(seed, **options):
+        job = LongVideo(pipe, "a ball", 13 + 8, seed=seed, **kw, **options)
+        return job, torch.cat(list(job))
+
+    # attempt a of a window is the draw a plain job makes with its seed moved by a * RETRY_SEED_STRIDE
+    draws = [draw(2 + a * RETRY_SEED_STRIDE)[1] for a in range(3)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    measured = []
+    real = long.seam_ratio
+
+    def seams(values):  # the job's seam measure reports these, attempt by attempt
+        measured.clear()
+
+        def fake(frames, before):
+            measured.append(real(frames, before))
+            return values[len(measured) - 1]
+        monkeypatch.setattr(long, "seam_ratio", fake)
+
+    seams([5.0, 3.0, 4.0])
+    strict, frames = draw(2, retries=2, seam_limit=2.0)  # no draw within the limit: all three, the smoothest kept
+    assert strict.redraws == 2 and torch.equal(frames, draws[1])
+    assert measured[0] == real(draws[0][-13:], 4)  # it measures the held frames + the new ones, at the join
+    seams([5.0, 3.0, 4.0])
+    job, frames = draw(2, retries=2, seam_limit=3.5)  # the first draw within the limit ends the search
+    assert job.redraws == 1 and torch.equal(frames, draws[1])
+    seams([5.0, 3.0, 4.0])
+    job, frames = draw(2, retries=2, seam_limit=9.0)  # the first draw is within: nothing drawn again
+    assert job.redraws == 0 and torch.equal(frames, draws[0])
+    seams([5.0, 3.0, 4.0])
+    events = []
+    job, frames = draw(2, retries=1, seam_limit=2.0, progress=lambda w, n, i, s: events.append((w, n)))
+    assert job.redraws == 1 and torch.equal(frames, draws[1])
+    assert set(events) == {(1, 1)}  # a redraw shows as the same window
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(retries=-1), "retries=-1 is not allowed: use an integer from 0 to 8"),
+    (dict(retries=1.5), "retries=1.5 is not allowed"),
+    (dict(seam_limit=0.5), "seam_limit=0.5 is not allowed: use a number >= 1"),
+    (dict(seam_limit=float("nan")), "seam_limit=nan is not allowed"),
+])
+def test_bad_redraw_settings_are_named(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LongVideo(pipe, "a ball", 40, width=SIZE, height=SIZE, **kwargs)

@@ -17,7 +17,7 @@ import torch
 
 from ..data.synthetic import Scene, heldout_clip
 from ..io import to_uint8_frames as to_uint8
-from ..long import LongVideo
+from ..long import LongVideo, seam_ratio
 from ..pipeline import Pipeline
 from ..recaption import recaption
 from .detector import analyse_clip, score_against
@@ -27,15 +27,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of frames in [0, 1]."""
     mse = float((a.float() - b.float()).pow(2).mean())
     return 10 * np.log10(1.0 / max(mse, 1e-10))
-
-
-def seam_ratio(frames: torch.Tensor, before: int, after: int | None = None) -> float:
-    """|frame[after] - frame[before]| over the median consecutive-frame difference of the clip:
-    1 means the join is as smooth as any other cut between frames; a visible jump is >> 1."""
-    after = before + 1 if after is None else after
-    diffs = (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3))
-    jump = (frames[after] - frames[before]).abs().mean()
-    return float(jump / diffs.median().clamp(min=1e-4))
 
 
 def border_colour(frame: torch.Tensor) -> torch.Tensor:
