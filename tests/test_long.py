@@ -270,3 +270,16 @@ def test_a_jumpy_join_is_drawn_again_and_the_smoothest_draw_is_kept(pipe, monkey
 def test_bad_redraw_settings_are_named(pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         LongVideo(pipe, "a ball", 40, width=SIZE, height=SIZE, **kwargs)
+
+
+def test_border_colour_reads_the_backdrop_not_a_thin_line_along_the_edge():
+    from sora_core.eval.run import border_colour
+
+    frame = torch.full((64, 64, 3), 0.07)
+    frame[::8] = 0.19  # a grid of thin lines, one of them along the top edge and one along the left
+    frame[:, ::8] = 0.19
+    outermost = torch.cat([frame[0], frame[-1], frame[:, 0], frame[:, -1]]).median(dim=0).values
+    assert torch.allclose(outermost, torch.full((3,), 0.19))  # what the 1-px ring reads: the line
+    assert torch.allclose(border_colour(frame), torch.full((3,), 0.07))  # the backdrop
+    frame[30:34, 30:34] = 1.0  # what is inside the frame does not count
+    assert torch.allclose(border_colour(frame), torch.full((3,), 0.07))
