@@ -96,6 +96,24 @@ def test_train_dit_writes_a_loadable_model_log_and_loss_curve_and_resumes(tmp_pa
     assert torch.load(out / "dit_state.pt", weights_only=True)["step"] == 6
 
 
+def test_init_parts_starts_only_the_named_parts_from_the_checkpoint(tmp_path, micro_vae):
+    args = ["-m", "sora_core", "train", "dit", "--vae", str(micro_vae), "--preset", "micro", "--frames", "1,5",
+            "--tokens-per-batch", "128", "--threads", "1", "--lr", "0", "--warmup", "0", "--steps", "1"]
+    r = _cli(args + ["--out", str(tmp_path / "a"), "--seed", "1"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    source = load_checkpoint(tmp_path / "a" / "model.safetensors")
+    r = _cli(args + ["--out", str(tmp_path / "b"), "--seed", "2", "--init", str(tmp_path / "a" / "model.safetensors"),
+                     "--init-parts", "text"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = load_checkpoint(tmp_path / "b" / "model.safetensors")
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert same(got.text, source.text)  # lr 0: the started part is exactly the checkpoint's
+    assert not same(got.dit, source.dit)  # the DiT is fresh (another seed's init)
+    r = _cli(args + ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "a" / "model.safetensors"),
+                     "--init-parts", "text,vae"])
+    assert r.returncode != 0 and "--init-parts='text,vae' is not allowed" in r.stderr
+
+
 def test_train_vae_then_decoder_only_keeps_the_encoder_and_its_latents(tmp_path):
     base = ["-m", "sora_core", "train", "vae", "--preset", "micro", "--frames", "1,5", "--crop", "16",
             "--tokens-per-batch", "64", "--steps", "3", "--threads", "1"]

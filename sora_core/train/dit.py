@@ -104,6 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", default=None, help="start text encoder + DiT from this checkpoint")
+    p.add_argument("--init-parts", default="text,dit",
+                   help="which of --init's parts to start from (the others start fresh): 'text,dit', 'text' or "
+                        "'dit'. A fresh DiT on a trained text encoder learns motion far sooner than the shipped "
+                        "DiT can be taught it (docs/training.md, section 6)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-workers", type=int, default=0,
@@ -131,14 +135,16 @@ def run(args: argparse.Namespace) -> Path:
     config = replace(config, vae=vae_model.config.vae,
                      dit=replace(config.dit, latent_channels=vae_model.config.vae.latent_channels, **dit_options))
     config.validate()
+    init_parts = tuple(part.strip() for part in args.init_parts.split(","))
+    if not init_parts or not set(init_parts) <= {"text", "dit"} or len(set(init_parts)) != len(init_parts):
+        raise ValueError(f"--init-parts={args.init_parts!r} is not allowed: use 'text,dit', 'text' or 'dit'")
     torch.manual_seed(args.seed)
     model = SoraModel(config)
     model.vae.load_state_dict(vae_model.vae.state_dict())
     if args.init:
-        init = load_checkpoint(args.init, parts=("text", "dit"))
-        for name, report in (("text", warm_start(model.text, init.text.state_dict())),
-                             ("dit", warm_start(model.dit, init.dit.state_dict()))):
-            print(f"--init {name}: {report}")
+        init = load_checkpoint(args.init, parts=init_parts)
+        for name in init_parts:
+            print(f"--init {name}: {warm_start(getattr(model, name), getattr(init, name).state_dict())}")
     model.to(d.device)
     model.vae.requires_grad_(False).eval()
     preview = fit_latent_rgb(model.vae)  # latent -> RGB factors for live previews, stored with the model
