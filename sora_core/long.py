@@ -77,14 +77,19 @@ def latent_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return z.mean(dim=(2, 3, 4), keepdim=True), z.std(dim=(2, 3, 4), keepdim=True)
 
 
+def ring_median(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(3,) the median colour of (T, H, W, 3) frames' outer ring: `dy` rows at the top and bottom, `dx`
+    columns at the left and right."""
+    ring = torch.cat([frames[:, :dy].reshape(-1, 3), frames[:, -dy:].reshape(-1, 3),
+                      frames[:, dy:-dy, :dx].reshape(-1, 3), frames[:, dy:-dy, -dx:].reshape(-1, 3)])
+    return ring.median(dim=0).values
+
+
 def backdrop_colour(frames: torch.Tensor) -> torch.Tensor:
     """(3,) the median colour of the frames' outer ring (BACKDROP_RING of each side) over (T, H, W, 3) frames:
     the backdrop, where a subject rarely is, so what it measures is lighting and grade, where drift shows."""
     h, w = frames.shape[1:3]
-    dy, dx = max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING))
-    ring = torch.cat([frames[:, :dy].reshape(-1, 3), frames[:, -dy:].reshape(-1, 3),
-                      frames[:, dy:-dy, :dx].reshape(-1, 3), frames[:, dy:-dy, -dx:].reshape(-1, 3)])
-    return ring.median(dim=0).values
+    return ring_median(frames, max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING)))
 
 
 def match_stats(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from ..data.synthetic import Scene, heldout_clip
 from ..io import to_uint8_frames as to_uint8
-from ..long import LongVideo, seam_ratio
+from ..long import LongVideo, ring_median, seam_ratio
 from ..pipeline import Pipeline
 from ..recaption import recaption
 from .detector import analyse_clip, score_against
@@ -35,10 +35,7 @@ def border_colour(frame: torch.Tensor) -> torch.Tensor:
     a line can run along the edge and the median of that 1-px ring is the line's colour, not the backdrop's
     (one held-out clip's own frames read 48/255 there on a backdrop of 18)."""
     h, w = frame.shape[:2]
-    dy, dx = max(2, h // 32), max(2, w // 32)
-    edge = torch.cat([frame[:dy].reshape(-1, 3), frame[-dy:].reshape(-1, 3),
-                      frame[dy:-dy, :dx].reshape(-1, 3), frame[dy:-dy, -dx:].reshape(-1, 3)])
-    return edge.median(dim=0).values
+    return ring_median(frame[None], max(2, h // 32), max(2, w // 32))
 
 
 def long_chain(pipe: Pipeline, clip: torch.Tensor, prompt: str, *, windows: int = 15, new_frames: int = 16,
