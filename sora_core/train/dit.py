@@ -125,6 +125,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
+    init_parts = tuple(part.strip() for part in args.init_parts.split(","))
+    if not set(init_parts) <= {"text", "dit"} or len(set(init_parts)) != len(init_parts):
+        raise ValueError(f"--init-parts={args.init_parts!r} is not allowed: use 'text,dit', 'text' or 'dit'")
     if args.threads:
         torch.set_num_threads(args.threads)
     d = setup_distributed(args.device)
@@ -135,9 +138,6 @@ def run(args: argparse.Namespace) -> Path:
     config = replace(config, vae=vae_model.config.vae,
                      dit=replace(config.dit, latent_channels=vae_model.config.vae.latent_channels, **dit_options))
     config.validate()
-    init_parts = tuple(part.strip() for part in args.init_parts.split(","))
-    if not init_parts or not set(init_parts) <= {"text", "dit"} or len(set(init_parts)) != len(init_parts):
-        raise ValueError(f"--init-parts={args.init_parts!r} is not allowed: use 'text,dit', 'text' or 'dit'")
     torch.manual_seed(args.seed)
     model = SoraModel(config)
     model.vae.load_state_dict(vae_model.vae.state_dict())
