@@ -3,11 +3,11 @@
 The probe's held-out clips (one object sliding left / right / up / down on a plain backdrop, 64x64x17)
 are encoded once with the model's VAE; the text encoder + DiT are trained on nothing else (text-to-video
 only, captions dropped 10% of the time for guidance), starting from the model's weights or, with
-`--scratch`, from fresh ones. Every `--eval-every` steps the same captions are generated (20 steps, cfg 5)
-and scored by eval's detector: colour / shape / direction accuracy and `travel`, the mean distance the
-object moves the asked way in frame widths (the clips themselves: 0.2-0.5). A network that can learn
-motion reproduces its own training clips' motion within a few hundred steps. Prints one JSON line per
-evaluation (docs/training.md, section 6, has the figures).
+`--scratch`, from fresh ones. Every `--eval-every` steps eval's probe generates the same captions (20
+steps, cfg 5) and scores them: colour / shape / direction accuracy, `moving` and `travel`, the mean
+distance the object moves the asked way in frame widths (the clips themselves: 0.2-0.5). A network
+that can learn motion reproduces its own training clips' motion within a few hundred steps. Prints
+one JSON line per evaluation (docs/training.md, section 6, has the figures).
 
     python benchmarks/overfit_motion.py --scratch --lr 1e-3          # fresh weights
     python benchmarks/overfit_motion.py --lr 3e-4 --steps 600        # from the shipped model
@@ -23,36 +23,11 @@ import numpy as np
 import torch
 
 from sora_core.checkpoint import SoraModel, load_checkpoint
-from sora_core.data.synthetic import Scene
-from sora_core.data.world import DIRECTIONS
-from sora_core.eval.detector import analyse_clip, score_against
-from sora_core.eval.run import PROBE_SCENE, heldout
+from sora_core.eval.run import PROBE_SCENE, heldout, probe
 from sora_core.flow import resolution_shift, sample_training_t
-from sora_core.io import to_uint8_frames
 from sora_core.pipeline import Pipeline, default_model_path
 from sora_core.text import tokenize
 from sora_core.train.dit import Denoiser
-
-
-def evaluate(model, items: list[dict], size: int, frames: int) -> dict:
-    model.eval()
-    pipe = Pipeline.from_model(model)
-    scores, travel = [], []
-    for i, item in enumerate(items):
-        video = pipe.generate(item["caption"], size, size, frames, seed=i, steps=20, cfg=5.0)
-        analysis = analyse_clip(to_uint8_frames(video))
-        scores.append(score_against(Scene.from_dict(item["scene"]), analysis))
-        along = 0.0
-        if analysis.tracks:
-            dets = analysis.tracks[0].detections
-            dx, dy = DIRECTIONS[item["scene"]["objects"][0]["motion"]]
-            along = ((dets[-1].centroid[0] - dets[0].centroid[0]) * dx
-                     + (dets[-1].centroid[1] - dets[0].centroid[1]) * dy) / size
-        travel.append(along)
-    model.train()
-    out = {k.replace("_ok", "_acc"): float(np.mean([s[k] for s in scores])) for k in ("color_ok", "shape_ok", "direction_ok")}
-    out["travel"] = round(float(np.mean(travel)), 3)
-    return out
 
 
 def main() -> None:
@@ -77,7 +52,7 @@ def main() -> None:
         model.text.load_state_dict(fresh.text.state_dict())
         model.dit.load_state_dict(fresh.dit.state_dict())
     model.vae.requires_grad_(False)
-    items = heldout(args.clips, args.size, args.size, args.frames, 7, **PROBE_SCENE)  # eval's probe clips
+    items = heldout(args.clips, args.size, args.size, args.frames, 7, **PROBE_SCENE)  # exactly `probe`'s clips
     with torch.no_grad():
         z = torch.cat([model.vae.encode(item["video"][None]) for item in items])
     captions = [item["caption"] for item in items]
@@ -99,9 +74,12 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
         opt.step()
         if step % args.eval_every == 0 or step == args.steps:
-            report = {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - start),
-                      **evaluate(model, items, args.size, args.frames)}
-            print(json.dumps(report), flush=True)
+            model.eval()
+            scores = probe(Pipeline.from_model(model), n=args.clips, width=args.size, height=args.size,
+                           frames=args.frames)
+            model.train()
+            print(json.dumps({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - start),
+                              **scores}), flush=True)
 
 
 if __name__ == "__main__":
