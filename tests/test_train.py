@@ -214,3 +214,49 @@ def test_warm_start_refuses_shapes_it_cannot_carry():
     wider = SoraModel(replace(cfg, dit=replace(cfg.dit, dim=cfg.dit.dim + 16)))
     with pytest.raises(ValueError, match=r"--init: .* has shape"):
         warm_start(SoraModel(cfg).dit, wider.dit.state_dict())
+
+
+def test_the_lr_decay_follows_the_clock_under_a_time_limit():
+    from sora_core.train.common import lr_at
+
+    assert lr_at(500, 1.0, 100, 100_000) > 0.99  # far from the step budget: still at the peak
+    assert lr_at(500, 1.0, 100, 100_000, time_frac=0.5) == pytest.approx(0.55)  # half the time: half-way down
+    assert lr_at(500, 1.0, 100, 100_000, time_frac=1.0) == pytest.approx(0.1)
+    assert lr_at(50, 1.0, 100, 100_000, time_frac=0.9) == pytest.approx(0.51)  # the warm-up is in steps
+
+
+def test_a_time_limit_stops_training_early_and_saves_where_it_stopped(tmp_path, micro_vae):
+    out = tmp_path / "run"
+    r = _cli(["-m", "sora_core", "train", "dit", "--vae", str(micro_vae), "--preset", "micro", "--out", str(out),
+              "--frames", "1", "--resolutions", "16px", "--tokens-per-batch", "64", "--steps", "1000000",
+              "--save-every", "1000000", "--threads", "1", "--time-limit", "0.05"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    step = torch.load(out / "dit_state.pt", weights_only=True)["step"]
+    assert 10 <= step < 1_000_000  # stopped by the clock (3 s), not by the step budget, and saved there
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == step
+    assert load_checkpoint(out / "model.safetensors").parts == ("vae", "text", "dit")
+    r = _cli(["-m", "sora_core", "train", "vae", "--preset", "micro", "--out", str(tmp_path / "v"),
+              "--time-limit", "0"])
+    assert r.returncode != 0 and "--time-limit=0.0 is not allowed" in r.stderr
+
+
+def test_train_default_side_by_side_takes_the_new_decoder_and_the_dit_trained_on_the_kept_encoder(tmp_path):
+    torch.manual_seed(0)
+    init = SoraModel(preset("micro"))
+    save_checkpoint(init, tmp_path / "init.safetensors")
+    out = tmp_path / "default"
+    r = _cli(["-m", "sora_core", "train", "default", "--profile", "micro-parallel", "--init",
+              str(tmp_path / "init.safetensors"), "--out", str(out), "--data-workers", "0", "--threads", "1"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    final = load_checkpoint(out / "model.safetensors")
+    vae = load_checkpoint(out / "vae" / "vae.safetensors", parts=("vae",))
+    dit = load_checkpoint(out / "dit" / "model.safetensors")
+    for name, value in final.vae.state_dict().items():  # the decoder trained beside the DiT...
+        assert torch.equal(value, vae.vae.state_dict()[name].half().float()), name
+    for name, value in init.vae.encoder.state_dict().items():  # ...on the encoder the DiT saw
+        assert torch.equal(value.half().float(), final.vae.encoder.state_dict()[name]), name
+    assert any(not torch.equal(v.half().float(), final.vae.decoder.state_dict()[n])
+               for n, v in init.vae.decoder.state_dict().items())
+    for name, value in final.dit.state_dict().items():
+        assert torch.equal(value, dit.dit.state_dict()[name]), name
+    assert torch.load(out / "dit" / "dit_state.pt", weights_only=True)["step"] == 3  # batch reuse 2 made 3 steps

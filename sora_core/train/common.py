@@ -73,12 +73,35 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def lr_at(step: int, base: float, warmup: int, total: int, final_frac: float = 0.1) -> float:
-    """Linear warm-up, then cosine decay to `final_frac` of the base rate."""
+def lr_at(step: int, base: float, warmup: int, total: int, final_frac: float = 0.1, time_frac: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to `final_frac` of the base rate. Under a time limit the decay
+    follows whichever is further along, the steps or the clock (`time_frac`: share of the limit used)."""
     if step < warmup:
         return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_frac))
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Clock:
+    """A trainer's wall-clock limit (`--time-limit` minutes; None: no limit)."""
+
+    def __init__(self, minutes: float | None):
+        if minutes is not None and minutes <= 0:
+            raise ValueError(f"--time-limit={minutes} is not allowed: use a positive number of minutes")
+        self.limit = None if minutes is None else minutes * 60.0
+        self.start = time.monotonic()
+
+    def fraction(self, d: Dist | None = None) -> float:
+        """Share of the limit used (0 without one); with several ranks, the largest, so that all ranks
+        use the same learning rate and stop at the same step."""
+        if self.limit is None:
+            return 0.0
+        used = (time.monotonic() - self.start) / self.limit
+        if d is not None and d.world > 1:
+            t = torch.tensor([used], dtype=torch.float64, device=d.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            used = float(t.item())
+        return used
 
 
 class EMA:
@@ -92,10 +115,13 @@ class EMA:
     def update(self, module: nn.Module, step: int) -> None:
         # Warm-up: early on, average over fewer steps so EMA weights are not stuck near the init.
         d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in module.state_dict().items():
-            if v.is_floating_point():
-                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-            else:
+        state = module.state_dict()
+        floats = [k for k, v in state.items() if v.is_floating_point()]
+        shadow = [self.shadow[k] for k in floats]
+        torch._foreach_mul_(shadow, d)  # one fused update for all tensors: no per-tensor launches on a GPU
+        torch._foreach_add_(shadow, [state[k].detach().float() for k in floats], alpha=1 - d)
+        for k, v in state.items():
+            if not v.is_floating_point():
                 self.shadow[k].copy_(v)
 
     def copy_to(self, module: nn.Module) -> None:
@@ -115,7 +141,8 @@ def resume_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimi
     state = torch.load(path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
-    ema.shadow = state["ema"]
+    live = module.state_dict()
+    ema.shadow = {k: v.to(live[k].device) for k, v in state["ema"].items()}  # saved from any device
     return state["step"]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..data.buckets import BucketConfig
 from ..flow import flow_loss, resolution_shift, sample_training_t
 from ..preview import METADATA_KEY, fit_latent_rgb
 from ..text import tokenize
-from .common import (EMA, Logger, cleanup_distributed, lr_at, resume_training_state, save_training_state,
+from .common import (EMA, Clock, Logger, cleanup_distributed, lr_at, resume_training_state, save_training_state,
                      setup_distributed, use_bfloat16)
 from .data import folder_batches, prefetched, synthetic_batches
 
@@ -120,12 +121,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast (fp32 master weights); auto = bf16 on CUDA and on CPUs with native bf16 "
                         "matmuls (AVX512-BF16 / AMX), else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT (minutes to compile; faster steps)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="stop after this many minutes (saving first); the LR decay follows the clock too")
+    p.add_argument("--batch-reuse", type=int, default=1,
+                   help="train on each rendered batch this many times, with new noise, timesteps and masks "
+                        "each time (for a device faster than the data workers)")
     p.add_argument("--shift", type=float, default=None,
                    help="timestep shift for training (default: by token count, as at inference)")
 
 
 def run(args: argparse.Namespace) -> Path:
     init_parts = tuple(part.strip() for part in args.init_parts.split(","))
+    if args.batch_reuse < 1:
+        raise ValueError(f"--batch-reuse={args.batch_reuse} is not allowed: use 1 or more")
+    clock = Clock(args.time_limit)
     if not set(init_parts) <= {"text", "dit"} or len(set(init_parts)) != len(init_parts):
         raise ValueError(f"--init-parts={args.init_parts!r} is not allowed: use 'text,dit', 'text' or 'dit'")
     if args.threads:
@@ -182,17 +191,20 @@ def run(args: argparse.Namespace) -> Path:
             yield batch
 
     batches = prefetched(make_batches, args.data_workers)
+    batch: dict = {}
     rng = np.random.default_rng([args.seed, d.rank, 11])
     gen = torch.Generator().manual_seed(args.seed * 1000 + d.rank)
     log = Logger(out, args.steps, enabled=d.main)
     use_bf16 = use_bfloat16(args.precision, d.device)
-    while step < args.steps:
-        batch = next(batches)
-        if "latents" in batch:
-            z = batch["latents"].to(d.device)
-        else:
-            with torch.no_grad():
-                z = model.vae.encode(batch["video"].to(d.device))  # (B, C, T, h, w), normalised
+    clock.start = time.monotonic()  # the limit counts from the first step, after loading and setup
+    used = 0.0  # share of the time limit, read every 10 steps (all ranks agree on it)
+    while step < args.steps and used < 1.0:
+        if step % args.batch_reuse == 0 or "latents" not in batch:
+            batch = next(batches)
+            if "latents" not in batch:
+                with torch.no_grad():
+                    batch["latents"] = model.vae.encode(batch.pop("video").to(d.device))  # (B, C, T, h, w)
+        z = batch["latents"].to(d.device)
         b, _, lt, lh, lw = z.shape
         strength = torch.stack([condition_mask(lt, rng)[1] for _ in range(b)]).to(d.device)
         ids, mask = tokenize(pick_texts(batch, rng, args.text_dropout, args.short_prompts),
@@ -202,7 +214,7 @@ def run(args: argparse.Namespace) -> Path:
         t = sample_training_t(b, shift=shift, generator=gen).to(d.device)
         noise = torch.randn(z.shape, generator=gen).to(d.device)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps, time_frac=used)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = net(z, t, strength, noise, ids.to(d.device), mask.to(d.device))
         opt.zero_grad(set_to_none=True)
@@ -211,9 +223,12 @@ def run(args: argparse.Namespace) -> Path:
         opt.step()
         ema.update(denoiser, step)
         step += 1
-        if step % 10 == 0 or step == args.steps:
+        if step % 10 == 0:
+            used = clock.fraction(d)
+        last = step == args.steps or used >= 1.0
+        if step % 10 == 0 or last:
             log.log(step, loss=loss.item(), grad_norm=float(grad_norm), lr=opt.param_groups[0]["lr"])
-        if d.main and (step % args.save_every == 0 or step == args.steps):
+        if d.main and (step % args.save_every == 0 or last):
             save_training_state(state_path, denoiser, opt, ema, step)
             export(model, denoiser, ema, out / "model.safetensors", {"dit_steps": step, METADATA_KEY: preview.to_json()})
     log.close("loss")

@@ -10,6 +10,7 @@ config, so the DiT sees unit-variance latents.
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,9 +22,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..checkpoint import SoraModel, load_checkpoint, save_checkpoint
 from ..config import preset
 from ..data.buckets import BucketConfig
-from .common import (EMA, Logger, cleanup_distributed, lr_at, resume_training_state, save_training_state,
+from .common import (EMA, Clock, Logger, cleanup_distributed, lr_at, resume_training_state, save_training_state,
                      setup_distributed)
-from .data import folder_batches, random_crop, synthetic_batches
+from .data import folder_batches, prefetched, random_crop, synthetic_batches
 
 
 def gradient_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -40,7 +41,7 @@ def vae_loss(recon, target, mean, logvar, kl_weight: float):
     grad = gradient_l1(recon, target)
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
     total = l1 + mse + 0.5 * grad + kl_weight * kl
-    return total, {"l1": l1.item(), "mse": mse.item(), "grad": grad.item(), "kl": kl.item()}
+    return total, {"l1": l1.detach(), "mse": mse.detach(), "grad": grad.detach(), "kl": kl.detach()}  # tensors: no sync
 
 
 @torch.no_grad()
@@ -77,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None, help="start from the VAE of this checkpoint (e.g. the shipped model)")
     p.add_argument("--decoder-only", action="store_true",
                    help="with --init: train only the decoder, so the latents (and a DiT trained on them) stay valid")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="stop after this many minutes (saving first); the LR decay follows the clock too")
+    p.add_argument("--data-workers", type=int, default=0, help="background processes rendering batches (0: inline)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
 
@@ -84,6 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = Clock(args.time_limit)
     d = setup_distributed(args.device)
     out = Path(args.out)
     torch.manual_seed(args.seed)
@@ -110,21 +115,27 @@ def run(args: argparse.Namespace) -> Path:
     buckets = BucketConfig(resolutions=tuple(args.resolutions.split(",")), frames=frames,
                            size_multiple=config.vae.spatial_factor * 2, tokens_per_batch=args.tokens_per_batch,
                            spatial_stride=config.vae.spatial_factor, temporal_stride=config.vae.temporal_factor)
-    if args.data == "synthetic":
-        batches = synthetic_batches(buckets, seed=args.seed, rank=d.rank, world=d.world, captions=False)
-    else:
-        batches = folder_batches(args.data, buckets, seed=args.seed, rank=d.rank, world=d.world)
+
+    def make_batches(worker: int, workers: int):
+        rank, world = d.rank * workers + worker, d.world * workers
+        if args.data == "synthetic":
+            return synthetic_batches(buckets, seed=args.seed, rank=rank, world=world, captions=False)
+        return folder_batches(args.data, buckets, seed=args.seed, rank=rank, world=world)
+
+    batches = prefetched(make_batches, args.data_workers)
     crop_rng = np.random.default_rng([args.seed, d.rank, 7])
     real = real_clip_bank() if args.real_fraction > 0 else None
     log = Logger(out, args.steps, enabled=d.main)
     gen = torch.Generator().manual_seed(args.seed * 1000 + d.rank)
-    while step < args.steps:
+    clock.start = time.monotonic()  # the limit counts from the first step
+    used = 0.0  # share of the time limit, read every 10 steps (all ranks agree on it)
+    while step < args.steps and used < 1.0:
         video = random_crop(next(batches)["video"], args.crop, config.vae.spatial_factor, crop_rng)
         if real is not None and crop_rng.random() < args.real_fraction:
             video = real.batch(crop_rng, *video.shape[:1], *video.shape[2:])
         video = video.to(d.device)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps, time_frac=used)
         recon, mean, logvar = net(video, gen)
         loss, parts = vae_loss(recon, video, mean, logvar, args.kl_weight)
         opt.zero_grad(set_to_none=True)
@@ -133,10 +144,14 @@ def run(args: argparse.Namespace) -> Path:
         opt.step()
         ema.update(vae, step)
         step += 1
-        if step % 10 == 0 or step == args.steps:
+        if step % 10 == 0:
+            used = clock.fraction(d)
+        last = step == args.steps or used >= 1.0
+        if step % 10 == 0 or last:
+            parts = {k: float(v) for k, v in parts.items()}
             psnr = 10 * np.log10(4.0 / max(parts["mse"], 1e-10))  # signal range [-1, 1] has peak-to-peak 2
             log.log(step, loss=loss.item(), psnr=psnr, **parts)
-        if d.main and (step % args.save_every == 0 or step == args.steps):
+        if d.main and (step % args.save_every == 0 or last):
             save_training_state(state_path, vae, opt, ema, step)
     log.close("loss")
     path = out / "vae.safetensors"
@@ -144,14 +159,18 @@ def run(args: argparse.Namespace) -> Path:
         ema.copy_to(vae)
         vae.eval()
         if args.decoder_only:  # same encoder, same latents: keep the statistics a DiT was trained with
-            mean, std = list(config.vae.latent_mean), list(config.vae.latent_std)
+            final = SoraModel(config, parts=("vae",))
+            final.vae.load_state_dict(vae.state_dict())
         else:
             mean, std = latent_statistics(vae, batches, 8, d.device)
-        final = SoraModel(replace(config, vae=replace(config.vae, latent_mean=tuple(mean), latent_std=tuple(std))), parts=("vae",))
-        final.vae.load_state_dict({**vae.state_dict(), "latent_mean": final.vae.latent_mean,
-                                   "latent_std": final.vae.latent_std})
+            final = SoraModel(replace(config, vae=replace(config.vae, latent_mean=tuple(mean), latent_std=tuple(std))),
+                              parts=("vae",))
+            final.vae.load_state_dict({**vae.state_dict(), "latent_mean": final.vae.latent_mean,
+                                       "latent_std": final.vae.latent_std})
         save_checkpoint(final, path)
-        print(f"saved {path} (latent mean {np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()})")
+        stats = final.config.vae
+        print(f"saved {path} (latent mean {stats.latent_mean and np.round(stats.latent_mean, 3).tolist()}, "
+              f"std {stats.latent_std and np.round(stats.latent_std, 3).tolist()})")
     cleanup_distributed()
     return path
 
