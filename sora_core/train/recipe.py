@@ -1,13 +1,15 @@
-"""`python -m sora_core train default`: the shipped default model's whole recipe in one command.
+"""`python -m sora_core train default`: the default model's whole recipe in one command.
 
-The VAE is trained first; the text encoder + DiT then train on its frozen latents. Each stage is
-the ordinary `train vae` / `train dit` run with the arguments below, so the recipe that made the
-shipped weights lives in one place and a GPU reproduces it with a single command:
+Each stage is the ordinary `train vae` / `train dit` run with the arguments below, so the recipe
+lives in one place and a GPU runs it with a single command:
 
-    python -m sora_core train default --profile gpu --out runs/default     # 8 min + start-up on one H100/H200
+    python -m sora_core train default --profile gpu --out runs/default     # 8 min per stage, side by side
     python -m sora_core train default --profile cpu --out runs/default     # ~2 h on 2 CPU cores
 
-Both stages resume (`--resume`), so a long CPU run can be split over several sessions.
+`cpu` trains the VAE first, then the text encoder + DiT on its frozen latents. `gpu` starts from the
+shipped model: a decoder-only VAE stage keeps the encoder (so the latents stay the same) and runs in a
+second process beside a fresh DiT on those latents; the final model takes the new decoder. Stages
+resume (`--resume`); `--time-limit` stops each on the clock (docs/training.md section 8).
 """
 
 from __future__ import annotations
