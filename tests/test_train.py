@@ -260,3 +260,16 @@ def test_train_default_side_by_side_takes_the_new_decoder_and_the_dit_trained_on
     for name, value in final.dit.state_dict().items():
         assert torch.equal(value, dit.dit.state_dict()[name]), name
     assert torch.load(out / "dit" / "dit_state.pt", weights_only=True)["step"] == 3  # batch reuse 2 made 3 steps
+
+
+def test_mask_mix_option_draws_only_the_named_tasks_and_refuses_bad_mixes():
+    from sora_core.train.dit import parse_mask_mix
+
+    mix = parse_mask_mix('{"t2v": 1, "head": 3}')
+    rng = np.random.default_rng(0)
+    tasks = [condition_mask(5, rng, mix)[0] for _ in range(400)]
+    assert set(tasks) == {"t2v", "head"} and 0.65 < tasks.count("head") / 400 < 0.85
+    assert parse_mask_mix("") == MASK_MIX
+    for bad in ('{"t2v": -1}', '{"jump": 1}', '{"t2v": 0}', "[1]", "t2v"):
+        with pytest.raises(ValueError, match="--mask-mix="):
+            parse_mask_mix(bad)

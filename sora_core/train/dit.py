@@ -40,13 +40,13 @@ MASK_MIX = {
 }
 
 
-def condition_mask(latent_t: int, rng: np.random.Generator) -> tuple[str, torch.Tensor]:
-    """Draw a task and its per-frame strength (1 = generate, 0 = given) for a clip of `latent_t` frames."""
+def condition_mask(latent_t: int, rng: np.random.Generator, mix: dict[str, float] = MASK_MIX) -> tuple[str, torch.Tensor]:
+    """Draw a task from `mix` and its per-frame strength (1 = generate, 0 = given) for a clip of `latent_t` frames."""
     strength = torch.ones(latent_t)
     if latent_t < 2:
         return "t2v", strength
-    tasks = list(MASK_MIX)
-    task = tasks[rng.choice(len(tasks), p=np.array(list(MASK_MIX.values())) / sum(MASK_MIX.values()))]
+    tasks = list(mix)
+    task = tasks[rng.choice(len(tasks), p=np.array(list(mix.values())) / sum(mix.values()))]
     if task == "i2v_head":
         strength[0] = 0
     elif task == "i2v_tail":
@@ -123,6 +123,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT (minutes to compile; faster steps)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="stop after this many minutes (saving first); the LR decay follows the clock too")
+    p.add_argument("--mask-mix", default="",
+                   help=f"JSON task weights replacing the default mix {MASK_MIX}, e.g. '{{\"t2v\": 1}}'")
     p.add_argument("--batch-reuse", type=int, default=1,
                    help="train on each rendered batch this many times, with new noise, timesteps and masks "
                         "each time (for a device faster than the data workers)")
@@ -135,6 +137,7 @@ def run(args: argparse.Namespace) -> Path:
     if args.batch_reuse < 1:
         raise ValueError(f"--batch-reuse={args.batch_reuse} is not allowed: use 1 or more")
     clock = Clock(args.time_limit)
+    mix = parse_mask_mix(args.mask_mix)
     if not set(init_parts) <= {"text", "dit"} or len(set(init_parts)) != len(init_parts):
         raise ValueError(f"--init-parts={args.init_parts!r} is not allowed: use 'text,dit', 'text' or 'dit'")
     if args.threads:
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace) -> Path:
                     batch["latents"] = model.vae.encode(batch.pop("video").to(d.device))  # (B, C, T, h, w)
         z = batch["latents"].to(d.device)
         b, _, lt, lh, lw = z.shape
-        strength = torch.stack([condition_mask(lt, rng)[1] for _ in range(b)]).to(d.device)
+        strength = torch.stack([condition_mask(lt, rng, mix)[1] for _ in range(b)]).to(d.device)
         ids, mask = tokenize(pick_texts(batch, rng, args.text_dropout, args.short_prompts),
                              config.text.vocab_size, config.text.max_tokens)
         tokens = lt * (lh // config.dit.patch[1]) * (lw // config.dit.patch[2])
@@ -267,6 +270,22 @@ def warm_start(module: nn.Module, source: dict[str, torch.Tensor]) -> str:
     if unused:
         raise ValueError(f"--init: the checkpoint has tensors this model does not: {unused[:5]}")
     return f"{copied} copied, {grown} grown, {len(zeroed)} new and zeroed {zeroed}"
+
+
+def parse_mask_mix(text: str) -> dict[str, float]:
+    """`--mask-mix` JSON -> task weights (empty: the default mix)."""
+    if not text:
+        return MASK_MIX
+    try:
+        mix = json.loads(text)
+    except json.JSONDecodeError:
+        mix = None
+    if (not isinstance(mix, dict) or not mix or not set(mix) <= set(MASK_MIX)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in mix.values())
+            or sum(mix.values()) <= 0):
+        raise ValueError(f"--mask-mix={text!r} is not allowed: use a JSON object of task weights >= 0 "
+                         f"(not all 0) over {sorted(MASK_MIX)}")
+    return {k: float(v) for k, v in mix.items()}
 
 
 def parse_bucket_weights(text: str) -> dict:
