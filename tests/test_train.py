@@ -180,6 +180,8 @@ def test_train_default_runs_the_whole_recipe_vae_then_dit_and_resumes_without_re
 
     r = _cli(args + ["--dit-steps", "0"])
     assert r.returncode != 0 and "--dit-steps=0 is not allowed" in r.stderr
+    r = _cli(args + ["--init", str(out / "model.safetensors")])
+    assert r.returncode != 0 and "--init is not allowed with --profile micro" in r.stderr
 
 
 def test_warm_start_carries_a_model_into_a_grown_config_and_computes_the_same():

@@ -121,6 +121,10 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError(f"--time-limit={args.time_limit} is not allowed: use a positive number of minutes")
     if args.init and not Path(args.init).is_file():
         raise ValueError(f"--init={args.init!r} is not allowed: no such checkpoint file")
+    if args.init and not any("--init" in PROFILES[args.profile][stage] for stage in ("vae", "dit")):
+        starts = sorted(name for name, p in PROFILES.items() if "--init" in p["vae"] + p["dit"])
+        raise ValueError(f"--init is not allowed with --profile {args.profile}, which starts from fresh weights; "
+                         f"profiles that start from a checkpoint: {starts}")
     out = Path(args.out)
     vae_out, dit_out = out / "vae", out / "dit"
     vae_file = vae_out / "vae.safetensors"
@@ -136,9 +140,13 @@ def run(args: argparse.Namespace) -> Path:
         try:
             model = dit.run(stage_args("dit", stage_argv("dit", args, dit_out,
                                                          ["--vae", encoder, "--data-workers", str(workers)])))
-        finally:
-            if child is not None and child.wait() != 0:
-                raise RuntimeError(f"the VAE stage beside the DiT failed (exit code {child.returncode})")
+        except BaseException:
+            if child is not None:  # do not leave the VAE stage training on alone
+                child.terminate()
+                child.wait()
+            raise
+        if child is not None and child.wait() != 0:
+            raise RuntimeError(f"the VAE stage beside the DiT failed (exit code {child.returncode})")
         trained = load_checkpoint(model)
         trained.vae.load_state_dict(load_checkpoint(vae_file, parts=("vae",)).vae.state_dict())
         extra = json.loads(read_metadata(model).get("extra", "{}"))
