@@ -82,12 +82,17 @@ def lr_at(step: int, base: float, warmup: int, total: int, final_frac: float = 0
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def check_time_limit(minutes: float | None) -> None:
+    """`--time-limit` is a positive number of minutes, or None for no limit."""
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"--time-limit={minutes} is not allowed: use a positive number of minutes")
+
+
 class Clock:
-    """A trainer's wall-clock limit (`--time-limit` minutes; None: no limit)."""
+    """A trainer's wall-clock limit (`--time-limit` minutes; None: no limit), counted from its creation."""
 
     def __init__(self, minutes: float | None):
-        if minutes is not None and minutes <= 0:
-            raise ValueError(f"--time-limit={minutes} is not allowed: use a positive number of minutes")
+        check_time_limit(minutes)
         self.limit = None if minutes is None else minutes * 60.0
         self.start = time.monotonic()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from ..data.buckets import BucketConfig
 from ..flow import flow_loss, resolution_shift, sample_training_t
 from ..preview import METADATA_KEY, fit_latent_rgb
 from ..text import tokenize
-from .common import (EMA, Clock, Logger, cleanup_distributed, lr_at, resume_training_state, save_training_state,
-                     setup_distributed, use_bfloat16)
+from .common import (EMA, Clock, Logger, check_time_limit, cleanup_distributed, lr_at, resume_training_state,
+                     save_training_state, setup_distributed, use_bfloat16)
 from .data import folder_batches, prefetched, synthetic_batches
 
 # Task -> probability. Tasks needing several latent frames fall back to text-to-video for images.
@@ -136,7 +135,7 @@ def run(args: argparse.Namespace) -> Path:
     init_parts = tuple(part.strip() for part in args.init_parts.split(","))
     if args.batch_reuse < 1:
         raise ValueError(f"--batch-reuse={args.batch_reuse} is not allowed: use 1 or more")
-    clock = Clock(args.time_limit)
+    check_time_limit(args.time_limit)
     mix = parse_mask_mix(args.mask_mix)
     if not set(init_parts) <= {"text", "dit"} or len(set(init_parts)) != len(init_parts):
         raise ValueError(f"--init-parts={args.init_parts!r} is not allowed: use 'text,dit', 'text' or 'dit'")
@@ -199,7 +198,7 @@ def run(args: argparse.Namespace) -> Path:
     gen = torch.Generator().manual_seed(args.seed * 1000 + d.rank)
     log = Logger(out, args.steps, enabled=d.main)
     use_bf16 = use_bfloat16(args.precision, d.device)
-    clock.start = time.monotonic()  # the limit counts from the first step, after loading and setup
+    clock = Clock(args.time_limit)  # the limit counts from the first step, after loading and setup
     used = 0.0  # share of the time limit, read every 10 steps (all ranks agree on it)
     while step < args.steps and used < 1.0:
         if step % args.batch_reuse == 0 or "latents" not in batch:

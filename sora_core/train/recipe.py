@@ -21,13 +21,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..pipeline import DEFAULT_MODEL
+
 # Arguments of each stage, per profile. `cpu` is the from-scratch recipe for 2 CPU cores (the shipped
 # weights came from a warm-started chain of runs: docs/training.md section 4). `gpu` is what one lent
 # H100/H200 affords in 10 minutes: the data workers, not the GPU, are the limit there, so it keeps the
 # shipped encoder (its latents) and text encoder, trains a fresh DiT on them for the time limit while the
 # VAE decoder is fine-tuned beside it on synthetic and real clips, and reuses each rendered batch twice.
 # `micro` exercises every code path in seconds (tests); `micro-parallel` the gpu profile's shape.
-SHIPPED = str(Path(__file__).resolve().parents[1] / "models" / "sora-tiny.safetensors")
+SHIPPED = str(DEFAULT_MODEL)
 DIT_BUCKETS = ["--resolutions", "32px,64px,128px", "--frames", "1,9,17,33",
                "--bucket-weights", "1:2,9:1,17:3,33:1,32px:0.4,128px:0.3"]
 PROFILES: dict[str, dict[str, list[str]]] = {
@@ -110,6 +112,7 @@ def run(args: argparse.Namespace) -> Path:
     from ..checkpoint import load_checkpoint, read_metadata, save_checkpoint
     from ..fsutil import atomic_write
     from . import dit, vae
+    from .common import check_time_limit
 
     if args.profile not in PROFILES:
         raise ValueError(f"--profile={args.profile!r} is not allowed: use one of {sorted(PROFILES)}")
@@ -117,8 +120,7 @@ def run(args: argparse.Namespace) -> Path:
         steps = getattr(args, f"{stage}_steps")
         if steps is not None and steps < 1:
             raise ValueError(f"--{stage}-steps={steps} is not allowed: use a positive number of steps")
-    if args.time_limit is not None and args.time_limit <= 0:
-        raise ValueError(f"--time-limit={args.time_limit} is not allowed: use a positive number of minutes")
+    check_time_limit(args.time_limit)
     if args.init and not Path(args.init).is_file():
         raise ValueError(f"--init={args.init!r} is not allowed: no such checkpoint file")
     if args.init and not any("--init" in PROFILES[args.profile][stage] for stage in ("vae", "dit")):

@@ -10,7 +10,6 @@ config, so the DiT sees unit-variance latents.
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..checkpoint import SoraModel, load_checkpoint, save_checkpoint
 from ..config import preset
 from ..data.buckets import BucketConfig
-from .common import (EMA, Clock, Logger, cleanup_distributed, lr_at, resume_training_state, save_training_state,
-                     setup_distributed)
+from .common import (EMA, Clock, Logger, check_time_limit, cleanup_distributed, lr_at, resume_training_state,
+                     save_training_state, setup_distributed)
 from .data import folder_batches, prefetched, random_crop, synthetic_batches
 
 
@@ -88,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
-    clock = Clock(args.time_limit)
+    check_time_limit(args.time_limit)
     d = setup_distributed(args.device)
     out = Path(args.out)
     torch.manual_seed(args.seed)
@@ -127,7 +126,7 @@ def run(args: argparse.Namespace) -> Path:
     real = real_clip_bank() if args.real_fraction > 0 else None
     log = Logger(out, args.steps, enabled=d.main)
     gen = torch.Generator().manual_seed(args.seed * 1000 + d.rank)
-    clock.start = time.monotonic()  # the limit counts from the first step
+    clock = Clock(args.time_limit)  # the limit counts from the first step
     used = 0.0  # share of the time limit, read every 10 steps (all ranks agree on it)
     while step < args.steps and used < 1.0:
         video = random_crop(next(batches)["video"], args.crop, config.vae.spatial_factor, crop_rng)
