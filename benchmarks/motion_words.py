@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from sora_core.checkpoint import load_checkpoint
-from sora_core.data.world import DIRECTIONS, PALETTE
+from sora_core.data.world import PALETTE
 from sora_core.eval.detector import analyse_clip
-from sora_core.eval.run import PROBE_SCENE, heldout
+from sora_core.eval.run import PROBE_SCENE, heldout, travel
 from sora_core.io import to_uint8_frames
 from sora_core.pipeline import default_model_path
 from sora_core.text import tokenize
@@ -46,16 +46,10 @@ def swap_motion_word(caption: str, motion: str) -> str | None:
     return caption[: last.start()] + OPPOSITE[motion] + (last.group(1) or "") + caption[last.end():]
 
 
-def travel(video: torch.Tensor, motion: str) -> float | None:
-    """How far the detected object moves the `motion` way in frame sizes, for a (3, T, H, W) clip in [-1, 1]."""
-    tracks = analyse_clip(to_uint8_frames((video.clamp(-1, 1).permute(1, 2, 3, 0) + 1) / 2)).tracks
-    if not tracks:
-        return None
-    dets = tracks[0].detections
-    dx, dy = DIRECTIONS[motion]
-    h, w = video.shape[-2:]
-    return ((dets[-1].centroid[0] - dets[0].centroid[0]) / w * dx
-            + (dets[-1].centroid[1] - dets[0].centroid[1]) / h * dy)
+def clip_travel(video: torch.Tensor, motion: str) -> float | None:
+    """eval's `travel` of a (3, T, H, W) clip in [-1, 1]: how far its object moves the `motion` way."""
+    analysis = analyse_clip(to_uint8_frames((video.clamp(-1, 1).permute(1, 2, 3, 0) + 1) / 2))
+    return travel(analysis, motion, video.shape[-1], video.shape[-2])
 
 
 @torch.no_grad()
@@ -85,7 +79,7 @@ def main() -> None:
             other = colours[(colours.index(colour) + 1) % len(colours)]
             recoloured = re.sub(rf"\b{colour}\b", other, item["caption"])
         video = item["video"][None]
-        truth.append(travel(item["video"], motion))
+        truth.append(clip_travel(item["video"], motion))
         z = model.vae.encode(video)
         noise = torch.randn(z.shape, generator=gen)
         for t in times:
@@ -98,7 +92,7 @@ def main() -> None:
                 v = model.dit(xt, torch.full((1, z.shape[2]), t), model.text(ids, mask), mask)
                 decoded[key] = model.vae.decode(xt - t * v)[0].clamp(-1, 1)
             for key in ("as_is", "swapped"):
-                rows[t][key].append(travel(decoded[key], motion))
+                rows[t][key].append(clip_travel(decoded[key], motion))
             change = lambda key: float((decoded[key] - decoded["as_is"]).abs().mean() * 127.5)  # [-1, 1] -> x255
             rows[t]["change_direction"].append(change("swapped"))
             if "recoloured" in decoded:

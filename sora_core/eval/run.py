@@ -63,6 +63,19 @@ def heldout(n: int, width: int, height: int, frames: int, seed: int, **options) 
     return [heldout_clip(i, width, height, frames, seed=seed, **options) for i in range(n)]
 
 
+def travel(analysis, motion: str, width: int, height: int) -> float | None:
+    """How far the first tracked object moves the `motion` way ("left", ...), in frame widths/heights;
+    None when nothing was tracked."""
+    from ..data.world import DIRECTIONS
+
+    if not analysis.tracks:
+        return None
+    dets = analysis.tracks[0].detections
+    dx, dy = DIRECTIONS[motion]
+    return ((dets[-1].centroid[0] - dets[0].centroid[0]) / width * dx
+            + (dets[-1].centroid[1] - dets[0].centroid[1]) / height * dy)
+
+
 PROBE_SCENE = {"n_objects": 1, "motions": ("left", "right", "up", "down"), "camera": "still", "texture": "none",
                "occlusion": False}
 
@@ -75,10 +88,8 @@ def probe(pipe: Pipeline, *, n: int = 16, width: int = 64, height: int = 64, fra
     Returns color / shape / direction accuracy, `moving`: the share of clips whose object travels at all,
     and `travel`: the mean signed distance (frame widths/heights) it travels the asked way, which moves
     before direction accuracy does (truth travels ~0.2-0.5)."""
-    from ..data.world import DIRECTIONS
-
     scores = {k: [] for k in ("color_ok", "shape_ok", "direction_ok")}
-    moving, travel = [], []
+    moving, travelled = [], []
     for i, item in enumerate(heldout(n, width, height, frames, seed + 7, **PROBE_SCENE)):
         video = pipe.generate(item["caption"], width, height, frames, seed=seed + i, steps=steps, cfg=cfg)
         analysis = analyse_clip(to_uint8(video))
@@ -86,16 +97,11 @@ def probe(pipe: Pipeline, *, n: int = 16, width: int = 64, height: int = 64, fra
         for k in scores:
             scores[k].append(result[k])
         moving.append(bool(analysis.tracks) and analysis.tracks[0].motion not in ("still", "grow", "shrink"))
-        along = 0.0
-        if analysis.tracks:
-            dets = analysis.tracks[0].detections
-            dx, dy = DIRECTIONS[item["scene"]["objects"][0]["motion"]]
-            along = ((dets[-1].centroid[0] - dets[0].centroid[0]) / width * dx
-                     + (dets[-1].centroid[1] - dets[0].centroid[1]) / height * dy)
-        travel.append(along)
+        along = travel(analysis, item["scene"]["objects"][0]["motion"], width, height)
+        travelled.append(0.0 if along is None else along)
     out = {k.replace("_ok", "_acc"): float(np.mean(v)) for k, v in scores.items()}
     out["moving"] = float(np.mean(moving))
-    out["travel"] = float(np.mean(travel))
+    out["travel"] = float(np.mean(travelled))
     return out
 
 
