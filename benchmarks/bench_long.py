@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sora_core.eval.run import background_drift, border_colour, heldout, long_chain
-from sora_core.long import DRIFT, RETRIES, SEAM_LIMIT, seam_ratio
+from sora_core.long import DRIFT, OVERLAP, RETRIES, SEAM_LIMIT, seam_ratio
 from sora_core.pipeline import Pipeline
 
 
@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retries", type=int, default=RETRIES, help="redraws of a window whose join jumps (LongVideo)")
     p.add_argument("--seam-limit", type=float, default=SEAM_LIMIT, help="the jump that triggers a redraw (LongVideo)")
+    p.add_argument("--overlap", type=int, default=OVERLAP,
+                   help="held frames each window draws again and crossfades into (LongVideo overlap_frames)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
@@ -69,7 +71,7 @@ def main() -> None:
             start = time.time()
             drift, seams, frames = long_chain(pipe, clip, prompt, windows=args.windows, drift=mode,
                                               seed=args.seed + 100 * i, retries=args.retries,
-                                              seam_limit=args.seam_limit, **sampling)
+                                              seam_limit=args.seam_limit, overlap_frames=args.overlap, **sampling)
             # after each window: its frames' background against the clip's (what `drift` is after the last)
             curve = [background_drift(frames[: len(clip) + 16 * (k + 1)], len(clip), 16) for k in range(args.windows)]
             one_frame = float((border_colour(frames[-1]) - border_colour(frames[0])).abs().mean() * 255)
@@ -77,7 +79,8 @@ def main() -> None:
             jumps = (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3))
             joins = list(range(len(clip) - 1, len(jumps), 16))
             inner = [d for d in range(len(clip) + 3, len(jumps), 4) if (d + 1 - len(clip)) % 16]
-            chunk = float(jumps[joins].max()) / max(float(jumps[inner].median()), 1e-6)
+            at_joins = [float(jumps[j - args.overlap : j + 1].max()) for j in joins]  # a crossfade's worst step
+            chunk = max(at_joins) / max(float(jumps[inner].median()), 1e-6)
             drifts.append(drift)
             worst.append(max(seams))
             print(f"{mode:>8} {i:>4} {drift:>9.2f} {one_frame:>9.2f} {max(seams):>10.2f} {max(seams) / median:>12.2f} "

@@ -7,7 +7,7 @@ import torch
 from sora_core import conditioning as cond
 from sora_core.budget import Budget, BudgetError, format_size
 from sora_core.flow import SAMPLERS
-from sora_core.long import DEFAULT_DRIFT, DRIFT, MAX_RETRIES, RETRIES, SEAM_LIMIT, LongVideo
+from sora_core.long import DEFAULT_DRIFT, DRIFT, MAX_RETRIES, OVERLAP, RETRIES, SEAM_LIMIT, LongVideo
 from sora_core.pipeline import Pipeline
 
 from . import host, wires
@@ -78,7 +78,8 @@ class SoraLongVideo:
                 "Optional. One image: the video starts from it (animated). Several: a clip the video continues; "
                 "its frames open the output unchanged. Sets the frame size.")}),
             "blend_frames": ("INT", {"default": cond.SEAM_BLEND, "min": 0, "max": 64, "tooltip": (
-                "Frames before each join that crossfade into the model's redraw of them (0 = hard cut).")}),
+                "Where a join does not overlap (overlap_frames 0): frames before it that crossfade into the "
+                "decoder's version of them (0 = hard cut).")}),
             "retries": ("INT", {"default": RETRIES, "min": 0, "max": MAX_RETRIES, "tooltip": (
                 "Draw a window again, with the next seed, when its join jumps more than seam_limit; up to this "
                 "many times, keeping the smoothest. Each redraw costs one window's time (the progress bar "
@@ -86,11 +87,16 @@ class SoraLongVideo:
             "seam_limit": ("FLOAT", {"default": SEAM_LIMIT, "min": 1.0, "max": 100.0, "step": 0.5, "tooltip": (
                 "How big a jump at a join is allowed before the window is drawn again: multiples of the video's "
                 "median frame-to-frame change (1 = no bigger than an ordinary frame step).")}),
+            # last: a saved graph's widget values are positional, so new inputs go at the end
+            "overlap_frames": ("INT", {"default": OVERLAP, "min": 0, "max": 252, "step": 4, "tooltip": (
+                "Frames before each join that the next window draws again and crossfades into, so a jump at the "
+                "join is spread over them (0 = none). At most context_frames - 4 are used: one chunk of the "
+                "context stays as it was.")}),
         }}
 
     def generate(self, model, vae, positive, negative, width, height, seconds, fps, new_frames, context_frames,
                  drift, loop, seed, steps, cfg, sampler, start_images=None, blend_frames=cond.SEAM_BLEND,
-                 retries=RETRIES, seam_limit=SEAM_LIMIT):
+                 retries=RETRIES, seam_limit=SEAM_LIMIT, overlap_frames=OVERLAP):
         config = model.config
         emb, mask, text = wires.read_conditioning(positive, config, "positive")
         neg_emb, neg_mask, _ = wires.read_conditioning(negative, config, "negative")
@@ -113,6 +119,7 @@ class SoraLongVideo:
             job = LongVideo(pipe, "positive", count, width=width, height=height, start=start_images, loop=loop,
                             new_frames=new_frames, context_frames=context_frames, blend_frames=blend_frames,
                             drift=drift, retries=retries, seam_limit=seam_limit, negative="negative", seed=seed,
+                            overlap_frames=min(overlap_frames, context_frames - 4),
                             progress=progress, steps=steps, cfg=cfg, sampler=sampler)
         except ValueError as err:
             raise type(err)(f"seconds={seconds} at fps={fps} ({count} frames): {err}") from None

@@ -226,7 +226,7 @@ def _long(args) -> int:
                     height=args.height or pipe.defaults.height, start=start,
                     loop=args.loop == "close", window_frames=args.window_frames, new_frames=args.new_frames,
                     context_frames=args.context_frames, drift=args.drift, retries=args.retries,
-                    seam_limit=args.seam_limit, seed=args.seed,
+                    seam_limit=args.seam_limit, overlap_frames=args.overlap_frames, seed=args.seed,
                     negative=pipe.defaults.negative if args.negative is None else args.negative,
                     progress=progress, steps=args.steps, cfg=args.cfg, sampler=args.sampler, shift=args.shift,
                     **_joins(args))
@@ -420,7 +420,7 @@ def _edit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _long_arguments(p: argparse.ArgumentParser) -> None:
-    from .long import DEFAULT_DRIFT, DRIFT, RETRIES, SEAM_LIMIT
+    from .long import DEFAULT_DRIFT, DRIFT, OVERLAP, RETRIES, SEAM_LIMIT
 
     _common(p)
     p.add_argument("--seconds", type=float, default=60.0, help="length at --fps (default 60)")
@@ -443,6 +443,9 @@ def _long_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seam-limit", type=float, default=SEAM_LIMIT,
                    help="the jump at a join, in multiples of the video's median frame-to-frame change, above "
                         f"which a window is drawn again (default {SEAM_LIMIT:g})")
+    p.add_argument("--overlap-frames", type=int, default=None,
+                   help=f"frames before each join that the next window draws again and crossfades into, spreading "
+                        f"the join's jump over them (0 = none; default {OVERLAP}, or context_frames - 4 if less)")
     _blend_option(p)
     p.epilog = ("Frames are written as each window finishes (.mp4/.mov/.mkv/.avi/.webm stream in flat memory; "
                 ".gif/.webp/.png are assembled at the end). Ctrl-C stops between steps and keeps the finished "

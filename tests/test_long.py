@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sora_core.conditioning import video_to_frames
-from sora_core.long import DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop_colour, latent_stats, match_stats, seam_ratio
+from sora_core.long import (DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop_colour, join_seam, latent_stats,
+                             match_stats, seam_ratio)
 from sora_core.pipeline import Pipeline
 
 FAST = dict(steps=1, cfg=1.0)
@@ -107,7 +108,7 @@ def test_one_latent_stream_context_and_decode_and_anchor_matches_new_latents_to_
     def run(drift: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         decoded.clear()
         windows.clear()
-        list(LongVideo(pipe, "a ball", 49, width=SIZE, height=SIZE, drift=drift, seed=5, **FAST))
+        list(LongVideo(pipe, "a ball", 49, width=SIZE, height=SIZE, drift=drift, seed=5, overlap_frames=0, **FAST))
         return list(decoded), list(windows)
 
     k = DECODE_CONTEXT
@@ -131,7 +132,8 @@ def test_stream_decode_matches_decoding_the_whole_video_at_once(pipe):
     """Decoding each window after the video's last DECODE_CONTEXT latents gives (nearly) the frames one
     decode of the whole latent video gives: the joins are the decoder's, not a cut between two decodes."""
     captured = []
-    job = LongVideo(pipe, "a ball", 49, width=SIZE, height=SIZE, drift="none", seed=2, blend_frames=0, **FAST)
+    job = LongVideo(pipe, "a ball", 49, width=SIZE, height=SIZE, drift="none", seed=2, blend_frames=0,
+                    overlap_frames=0, **FAST)
     decode = pipe.vae.decode
     pipe.vae.decode = lambda z, **kw: captured.append(z.clone()) or decode(z, **kw)
     try:
@@ -199,7 +201,7 @@ def test_colour_drift_control_pulls_each_window_to_the_openings_backdrop_colour(
     """drift="colour" leaves the latents alone (the same frames as "none" before correction) and shifts
     each window's new frames, ramping from the correction at the join to the one that gives the window's
     frames the opening's backdrop colour (the median of the outer eighth of each side)."""
-    kw = dict(width=SIZE, height=SIZE, seed=4, blend_frames=0, **FAST)
+    kw = dict(width=SIZE, height=SIZE, seed=4, blend_frames=0, overlap_frames=0, **FAST)  # joins as hard cuts
     plain = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="none", **kw)))
     fixed = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="colour", **kw)))
     assert torch.equal(fixed[:17], plain[:17])  # the opening is the reference, untouched
@@ -261,11 +263,43 @@ def test_a_jumpy_join_is_drawn_again_and_the_smoothest_draw_is_kept(pipe, monkey
     assert set(events) == {(1, 1)}  # a redraw shows as the same window
 
 
+def test_overlapping_windows_draw_the_last_held_chunk_again_and_crossfade_into_it(pipe, monkeypatch):
+    clip = ramp_clip(17)
+    windows, decoded = [], []
+    latents, decode = pipe.latents, pipe.decode
+    monkeypatch.setattr(pipe, "latents", lambda w, *a, **kw: windows.append(w.strength.clone()) or latents(w, *a, **kw))
+    monkeypatch.setattr(pipe, "decode", lambda *a, **kw: decoded.append(decode(*a, **kw)) or decoded[-1])
+    job = LongVideo(pipe, "a ball", 17 + 8, start=clip, new_frames=8, context_frames=8, overlap_frames=4,
+                    drift="none", seed=1, **FAST)
+    video = torch.cat(list(job))
+    assert video.shape == (25, SIZE, SIZE, 3)
+    # the DiT sees the anchor frame and one chunk as given, and draws the last held chunk with the new two
+    assert windows[0][0].tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+    assert torch.equal(video[:13], clip[:13])  # frames before the overlap are untouched
+    redrawn = decoded[0][-12:-8].float()  # the new draw of the 4 held frames, then the 8 new ones
+    fade = (torch.arange(1, 5) / 5).view(-1, 1, 1, 1)
+    torch.testing.assert_close(video[13:17], clip[13:17] * (1 - fade) + redrawn * fade)
+    torch.testing.assert_close(video[17:], decoded[0][-8:].float())
+    assert job.joins == [16]
+
+
+def test_join_seam_is_the_worst_step_of_a_joins_crossfade():
+    frames = torch.zeros(12, 4, 4, 3)
+    for i in range(12):
+        frames[i] += i * 0.01  # a steady step of 0.01 ...
+    frames[6:] += 0.03  # ... and one jump of 4 steps after frame 5
+    assert seam_ratio(frames, 5) == pytest.approx(4.0)
+    assert join_seam(frames, 8, overlap=0) == pytest.approx(1.0)  # a join measured after the jump misses it
+    assert join_seam(frames, 8, overlap=3) == pytest.approx(4.0)  # its crossfade span includes it
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(retries=-1), "retries=-1 is not allowed: use an integer from 0 to 8"),
     (dict(retries=1.5), "retries=1.5 is not allowed"),
     (dict(seam_limit=0.5), "seam_limit=0.5 is not allowed: use a number >= 1"),
     (dict(seam_limit=float("nan")), "seam_limit=nan is not allowed"),
+    (dict(overlap_frames=2), "overlap_frames=2 is not allowed: use a multiple of 4"),
+    (dict(overlap_frames=8), "overlap_frames=8 is not allowed: .* less than context_frames=8"),
 ])
 def test_bad_redraw_settings_are_named(pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):

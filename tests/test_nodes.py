@@ -437,6 +437,13 @@ def test_long_video_continues_start_images_and_says_when_seconds_are_too_few(dit
         long_video(dit, vae, prompts, 1.0, start_images=clip)
 
 
+def test_long_video_overlaps_its_joins_as_far_as_the_context_allows(dit, vae, prompts):
+    run = lambda overlap: long_video(dit, vae, prompts, 4.0, context_frames=8, overlap_frames=overlap)
+    hard, overlapped = run(0), run(4)
+    assert torch.equal(hard[:12], overlapped[:12]) and not torch.equal(hard[12:17], overlapped[12:17])
+    assert torch.equal(run(8), overlapped)  # more than context_frames - 4: that many are used
+
+
 def test_long_video_names_bad_inputs_before_loading_anything(dit, vae, prompts, clip, monkeypatch):
     monkeypatch.setattr(host, "load_parts", lambda *parts: pytest.fail("loaded the networks"))
     for kw, message in ((dict(new_frames=6), r"new_frames=6 is not allowed: use a multiple of 4"),

@@ -17,7 +17,7 @@ import torch
 
 from ..data.synthetic import Scene, heldout_clip
 from ..io import to_uint8_frames as to_uint8
-from ..long import LongVideo, ring_median, seam_ratio
+from ..long import LongVideo, join_seam, ring_median, seam_ratio
 from ..pipeline import Pipeline
 from ..recaption import recaption
 from .detector import analyse_clip, score_against
@@ -42,14 +42,15 @@ def long_chain(pipe: Pipeline, clip: torch.Tensor, prompt: str, *, windows: int 
                **options) -> tuple[float, list[float], torch.Tensor]:
     """`windows` chained extensions of `clip` (a `LongVideo` started from it): the colour drift, the seam
     ratio at every join (over the window before and the window after it, the span a single extend's seam
-    is measured on) and the frames.
+    is measured on; with overlapping windows the worst step of the join's crossfade) and the frames.
 
     Drift is the mean abs RGB change x 255 of the static background (`border_colour`) from the clip to the
     last window, each averaged over its frames: a single frame's background also flickers, by as much as
     the drift itself with a weak model, and flicker is not what accumulates."""
     job = LongVideo(pipe, prompt, len(clip) + windows * new_frames, start=clip, new_frames=new_frames, **options)
     frames = torch.cat(list(job))
-    seams = [seam_ratio(frames[max(0, j - new_frames) : j + new_frames + 1], min(j, new_frames)) for j in job.joins]
+    seams = [join_seam(frames[max(0, j - new_frames) : j + new_frames + 1], min(j, new_frames), job.overlap)
+             for j in job.joins]
     return background_drift(frames, len(clip), new_frames), seams, frames
 
 
