@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-from sora_core.eval.run import heldout, vae_psnr
+import pytest
+import torch
+
+from sora_core.eval.run import heldout, stutter, vae_psnr, vae_stutter
 from sora_core.pipeline import Pipeline
 
 
@@ -14,4 +17,23 @@ def test_vae_psnr_is_null_without_videos_and_a_number_with_them(micro_checkpoint
     assert vae_psnr(pipe, []) is None  # no real clips installed: the report says null, never NaN
     assert json.dumps({"vae_psnr_real": vae_psnr(pipe, [])}) == '{"vae_psnr_real": null}'
     value = vae_psnr(pipe, [heldout(1, 32, 32, 9, 3)[0]["video"]])
+    assert isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_stutter_is_one_for_steady_motion_and_high_for_a_decoder_that_holds_each_chunk():
+    x = torch.arange(32) / 32 * 4 * math.pi  # two whole periods: every shift changes the frame as much
+    steady = torch.stack([torch.sin(x + 0.2 * t).expand(3, 32, 32) for t in range(17)], dim=1)  # (3, 17, 32, 32)
+    assert stutter(steady, 4) == pytest.approx(1.0, rel=0.05)
+    held = steady.clone()
+    for t in range(1, 17):  # every frame of chunk k (frames 4k-3 .. 4k) shows the chunk's last frame, nearly
+        held[:, t] = steady[:, 4 * ((t + 3) // 4)] + 0.001 * t
+    assert stutter(held, 4) > 10
+    with pytest.raises(ValueError, match="no steps both at and inside"):
+        stutter(steady[:, :2], 4)
+
+
+def test_vae_stutter_is_null_without_videos_and_a_number_with_them(micro_checkpoint):
+    pipe = Pipeline.load(micro_checkpoint)
+    assert vae_stutter(pipe, []) is None
+    value = vae_stutter(pipe, [heldout(1, 32, 32, 9, 3)[0]["video"]])
     assert isinstance(value, float) and math.isfinite(value) and value > 0

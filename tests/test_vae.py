@@ -1,5 +1,7 @@
 """The video compression network: causality, images as 1-frame videos, chunking, sizes."""
 
+import math
+
 import pytest
 import torch
 
@@ -137,3 +139,20 @@ def test_training_steps_on_a_fixed_batch_lower_the_reconstruction_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] * 0.9
+
+
+def test_the_temporal_weight_prices_a_decoder_that_holds_each_chunk_and_jumps():
+    from sora_core.train.vae import vae_loss
+
+    x = torch.arange(48) / 48 * 4 * math.pi
+    target = torch.stack([torch.sin(x + 0.3 * t).expand(3, 32, 48) for t in range(9)], dim=1)[None]  # steady motion
+    held = target.clone()
+    for t in range(1, 9):  # each 4-frame chunk shows its last frame throughout: same frames at the boundaries
+        held[:, :, t] = target[:, :, 4 * ((t + 3) // 4)]
+    zeros = torch.zeros(1, 4, 3, 8, 12)
+    light, parts = vae_loss(held, target, zeros, zeros, 1e-4, temporal_weight=0.0)
+    heavy, _ = vae_loss(held, target, zeros, zeros, 1e-4, temporal_weight=4.0)
+    assert parts["temporal"] > 0.05  # the holds and jumps are what the term measures
+    torch.testing.assert_close(heavy - light, 4.0 * parts["temporal"])
+    _, still = vae_loss(target, target, zeros, zeros, 1e-4, temporal_weight=4.0)
+    assert float(still["temporal"]) == 0.0

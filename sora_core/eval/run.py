@@ -179,7 +179,9 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
         extend_drift=float(np.mean(drift)),
     )
 
-    metrics["vae_psnr_synthetic"] = vae_psnr(pipe, [s["video"] for s in heldout(8, width, height, frames, seed + 3)])
+    synthetic = [s["video"] for s in heldout(8, width, height, frames, seed + 3)]
+    metrics["vae_psnr_synthetic"] = vae_psnr(pipe, synthetic)
+    metrics["vae_stutter"] = vae_stutter(pipe, synthetic)
     metrics["vae_psnr_real"] = vae_psnr(pipe, real_clips(frames, width * height))
     if metrics["vae_psnr_real"] is None:
         print("note: vae_psnr_real is null: no held-out real clips (pip install "
@@ -200,6 +202,27 @@ def vae_psnr(pipe: Pipeline, videos: list[torch.Tensor]) -> float | None:
         recon = vae.decode(vae.encode(x))
         values.append(psnr((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2))
     return float(np.mean(values))
+
+
+def stutter(video: torch.Tensor, temporal_factor: int) -> float:
+    """Mean frame-to-frame change at the VAE's chunk boundaries over the mean change inside chunks, for a
+    (3, T, H, W) video: ~1 for steady motion; a decoder that holds each chunk's frame and jumps to the
+    next (motion at a quarter of the frame rate) scores far above 1."""
+    step = (video[:, 1:] - video[:, :-1]).abs().mean(dim=(0, 2, 3))  # step i: frame i -> i + 1
+    at = torch.arange(len(step)) % temporal_factor == 0  # frame 0 is a chunk of its own; then every tf
+    if at.all() or not at.any():
+        raise ValueError(f"a video of {video.shape[1]} frames has no steps both at and inside the chunks")
+    return float(step[at].mean() / step[~at].mean().clamp(min=1e-6))
+
+
+@torch.no_grad()
+def vae_stutter(pipe: Pipeline, videos: list[torch.Tensor]) -> float | None:
+    """Mean `stutter` of the VAE's reconstructions of (3, T, H, W) videos in [-1, 1] (None for none)."""
+    if not videos:
+        return None
+    vae = pipe.vae
+    return float(np.mean([stutter(vae.decode(vae.encode(v[None].to(pipe.device)))[0].float(), vae.temporal_factor)
+                          for v in videos]))
 
 
 def real_clips(frames: int, area: int) -> list[torch.Tensor]:

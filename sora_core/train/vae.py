@@ -26,21 +26,23 @@ from .common import (EMA, Clock, Logger, check_time_limit, cleanup_distributed, 
 from .data import folder_batches, prefetched, random_crop, synthetic_batches
 
 
-def gradient_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """L1 between finite differences along height, width and time of (B, C, T, H, W) videos."""
-    loss = (a.diff(dim=-1) - b.diff(dim=-1)).abs().mean() + (a.diff(dim=-2) - b.diff(dim=-2)).abs().mean()
-    if a.shape[2] > 1:
-        loss = loss + (a.diff(dim=2) - b.diff(dim=2)).abs().mean()
-    return loss
+def gradient_l1(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 between finite differences of (B, C, T, H, W) videos: (along height and width, along time)."""
+    spatial = (a.diff(dim=-1) - b.diff(dim=-1)).abs().mean() + (a.diff(dim=-2) - b.diff(dim=-2)).abs().mean()
+    temporal = (a.diff(dim=2) - b.diff(dim=2)).abs().mean() if a.shape[2] > 1 else a.new_zeros(())
+    return spatial, temporal
 
 
-def vae_loss(recon, target, mean, logvar, kl_weight: float):
+def vae_loss(recon, target, mean, logvar, kl_weight: float, temporal_weight: float = 0.5):
+    """`temporal_weight` weighs the frame-to-frame changes' L1: raised, it makes the decoder move things
+    inside each 4-frame chunk rather than hold them and jump at the next chunk (eval's `vae_stutter`)."""
     l1 = (recon - target).abs().mean()
     mse = F.mse_loss(recon, target)
-    grad = gradient_l1(recon, target)
+    spatial, temporal = gradient_l1(recon, target)
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-    total = l1 + mse + 0.5 * grad + kl_weight * kl
-    return total, {"l1": l1.detach(), "mse": mse.detach(), "grad": grad.detach(), "kl": kl.detach()}  # tensors: no sync
+    total = l1 + mse + 0.5 * spatial + temporal_weight * temporal + kl_weight * kl
+    return total, {"l1": l1.detach(), "mse": mse.detach(), "grad": spatial.detach(), "temporal": temporal.detach(),
+                   "kl": kl.detach()}  # tensors: no sync
 
 
 @torch.no_grad()
@@ -66,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--temporal-weight", type=float, default=0.5,
+                   help="weight of the L1 on frame-to-frame changes (higher: motion inside each 4-frame chunk "
+                        "instead of a hold and a jump at the next; see eval's vae_stutter)")
     p.add_argument("--crop", type=int, default=64, help="largest spatial crop, px")
     p.add_argument("--resolutions", default="64px")
     p.add_argument("--frames", default="1,5,9")
@@ -136,7 +141,7 @@ def run(args: argparse.Namespace) -> Path:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps, time_frac=used)
         recon, mean, logvar = net(video, gen)
-        loss, parts = vae_loss(recon, video, mean, logvar, args.kl_weight)
+        loss, parts = vae_loss(recon, video, mean, logvar, args.kl_weight, args.temporal_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
