@@ -119,7 +119,7 @@ class SoraLongVideo:
             job = LongVideo(pipe, "positive", count, width=width, height=height, start=start_images, loop=loop,
                             new_frames=new_frames, context_frames=context_frames, blend_frames=blend_frames,
                             drift=drift, retries=retries, seam_limit=seam_limit, negative="negative", seed=seed,
-                            overlap_frames=min(overlap_frames, context_frames - 4),
+                            overlap_frames=min(overlap_frames, context_frames - config.vae.temporal_factor),
                             progress=progress, steps=steps, cfg=cfg, sampler=sampler)
         except ValueError as err:
             raise type(err)(f"seconds={seconds} at fps={fps} ({count} frames): {err}") from None

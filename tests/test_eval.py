@@ -8,16 +8,18 @@ import math
 import pytest
 import torch
 
-from sora_core.eval.run import heldout, stutter, vae_psnr, vae_stutter
+from sora_core.eval.run import heldout, stutter, vae_round_trip
 from sora_core.pipeline import Pipeline
 
 
-def test_vae_psnr_is_null_without_videos_and_a_number_with_them(micro_checkpoint):
+def test_vae_round_trip_is_null_without_videos_and_numbers_with_them(micro_checkpoint):
     pipe = Pipeline.load(micro_checkpoint)
-    assert vae_psnr(pipe, []) is None  # no real clips installed: the report says null, never NaN
-    assert json.dumps({"vae_psnr_real": vae_psnr(pipe, [])}) == '{"vae_psnr_real": null}'
-    value = vae_psnr(pipe, [heldout(1, 32, 32, 9, 3)[0]["video"]])
+    assert vae_round_trip(pipe, []) == (None, None)  # no real clips installed: the report says null, never NaN
+    assert json.dumps({"vae_psnr_real": vae_round_trip(pipe, [])[0]}) == '{"vae_psnr_real": null}'
+    value, jumps = vae_round_trip(pipe, [heldout(1, 32, 32, 9, 3)[0]["video"]])
     assert isinstance(value, float) and math.isfinite(value) and value > 0
+    assert isinstance(jumps, float) and math.isfinite(jumps) and jumps > 0
+    assert vae_round_trip(pipe, [heldout(1, 32, 32, 1, 3)[0]["video"]])[1] is None  # an image has no frame steps
 
 
 def test_stutter_is_one_for_steady_motion_and_high_for_a_decoder_that_holds_each_chunk():
@@ -30,10 +32,3 @@ def test_stutter_is_one_for_steady_motion_and_high_for_a_decoder_that_holds_each
     assert stutter(held, 4) > 10
     with pytest.raises(ValueError, match="no steps both at and inside"):
         stutter(steady[:, :2], 4)
-
-
-def test_vae_stutter_is_null_without_videos_and_a_number_with_them(micro_checkpoint):
-    pipe = Pipeline.load(micro_checkpoint)
-    assert vae_stutter(pipe, []) is None
-    value = vae_stutter(pipe, [heldout(1, 32, 32, 9, 3)[0]["video"]])
-    assert isinstance(value, float) and math.isfinite(value) and value > 0

@@ -180,9 +180,8 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
     )
 
     synthetic = [s["video"] for s in heldout(8, width, height, frames, seed + 3)]
-    metrics["vae_psnr_synthetic"] = vae_psnr(pipe, synthetic)
-    metrics["vae_stutter"] = vae_stutter(pipe, synthetic)
-    metrics["vae_psnr_real"] = vae_psnr(pipe, real_clips(frames, width * height))
+    metrics["vae_psnr_synthetic"], metrics["vae_stutter"] = vae_round_trip(pipe, synthetic)
+    metrics["vae_psnr_real"], _ = vae_round_trip(pipe, real_clips(frames, width * height))
     if metrics["vae_psnr_real"] is None:
         print("note: vae_psnr_real is null: no held-out real clips (pip install "
               "comfyui-workflow-templates-media-video)", file=sys.stderr)
@@ -190,18 +189,21 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
 
 
 @torch.no_grad()
-def vae_psnr(pipe: Pipeline, videos: list[torch.Tensor]) -> float | None:
-    """Mean reconstruction PSNR (dB, frames in [0, 1]) of (3, T, H, W) videos in [-1, 1]; None for no
-    videos (the report's null: JSON has no NaN)."""
+def vae_round_trip(pipe: Pipeline, videos: list[torch.Tensor]) -> tuple[float | None, float | None]:
+    """Mean reconstruction PSNR (dB, frames in [0, 1]) and mean `stutter` of the VAE's round trips of
+    (3, T, H, W) videos in [-1, 1], each video encoded and decoded once; None for no videos (stutter: no
+    videos of more than one frame), the report's null: JSON has no NaN."""
     if not videos:
-        return None
+        return None, None
     vae = pipe.vae
-    values = []
+    values, stutters = [], []
     for v in videos:
         x = v[None].to(pipe.device)
         recon = vae.decode(vae.encode(x))
         values.append(psnr((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2))
-    return float(np.mean(values))
+        if x.shape[2] > 1:  # an image has no steps between frames
+            stutters.append(stutter(recon[0].float(), vae.temporal_factor))
+    return float(np.mean(values)), float(np.mean(stutters)) if stutters else None
 
 
 def stutter(video: torch.Tensor, temporal_factor: int) -> float:
@@ -213,16 +215,6 @@ def stutter(video: torch.Tensor, temporal_factor: int) -> float:
     if at.all() or not at.any():
         raise ValueError(f"a video of {video.shape[1]} frames has no steps both at and inside the chunks")
     return float(step[at].mean() / step[~at].mean().clamp(min=1e-6))
-
-
-@torch.no_grad()
-def vae_stutter(pipe: Pipeline, videos: list[torch.Tensor]) -> float | None:
-    """Mean `stutter` of the VAE's reconstructions of (3, T, H, W) videos in [-1, 1] (None for none)."""
-    if not videos:
-        return None
-    vae = pipe.vae
-    return float(np.mean([stutter(vae.decode(vae.encode(v[None].to(pipe.device)))[0].float(), vae.temporal_factor)
-                          for v in videos]))
 
 
 def real_clips(frames: int, area: int) -> list[torch.Tensor]:
