@@ -136,6 +136,7 @@ class Dims:
     decoder_channels: tuple[int, ...]
     pixel_patch: int = 1  # pixels folded into channels before the VAE's first level (Wan 2.2: 2)
     native_tokens: int = 0  # DiT tokens of the model's own size; the default token limit is at least this
+    depth_to_time_level: int | None = None  # decoder levels above it run per frame (VAEConfig); None: none
 
 
 def dims_of(config) -> Dims:
@@ -145,7 +146,7 @@ def dims_of(config) -> Dims:
     vae, dit = config.vae, config.dit
     chans = tuple(vae.base_channels * m for m in vae.channel_mult)
     return Dims(vae.spatial_factor, vae.temporal_factor, vae.latent_channels, tuple(dit.patch), dit.dim, dit.heads,
-                dit.mlp_ratio, config.text.max_tokens, chans, chans)
+                dit.mlp_ratio, config.text.max_tokens, chans, chans, depth_to_time_level=vae.depth_to_time_level)
 
 
 @dataclass(frozen=True)
@@ -198,12 +199,17 @@ def estimate(config, *, width: int, height: int, frames: int, batch: int = 1,
         lt = min(chunk, t)
         th, tw = (min(tile, h), min(tile, w)) if tile else (h, w)
         up = [d.latent_channels, *reversed(d.decoder_channels)]  # channels coming into each level, then its own
+        split = len(d.decoder_channels) if d.depth_to_time_level is None else d.depth_to_time_level
+        # frames per chunk at a level: its latent frames, or above the split their video frames (the first
+        # chunk's latent frame 0 is one frame)
+        per_frame = 1 + tf * (lt - 1) if t <= lt else tf * lt
         # per level: its input through the upsample's copies and the causal pad, a conv's output and its SiLU
-        level = max((3 * up[i] + 2 * up[i + 1]) * (th << i) * (tw << i) for i in range(len(d.decoder_channels)))
+        level = max((3 * up[i] + 2 * up[i + 1]) * (th << i) * (tw << i) * (per_frame if i > split else lt)
+                    for i in range(len(d.decoder_channels)))
         frames_out = batch * 3 * tf * t * height * width * f32
         # per chunk the widest level; then the chunks' frames, their concatenation and the conversion to
         # [0, 1] frames. Against the peak RSS of a CPU decode (tiny preset, 128-384 px): 0.6x to 1.1x.
-        out["decode"] = batch * lt * level * f32 + 7 * frames_out
+        out["decode"] = batch * level * f32 + 7 * frames_out
     return Estimate(tokens, out, latent)
 
 

@@ -28,6 +28,11 @@ class VAEConfig:
     # Decoder levels, from the lowest resolution up, whose convs also see the previous latent
     # frames; higher ones are per-frame 3x3 (3x3x3 there costs 3x the FLOPs for little gain).
     temporal_levels: int = 1
+    # Decoder level (0 = lowest resolution) after which each latent frame becomes `temporal_factor`
+    # frames, so the levels above it run per frame and can move things inside a chunk. None: at the
+    # output conv (the first shipped decoder: objects hold through each chunk and jump at the next,
+    # eval's vae_stutter; docs/training.md section 10).
+    depth_to_time_level: int | None = None
     # Per-channel statistics of the latents, measured after training, so the DiT sees ~N(0, 1).
     latent_mean: tuple[float, ...] | None = None
     latent_std: tuple[float, ...] | None = None
@@ -39,6 +44,10 @@ class VAEConfig:
     def validate(self) -> None:
         if not isinstance(self.temporal_factor, int) or self.temporal_factor < 1:
             raise ValueError(f"VAEConfig.temporal_factor={self.temporal_factor} is not allowed: use an integer >= 1")
+        level = self.depth_to_time_level
+        if level is not None and (not isinstance(level, int) or not 0 <= level < len(self.channel_mult)):
+            raise ValueError(f"VAEConfig.depth_to_time_level={level!r} is not allowed: use None or a decoder level "
+                             f"0..{len(self.channel_mult) - 1}")
         for name in ("latent_mean", "latent_std"):
             value = getattr(self, name)
             if value is None:
@@ -154,7 +163,7 @@ def _tiny() -> SoraConfig:
     return SoraConfig(
         name="tiny",
         vae=VAEConfig(latent_channels=16, base_channels=48, channel_mult=(1, 2, 2), temporal_factor=4,
-                      num_res_blocks=1, temporal_levels=2),
+                      num_res_blocks=1, temporal_levels=2, depth_to_time_level=0),
         text=TextConfig(vocab_size=4096, dim=128, depth=2, heads=4, max_tokens=160),
         dit=DiTConfig(latent_channels=16, patch=(1, 2, 2), dim=256, depth=6, heads=4, text_dim=128),
     )

@@ -7,8 +7,11 @@ encoding the first 1+4k frames gives a prefix of the full encoding, chunked enco
 exact, memory grows linearly with frames, and a clip's latents do not change with where it
 sits in a longer video -- which is what makes extend / loop / connect conditioning exact.
 
-Decoder: causal in time (left-padded 3D convs over the latent sequence), so it can stream
-chunk after chunk with a small cache and still see the past for smooth motion.
+Decoder: causal in time (left-padded 3D convs), so it can stream chunk after chunk with a small
+cache and still see the past for smooth motion. Each latent frame becomes its chunk's frames
+(depth-to-time) after the level `depth_to_time_level`, and the levels above work frame by frame:
+a decoder that makes the frames only at its output conv holds objects through each chunk and
+jumps at the next (docs/training.md section 10).
 """
 
 from __future__ import annotations
@@ -86,18 +89,37 @@ class SpaceUpsample(nn.Module):
         return rearrange(x, "(b t) c h w -> b c t h w", b=b)
 
 
+class DepthToTime(nn.Module):
+    """(B, tf*C, T, h, w) -> (B, C, T*tf, h, w): each latent frame's channel groups become its frames.
+
+    With `first` (the latents start the video), latent frame 0, the still chunk that holds the lone
+    first frame, gives that one frame: the levels above never work on the tf - 1 frames that would be
+    dropped, so an image costs one frame.
+    """
+
+    def __init__(self, tf: int):
+        super().__init__()
+        self.tf = tf
+
+    def forward(self, x, first: bool = False):
+        x = rearrange(x, "b (f c) t h w -> b c (t f) h w", f=self.tf)
+        return x[:, :, self.tf - 1:] if first else x
+
+
 class Decoder(nn.Module):
     """(B, latent, T, h, w) -> (B, 3, T*tf, h*s, w*s).
 
-    The lowest `temporal_levels` resolutions use causal 3x3x3 convs over the latent sequence (so
-    motion is smooth across chunks); the last conv makes tf frames' worth of channels per latent
-    frame, which become frames (depth-to-time).
+    The lowest `temporal_levels` resolutions use causal 3x3x3 convs over the time axis (so motion is
+    smooth across chunks). A conv makes tf frames' worth of channels per latent frame, which become
+    frames (depth-to-time): after level `depth_to_time_level`, so the levels above run per frame and
+    can move things inside a chunk, or (None) at the output conv.
     """
 
     def __init__(self, c: VAEConfig):
         super().__init__()
         chans = _levels(c)[::-1]
-        self.tf = c.temporal_factor
+        tf = c.temporal_factor
+        split = len(chans) if c.depth_to_time_level is None else c.depth_to_time_level
         layers = []
         cin = c.latent_channels
         for i, ch in enumerate(chans):
@@ -105,9 +127,14 @@ class Decoder(nn.Module):
             for _ in range(c.num_res_blocks + 1):
                 layers += [CausalConv3d(cin, ch, (kt, 3, 3)), nn.SiLU()]
                 cin = ch
+            if i == split:
+                layers += [CausalConv3d(ch, ch * tf, (1, 3, 3)), DepthToTime(tf)]
             if i < len(chans) - 1:
                 layers.append(SpaceUpsample())
-        layers.append(CausalConv3d(cin, c.in_channels * c.temporal_factor, (1, 3, 3)))
+        out = c.in_channels * (tf if split == len(chans) else 1)
+        layers.append(CausalConv3d(cin, out, (1, 3, 3)))
+        if split == len(chans):
+            layers.append(DepthToTime(tf))
         self.net = nn.Sequential(*layers)
 
     def set_streaming(self, on: bool) -> None:
@@ -115,8 +142,11 @@ class Decoder(nn.Module):
             if isinstance(m, CausalConv3d):
                 m.streaming, m.cache = on, None
 
-    def forward(self, z):
-        return rearrange(self.net(z), "b (f c) t h w -> b c (t f) h w", f=self.tf)
+    def forward(self, z, first: bool = True):
+        """`first`: `z` starts the video (its latent frame 0 decodes to the lone first frame)."""
+        for layer in self.net:
+            z = layer(z, first) if isinstance(layer, DepthToTime) else layer(z)
+        return z
 
 
 def _blend_ramp(n: int, overlap: int, at_start: bool, at_end: bool, device) -> torch.Tensor:
@@ -295,7 +325,7 @@ class VideoVAE(nn.Module):
         try:
             outs = []
             for i in range(0, z_raw.shape[2], chunk):
-                outs.append(self.decoder(z_raw[:, :, i : i + chunk]))
+                outs.append(self.decoder(z_raw[:, :, i : i + chunk], first=i == 0))
                 if progress:
                     progress(min(i + chunk, z_raw.shape[2]), z_raw.shape[2])
         finally:
@@ -328,7 +358,7 @@ class VideoVAE(nn.Module):
             video = tiled_apply(lambda t: self._decode_stream(t, chunk, progress), z_raw, tile, overlap, s)
         else:
             video = self._decode_stream(z_raw, chunk, progress)
-        return video[:, :, self.temporal_factor - 1 :]
+        return video
 
     def forward(self, video: torch.Tensor, generator: torch.Generator | None = None):
         """Training pass: reconstruction of the still-chunk-padded video, posterior mean and log-variance."""
@@ -339,5 +369,5 @@ class VideoVAE(nn.Module):
         noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean)
         z = mean + torch.exp(0.5 * logvar) * noise
         z = rearrange(z, "(b k) c h w -> b c k h w", b=b)
-        recon = self.decoder(z)[:, :, self.temporal_factor - 1 :]
+        recon = self.decoder(z)
         return recon, mean, logvar

@@ -137,6 +137,8 @@ def test_train_vae_then_decoder_only_keeps_the_encoder_and_its_latents(tmp_path)
 
     r = _cli(base + ["--out", str(tmp_path / "c"), "--decoder-only"])
     assert r.returncode != 0 and "--decoder-only needs --init" in r.stderr
+    r = _cli(base + ["--out", str(tmp_path / "d"), "--depth-to-time-level", "0"])
+    assert r.returncode != 0 and "--depth-to-time-level needs --init and --decoder-only" in r.stderr
 
 
 def test_two_process_ddp_on_cpu_trains_in_step(tmp_path, micro_vae):
@@ -257,8 +259,8 @@ def test_train_default_side_by_side_takes_the_new_decoder_and_the_dit_trained_on
         assert torch.equal(value, vae.vae.state_dict()[name].half().float()), name
     for name, value in init.vae.encoder.state_dict().items():  # ...on the encoder the DiT saw
         assert torch.equal(value.half().float(), final.vae.encoder.state_dict()[name]), name
-    assert any(not torch.equal(v.half().float(), final.vae.decoder.state_dict()[n])
-               for n, v in init.vae.decoder.state_dict().items())
+    assert final.config.vae.depth_to_time_level == 0  # a decoder rebuilt to split frames lower down
+    assert init.config.vae.depth_to_time_level is None
     for name, value in final.dit.state_dict().items():
         assert torch.equal(value, dit.dit.state_dict()[name]), name
     assert torch.load(out / "dit" / "dit_state.pt", weights_only=True)["step"] == 3  # batch reuse 2 made 3 steps

@@ -9,10 +9,13 @@ from sora_core.config import preset
 from sora_core.vae import VideoVAE
 
 
-@pytest.fixture(scope="module")
-def vae():
+@pytest.fixture(scope="module", params=[None, 0], ids=["frames-at-output", "frames-at-level-0"])
+def vae(request):
+    """Both decoders: frames made by the output conv (the first shipped design) or split after the lowest level."""
+    from dataclasses import replace
+
     torch.manual_seed(0)
-    return VideoVAE(preset("micro").vae).eval()
+    return VideoVAE(replace(preset("micro").vae, depth_to_time_level=request.param)).eval()
 
 
 def video(frames, h=32, w=48, seed=0):
@@ -120,6 +123,59 @@ def test_temporal_factor_must_be_a_positive_integer():
 
     with pytest.raises(ValueError, match="temporal_factor=0"):
         VideoVAE(replace(preset("micro").vae, temporal_factor=0))
+
+
+def test_depth_to_time_level_must_name_a_decoder_level():
+    from dataclasses import replace
+
+    for bad in (-1, 3, 1.5, "0"):
+        with pytest.raises(ValueError, match=rf"depth_to_time_level={bad!r} is not allowed.*0\.\.2"):
+            VideoVAE(replace(preset("micro").vae, depth_to_time_level=bad))
+
+
+@torch.no_grad()
+def test_a_decoder_warm_started_at_a_lower_split_gives_each_frame_its_chunks_mean():
+    """With every level above the split per-frame, the warm start is exact: the split copies each latent
+    frame's features into its 4 frames, so they all decode to the old decoder's 4 frames averaged."""
+    from dataclasses import replace
+
+    from sora_core.train.vae import warm_start_decoder
+
+    torch.manual_seed(1)
+    config = replace(preset("micro").vae, temporal_levels=1, latent_mean=(0.1, 0.2, 0.3, 0.4),
+                     latent_std=(1.0, 2.0, 0.5, 1.5))
+    old = VideoVAE(config).eval()
+    new = VideoVAE(replace(config, depth_to_time_level=0)).eval()
+    warm_start_decoder(new, old)
+    x = video(9, 16, 16)
+    z = old.encode(x)
+    assert torch.equal(new.encode(x), z)  # same encoder, same statistics: same latents
+    before, after = old.decode(z), new.decode(z)
+    assert after.shape == before.shape == x.shape
+    for k in range(2):  # frames 1-4 and 5-8 are chunks 1 and 2
+        chunk = slice(1 + 4 * k, 5 + 4 * k)
+        mean = before[:, :, chunk].mean(dim=2, keepdim=True)
+        assert torch.allclose(after[:, :, chunk], mean.expand_as(after[:, :, chunk]), atol=1e-5)
+    assert not torch.allclose(before[:, :, 1:5], before[:, :, 1:2].expand(-1, -1, 4, -1, -1), atol=1e-3)
+    with pytest.raises(ValueError, match="splits frames at its output"):
+        warm_start_decoder(old, new)
+
+
+@torch.no_grad()
+def test_an_image_runs_the_levels_above_the_split_on_one_frame(vae):
+    """Latent frame 0 is the still chunk of the lone first frame: above the split it is one frame, not tf."""
+    seen = []
+    last = [m for m in vae.decoder.net if hasattr(m, "conv")][-1]
+    handle = last.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[2]))
+    try:
+        assert vae.decode(vae.encode(video(1))).shape[2] == 1
+        assert vae.decode(vae.encode(video(9)), chunk=1).shape[2] == 9
+    finally:
+        handle.remove()
+    if vae.config.depth_to_time_level is None:
+        assert seen == [1, 1, 1, 1]  # latent frames; the output conv makes the frames
+    else:
+        assert seen == [1, 1, 4, 4]  # frames: 1 for the image, then 1 + 4 + 4 for the video, chunk by chunk
 
 
 def test_training_steps_on_a_fixed_batch_lower_the_reconstruction_loss():

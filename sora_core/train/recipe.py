@@ -8,8 +8,8 @@ lives in one place and a GPU runs it with a single command:
 
 `cpu` trains the VAE first, then the text encoder + DiT on its frozen latents. `gpu` starts from the
 shipped model: a decoder-only VAE stage keeps the encoder (so the latents stay the same) and runs in a
-second process beside a fresh DiT on those latents; the final model takes the new decoder. Stages
-resume (`--resume`); `--time-limit` stops each on the clock (docs/training.md section 8).
+second process beside the DiT continuing on those latents; the final model takes the new decoder. Stages
+resume (`--resume`); `--time-limit` stops each on the clock (docs/training.md sections 8 and 10).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..pipeline import DEFAULT_MODEL
@@ -26,8 +27,9 @@ from ..pipeline import DEFAULT_MODEL
 # Arguments of each stage, per profile. `cpu` is the from-scratch recipe for 2 CPU cores (the shipped
 # weights came from a warm-started chain of runs: docs/training.md section 4). `gpu` is what one lent
 # H100/H200 affords in 10 minutes: the data workers, not the GPU, are the limit there, so it keeps the
-# shipped encoder (its latents) and text encoder, trains a fresh DiT on them for the time limit while the
-# VAE decoder is fine-tuned beside it on synthetic and real clips, and reuses each rendered batch twice.
+# shipped encoder (its latents), continues the shipped text encoder and DiT on them for the time limit
+# while the VAE decoder trains beside it on synthetic and real clips (rebuilt to split frames at level 0,
+# warm-started, if the shipped one splits them at its output), and reuses each rendered batch twice.
 # `micro` exercises every code path in seconds (tests); `micro-parallel` the gpu profile's shape.
 SHIPPED = str(DEFAULT_MODEL)
 DIT_BUCKETS = ["--resolutions", "32px,64px,128px", "--frames", "1,9,17,33",
@@ -39,9 +41,10 @@ PROFILES: dict[str, dict[str, list[str]]] = {
                 "--tokens-per-batch", "2048", *DIT_BUCKETS],
     },
     "gpu": {
-        "vae": ["--init", SHIPPED, "--decoder-only", "--steps", "100000", "--frames", "1,9,17,33",
-                "--real-fraction", "0.3", "--crop", "64", "--lr", "3e-4", "--tokens-per-batch", "16384"],
-        "dit": ["--init", SHIPPED, "--init-parts", "text", "--steps", "100000", "--lr", "1e-3", "--warmup", "300",
+        "vae": ["--init", SHIPPED, "--decoder-only", "--depth-to-time-level", "0", "--steps", "100000",
+                "--frames", "1,9,17,33", "--real-fraction", "0.3", "--crop", "64", "--lr", "3e-4",
+                "--tokens-per-batch", "16384"],
+        "dit": ["--init", SHIPPED, "--init-parts", "text,dit", "--steps", "100000", "--lr", "5e-4", "--warmup", "100",
                 "--dit", '{"abs_pos": true}', "--tokens-per-batch", "16384", "--batch-reuse", "2", *DIT_BUCKETS],
     },
     "micro": {
@@ -50,8 +53,8 @@ PROFILES: dict[str, dict[str, list[str]]] = {
                 "--dit", '{"abs_pos": true}', "--tokens-per-batch", "64"],
     },
     "micro-parallel": {  # the gpu profile's shape at micro size; needs --init with a micro model
-        "vae": ["--init", SHIPPED, "--decoder-only", "--steps", "2", "--frames", "1,5", "--crop", "16",
-                "--tokens-per-batch", "64"],
+        "vae": ["--init", SHIPPED, "--decoder-only", "--depth-to-time-level", "0", "--steps", "2", "--frames", "1,5",
+                "--crop", "16", "--tokens-per-batch", "64"],
         "dit": ["--preset", "micro", "--init", SHIPPED, "--init-parts", "text", "--steps", "3", "--frames", "1,5",
                 "--resolutions", "16px", "--dit", '{"abs_pos": true}', "--tokens-per-batch", "64",
                 "--batch-reuse", "2"],
@@ -150,7 +153,8 @@ def run(args: argparse.Namespace) -> Path:
         if child is not None and child.wait() != 0:
             raise RuntimeError(f"the VAE stage beside the DiT failed (exit code {child.returncode})")
         trained = load_checkpoint(model)
-        trained.vae.load_state_dict(load_checkpoint(vae_file, parts=("vae",)).vae.state_dict())
+        decoder = load_checkpoint(vae_file, parts=("vae",))  # its decoder may be built differently
+        trained.vae, trained.config = decoder.vae, replace(trained.config, vae=decoder.config.vae)
         extra = json.loads(read_metadata(model).get("extra", "{}"))
         final = out / "model.safetensors"
         save_checkpoint(trained, final, dtype=torch.float16, extra=extra)

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..checkpoint import SoraModel, load_checkpoint, save_checkpoint
 from ..config import preset
+from ..vae import CausalConv3d, DepthToTime, VideoVAE
 from ..data.buckets import BucketConfig
 from .common import (EMA, Clock, Logger, check_time_limit, cleanup_distributed, lr_at, resume_training_state,
                      save_training_state, setup_distributed)
@@ -43,6 +44,38 @@ def vae_loss(recon, target, mean, logvar, kl_weight: float, temporal_weight: flo
     total = l1 + mse + 0.5 * spatial + temporal_weight * temporal + kl_weight * kl
     return total, {"l1": l1.detach(), "mse": mse.detach(), "grad": spatial.detach(), "temporal": temporal.detach(),
                    "kl": kl.detach()}  # tensors: no sync
+
+
+@torch.no_grad()
+def warm_start_decoder(new: VideoVAE, old: VideoVAE) -> None:
+    """Copy `old` (frames split at the output conv) into `new` (split after a lower level): the encoder and
+    latent statistics as they are, the decoder's convs in order; the new split conv starts by copying its
+    input into every frame, and the output conv, which made a chunk's frames, averages them."""
+    if old.config.depth_to_time_level is not None or new.config.depth_to_time_level is None:
+        raise ValueError("warm_start_decoder goes from a decoder that splits frames at its output to one that "
+                         "splits them lower down")
+    new.encoder.load_state_dict(old.encoder.state_dict())
+    new.latent_mean.copy_(old.latent_mean)
+    new.latent_std.copy_(old.latent_std)
+    tf = new.temporal_factor
+    layers = list(new.decoder.net)
+    given = [m.conv for m in old.decoder.net if isinstance(m, CausalConv3d)]
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, CausalConv3d):
+            continue
+        dst = layer.conv
+        if i + 1 < len(layers) and isinstance(layers[i + 1], DepthToTime):  # the split: identity into each frame
+            dst.weight.zero_()
+            dst.bias.zero_()
+            centre = dst.weight[:, :, -1, dst.kernel_size[1] // 2, dst.kernel_size[2] // 2]
+            for f in range(tf):
+                centre[f * dst.in_channels:(f + 1) * dst.in_channels].copy_(torch.eye(dst.in_channels))
+            continue
+        w, b = given[0].weight, given.pop(0).bias
+        if not given:  # the output conv: (f c) channels -> c, averaged over the chunk's frames
+            w, b = w.view(tf, -1, *w.shape[1:]).mean(0), b.view(tf, -1).mean(0)
+        dst.weight.copy_(w)
+        dst.bias.copy_(b)
 
 
 @torch.no_grad()
@@ -82,6 +115,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None, help="start from the VAE of this checkpoint (e.g. the shipped model)")
     p.add_argument("--decoder-only", action="store_true",
                    help="with --init: train only the decoder, so the latents (and a DiT trained on them) stay valid")
+    p.add_argument("--depth-to-time-level", type=int, default=None,
+                   help="with --init --decoder-only: rebuild the decoder so its frames split after this level "
+                        "(0: the lowest resolution), warm-started from the checkpoint's decoder; the encoder "
+                        "and its latents stay (docs/training.md section 10)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="stop after this many minutes (saving first); the LR decay follows the clock too")
     p.add_argument("--data-workers", type=int, default=0, help="background processes rendering batches (0: inline)")
@@ -100,9 +137,16 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError(f"--real-fraction={args.real_fraction} is not allowed: use a share between 0 and 1")
     if args.decoder_only and not args.init:
         raise ValueError("--decoder-only needs --init: a checkpoint whose encoder (and latents) to keep")
+    if args.depth_to_time_level is not None and not args.decoder_only:
+        raise ValueError("--depth-to-time-level needs --init and --decoder-only: it rebuilds that checkpoint's decoder")
     if args.init:
         model = load_checkpoint(args.init, parts=("vae",)).train()
         config = model.config
+        if args.depth_to_time_level not in (None, config.vae.depth_to_time_level):
+            config = replace(config, vae=replace(config.vae, depth_to_time_level=args.depth_to_time_level))
+            rebuilt = SoraModel(config, parts=("vae",)).train()
+            warm_start_decoder(rebuilt.vae, model.vae)
+            model = rebuilt
     else:
         config = preset(args.preset)
         model = SoraModel(config, parts=("vae",))
