@@ -61,8 +61,9 @@ class SoraLongVideo:
             "new_frames": _chunk(16, "Frames each window adds."),
             "context_frames": _chunk(8, "Frames of the video so far that each window sees."),
             "drift": (list(DRIFT), {"default": DEFAULT_DRIFT, "tooltip": (
-                "colour = shift each window's new frames so their backdrop colour (the median colour of the frame's "
-                "outer ring, where a subject rarely is) stays the first window's (ramped, no jump at the joins); "
+                "colour = shift each window's new frames so their backdrop (its colour and how it fades across the "
+                "frame, read from the frame's outer ring, where a subject rarely is) stays the first window's "
+                "(ramped, no jump at the joins); "
                 "anchor = give each window's latents the first window's statistics; both hold back slow global "
                 "changes (lighting, a pan onto new colours) on purpose; none = off.")}),
             "loop": ("BOOLEAN", {"default": False, "tooltip": (

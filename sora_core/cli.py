@@ -434,9 +434,9 @@ def _long_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-frames", type=int, default=16, help="frames each window adds (multiple of 4)")
     p.add_argument("--context-frames", type=int, default=8, help="frames each window sees (multiple of 4)")
     p.add_argument("--drift", choices=DRIFT, default=DEFAULT_DRIFT,
-                   help="colour drift control: keep each window's backdrop colour (the median colour of the frame's "
-                        "outer ring) at the first window's (colour), give each window the latent statistics of the "
-                        "first (anchor), or none")
+                   help="colour drift control: keep each window's backdrop (its colour and how it fades across the "
+                        "frame, read from the frame's outer ring) at the first window's (colour), give each window the "
+                        "latent statistics of the first (anchor), or none")
     p.add_argument("--retries", type=int, default=RETRIES,
                    help=f"draw a window again, with the next seed, when its join jumps more than --seam-limit; "
                         f"up to this many times, keeping the smoothest (each costs one window; default {RETRIES})")

@@ -20,28 +20,30 @@ chosen by measurement with the default model over 15 chained windows from 4 and 
   re-encoding of their decoded frames: encode(decode(z)) != z, and that error fed every window),
   and its new latents are decoded after the video's last `DECODE_CONTEXT` latents, so the causal
   decoder carries on across the join instead of starting a new clip there.
-- `drift="colour"` (default) shifts each window's new frames so their backdrop colour (the median of
-  the frame's outer ring, `backdrop_colour`: where a subject rarely is) is the opening's, ramping over
-  the window from the shift the video had at the join (no jump); the latents are left alone. On 4
-  clips, holding the whole frame's median instead drifted more (1.36/255 on average, worst clip 3.51;
-  the ring: 1.13, 3.02), and a 2x2 field of cell medians more again (1.66, 3.39).
+- `drift="colour"` (default) shifts each window's new frames so their backdrop (a colour plane fitted
+  to the median colours of the four sides of the frame's outer ring, `backdrop_field`: where a subject
+  rarely is) is the opening's, ramping over the window from the shift the video had at the join (no
+  jump); the latents are left alone. On 4 clips, holding the whole frame's median instead drifted
+  more (1.36/255 on average, worst clip 3.51; the ring's median: 1.13, 3.02), and a 2x2 field of cell
+  medians more again (1.66, 3.39). The ring's one median let a backdrop that fades toward one side
+  lose its fade window by window (6/255 on 8 clips' worst); the plane holds it (README).
 - `drift="anchor"` gives every window's new latents the per-channel mean and spread of the
   opening's latents: less drift than none (2.58) but worse joins on busy scenes. Matching each
   window to its own context drifted more than no matching (it keeps every error it is handed).
 - "none" leaves both alone.
 
 Seams: a window's join is only as smooth as the model's extend, whose seams vary widely from seed to
-seed (1.8 to 10 times the median frame step for the default model). A window whose join jumps more
+seed (1 to 6.6 times the median frame step for the default model). A window whose join jumps more
 than `seam_limit` times the median frame step of its held and new frames is drawn again with another
 seed, up to `retries` times, and the smoothest draw is kept: each redraw costs one window's time.
-On 8 clips the defaults (2 redraws, limit 6) kept every join of 7 clips within 1.5x the median seam
-of a single extend (3 without redraws), for 1.6x the time.
+The limit, 3, is about 1.5x the median single extend's seam (2.1) since the decoder moves things
+inside its chunks (docs/training.md section 10); it was 6 when a stuttering decoder made every
+chunk boundary read as a seam of several times the median step.
 Overlap (`overlap_frames`, default 4): each window also draws the last held chunk again, and those
 frames crossfade from the held version into the new draw, so a join's jump is spread over them; the
 join is then measured as the worst frame step of that crossfade (`join_seam`). Same cost per window.
-On the same 8 clips with the shipped model: worst join 2.08x the median single-extend seam (6 of 8
-clips within 1.5x) against 2.71x (5 of 8) with hard joins, and drift 0.73/255 on average (worst clip
-2.55) against 0.93 (2.93). Where the two draws differ, the crossfade shows both for a few frames.
+Where the two draws differ, the crossfade shows both for a few frames. The figures for each of these
+choices, on 8 held-out clips, are in the README.
 """
 
 from __future__ import annotations
@@ -58,12 +60,12 @@ DRIFT = ("colour", "anchor", "none")
 # across the join (its receptive field in time is a few latent frames).
 DECODE_CONTEXT = 4
 DEFAULT_DRIFT = "colour"
-# drift="colour" holds the median colour of this share of each side of the frame (`backdrop_colour`)
+# drift="colour" holds the backdrop measured on this share of each side of the frame (`backdrop_field`)
 BACKDROP_RING = 1 / 8
 # A redraw of a window uses seed + attempt * this (window k's first draw is seed + k + 1: no overlap)
 RETRY_SEED_STRIDE = 1_000_003
 # Redraws of a window whose join jumps more than SEAM_LIMIT times the median frame-to-frame change
-RETRIES, MAX_RETRIES, SEAM_LIMIT = 2, 8, 6.0
+RETRIES, MAX_RETRIES, SEAM_LIMIT = 2, 8, 3.0
 # Held frames each window draws again (whole VAE chunks) and crossfades into, so a join's jump is spread
 # over this many frames instead of landing between two of them (at most context_frames - one chunk).
 OVERLAP = 4
@@ -100,11 +102,25 @@ def ring_median(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return ring.median(dim=0).values
 
 
-def backdrop_colour(frames: torch.Tensor) -> torch.Tensor:
-    """(3,) the median colour of the frames' outer ring (BACKDROP_RING of each side) over (T, H, W, 3) frames:
-    the backdrop, where a subject rarely is, so what it measures is lighting and grade, where drift shows."""
+def backdrop_field(frames: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) the backdrop's colour over the frame as a plane (a colour plus a left-right and a top-bottom
+    gradient), fitted to the median colours of the four sides of (T, H, W, 3) frames' outer ring
+    (BACKDROP_RING of each side): where a subject rarely is, so what it measures is lighting and grade, where
+    drift shows. A backdrop that fades across the frame is held as a gradient, not only as its mean colour."""
     h, w = frames.shape[1:3]
-    return ring_median(frames, max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING)))
+    dy, dx = max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING))
+    rows = slice(dy, h - dy) if h > 2 * dy else slice(None)
+
+    def median(band: torch.Tensor) -> torch.Tensor:
+        return band.reshape(-1, 3).median(dim=0).values
+
+    top, bottom = median(frames[:, :dy]), median(frames[:, -dy:])
+    left, right = median(frames[:, rows, :dx]), median(frames[:, rows, -dx:])
+    # the bands' centres are h - dy rows (w - dx columns) apart; the sides' mean sits at the frame's centre
+    y = (torch.arange(h, dtype=frames.dtype) - (h - 1) / 2).view(-1, 1, 1)
+    x = (torch.arange(w, dtype=frames.dtype) - (w - 1) / 2).view(1, -1, 1)
+    centre = (top + bottom + left + right) / 4
+    return centre + (bottom - top) / max(h - dy, 1) * y + (right - left) / max(w - dx, 1) * x
 
 
 def match_stats(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -199,8 +215,8 @@ class LongVideo:
         m = self.context_frames // tf
         reference = None  # latent statistics of the opening
         stream = None  # the video's last latents, as the decoder saw them (the next window's context is its tail)
-        colour = None  # the opening's backdrop colour (`backdrop_colour`)
-        offset = torch.zeros(3)  # the colour correction the last frame got
+        colour = None  # the opening's backdrop (`backdrop_field`)
+        offset = torch.zeros(3)  # the colour correction the last frame got (then an (H, W, 3) field)
         window = 0
 
         def sample(w: cond.Window, seed: int, decode: bool = True, again: bool = False):
@@ -277,7 +293,7 @@ class LongVideo:
             """Pull the new frames' backdrop colour back to the opening's, ramping over the window from the
             correction the video had at the join (which the decoded frames before it get too). Returns the
             frames and the correction their last frame got."""
-            target = colour - backdrop_colour(decoded[-n:])
+            target = colour - backdrop_field(decoded[-n:])
             ramp = torch.zeros(decoded.shape[0], 1, 1, 1)
             ramp[-n:, 0, 0, 0] = torch.arange(1, n + 1) / n
             return (decoded + offset + ramp * (target - offset)).clamp(0, 1), target
@@ -290,7 +306,7 @@ class LongVideo:
             held = self.start.float().cpu()
             z = cond.encode_frames(vae, held[: 1 + (min(len(held), self.window_frames) - 1) // tf * tf].to(pipe.device))
             reference = latent_stats(z[:, :, 1:].float())
-        colour = backdrop_colour(held)
+        colour = backdrop_field(held)
         head = held[: self.context_frames].clone()  # a loop's transition leads back into these
         written = 0
         for k, n in enumerate(self.pieces):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sora_core.conditioning import video_to_frames
-from sora_core.long import (DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop_colour, join_seam, latent_stats,
+from sora_core.long import (DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop_field, join_seam, latent_stats,
                              match_stats, seam_ratio)
 from sora_core.pipeline import Pipeline
 
@@ -188,34 +188,52 @@ def test_eval_measures_drift_and_every_join_of_a_chain(pipe):
     assert all(s > 0 for s in seams) and 0 <= drift <= 255
 
 
-def test_backdrop_colour_is_the_median_of_the_frames_outer_ring():
+def test_backdrop_field_is_the_rings_median_colour_on_a_flat_backdrop():
     frames = torch.full((3, 16, 16, 3), 0.25)
     frames[:, 2:14, 2:14] = 0.9  # a subject filling all but the outer eighth of each side
     frames[0, 0, :6] = 1.0  # a few odd ring pixels do not move a median
-    assert torch.equal(backdrop_colour(frames), torch.full((3,), 0.25))
+    assert torch.equal(backdrop_field(frames), torch.full((16, 16, 3), 0.25))
     frames[:, :, :, 1] = 0.5
-    assert backdrop_colour(frames)[1] == 0.5
+    assert torch.equal(backdrop_field(frames)[..., 1], torch.full((16, 16), 0.5))
 
 
-def test_colour_drift_control_pulls_each_window_to_the_openings_backdrop_colour(pipe):
+def test_backdrop_field_holds_a_backdrop_that_fades_across_the_frame():
+    """A backdrop darker toward the bottom and redder toward the right, a subject in the middle: the field is
+    the backdrop itself, to within two grey levels, under the subject too (a median of an even count is
+    its lower middle value: half a row's step off here)."""
+    y = torch.linspace(0.9, 0.5, 32).view(32, 1)
+    x = torch.linspace(-0.1, 0.1, 48).view(1, 48)
+    backdrop = torch.stack([y + x, y.expand(32, 48), y.expand(32, 48) - 0.05], dim=-1)
+    frames = backdrop.expand(4, 32, 48, 3).clone()
+    frames[:, 10:22, 14:34] = torch.tensor([0.1, 0.8, 0.1])
+    assert (backdrop_field(frames) - backdrop).abs().max() < 2 / 255
+    flat = frames.mean(dim=(0, 1, 2))  # the backdrop's gradient is what a single colour misses
+    assert (backdrop[-1] - flat).abs().max() > 20 / 255
+
+
+def test_colour_drift_control_pulls_each_window_to_the_openings_backdrop(pipe):
     """drift="colour" leaves the latents alone (the same frames as "none" before correction) and shifts
     each window's new frames, ramping from the correction at the join to the one that gives the window's
-    frames the opening's backdrop colour (the median of the outer eighth of each side)."""
+    frames the opening's backdrop: a colour plane through the median colours of the four sides of the
+    outer eighth of the frame."""
     kw = dict(width=SIZE, height=SIZE, seed=4, blend_frames=0, overlap_frames=0, **FAST)  # joins as hard cuts
     plain = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="none", **kw)))
     fixed = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="colour", **kw)))
     assert torch.equal(fixed[:17], plain[:17])  # the opening is the reference, untouched
 
-    def ring(frames):  # written out by hand: 4 px of each side of a 32 px frame
-        inner = torch.ones(SIZE, SIZE, dtype=torch.bool)
-        inner[4:-4, 4:-4] = False
-        return frames[:, inner].reshape(-1, 3).median(dim=0).values
+    def plane(frames):  # written out by hand: 4 px of each side of a 32 px frame
+        side = lambda band: band.reshape(-1, 3).median(dim=0).values
+        top, bottom = side(frames[:, :4]), side(frames[:, -4:])
+        left, right = side(frames[:, 4:-4, :4]), side(frames[:, 4:-4, -4:])
+        at = (torch.arange(SIZE) - 15.5) / 28  # band centres 1.5 and 29.5: 28 px apart
+        return ((top + bottom + left + right) / 4 + (bottom - top) * at.view(-1, 1, 1)
+                + (right - left) * at.view(1, -1, 1))
 
-    reference = ring(plain[:17])
+    reference = plane(plain[:17])
     offset = torch.zeros(3)
     for start in (17, 33):  # two windows of 16 new frames
         new = plain[start : start + 16]
-        target = reference - ring(new)
+        target = reference - plane(new)
         ramp = (torch.arange(1, 17) / 16).view(-1, 1, 1, 1)
         want = (new + offset + ramp * (target - offset)).clamp(0, 1)
         torch.testing.assert_close(fixed[start : start + 16], want, atol=1e-5, rtol=0)
