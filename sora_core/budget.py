@@ -136,7 +136,7 @@ class Dims:
     decoder_channels: tuple[int, ...]
     pixel_patch: int = 1  # pixels folded into channels before the VAE's first level (Wan 2.2: 2)
     native_tokens: int = 0  # DiT tokens of the model's own size; the default token limit is at least this
-    depth_to_time_level: int | None = None  # decoder levels above it run per frame (VAEConfig); None: none
+    depth_to_time_level: int | None = None  # decoder levels above it run per frame (VAEConfig); None: split at the output
 
 
 def dims_of(config) -> Dims:
@@ -203,9 +203,10 @@ def estimate(config, *, width: int, height: int, frames: int, batch: int = 1,
         # frames per chunk at a level: its latent frames, or above the split their video frames (the first
         # chunk's latent frame 0 is one frame)
         per_frame = 1 + tf * (lt - 1) if t <= lt else tf * lt
-        # per level: its input through the upsample's copies and the causal pad, a conv's output and its SiLU
-        level = max((3 * up[i] + 2 * up[i + 1]) * (th << i) * (tw << i) * (per_frame if i > split else lt)
-                    for i in range(len(d.decoder_channels)))
+        # per level: its input through the upsample's copies and the causal pad, a conv's output and its SiLU;
+        # at the split level also the split conv's tf frames' worth of channels, and them rearranged
+        level = max((3 * up[i] + 2 * up[i + 1] + (2 * tf * up[i + 1] if i == split else 0))
+                    * (th << i) * (tw << i) * (per_frame if i > split else lt) for i in range(len(d.decoder_channels)))
         frames_out = batch * 3 * tf * t * height * width * f32
         # per chunk the widest level; then the chunks' frames, their concatenation and the conversion to
         # [0, 1] frames. Against the peak RSS of a CPU decode (tiny preset, 128-384 px): 0.6x to 1.1x.

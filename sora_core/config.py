@@ -45,7 +45,8 @@ class VAEConfig:
         if not isinstance(self.temporal_factor, int) or self.temporal_factor < 1:
             raise ValueError(f"VAEConfig.temporal_factor={self.temporal_factor} is not allowed: use an integer >= 1")
         level = self.depth_to_time_level
-        if level is not None and (not isinstance(level, int) or not 0 <= level < len(self.channel_mult)):
+        if level is not None and (isinstance(level, bool) or not isinstance(level, int)
+                                  or not 0 <= level < len(self.channel_mult)):
             raise ValueError(f"VAEConfig.depth_to_time_level={level!r} is not allowed: use None or a decoder level "
                              f"0..{len(self.channel_mult) - 1}")
         for name in ("latent_mean", "latent_std"):

@@ -62,6 +62,8 @@ DECODE_CONTEXT = 4
 DEFAULT_DRIFT = "colour"
 # drift="colour" holds the backdrop measured on this share of each side of the frame (`backdrop_field`)
 BACKDROP_RING = 1 / 8
+# ... as a plane (`backdrop_field`) unless the correction would tilt across the frame by more than this
+MAX_TILT = 8 / 255
 # A redraw of a window uses seed + attempt * this (window k's first draw is seed + k + 1: no overlap)
 RETRY_SEED_STRIDE = 1_000_003
 # Redraws of a window whose join jumps more than SEAM_LIMIT times the median frame-to-frame change
@@ -117,10 +119,30 @@ def backdrop_field(frames: torch.Tensor) -> torch.Tensor:
     top, bottom = median(frames[:, :dy]), median(frames[:, -dy:])
     left, right = median(frames[:, rows, :dx]), median(frames[:, rows, -dx:])
     # the bands' centres are h - dy rows (w - dx columns) apart; the sides' mean sits at the frame's centre
-    y = (torch.arange(h, dtype=frames.dtype) - (h - 1) / 2).view(-1, 1, 1)
-    x = (torch.arange(w, dtype=frames.dtype) - (w - 1) / 2).view(1, -1, 1)
+    top, bottom, left, right = (v.float() for v in (top, bottom, left, right))
+    y = (torch.arange(h, device=frames.device, dtype=torch.float32) - (h - 1) / 2).view(-1, 1, 1)
+    x = (torch.arange(w, device=frames.device, dtype=torch.float32) - (w - 1) / 2).view(1, -1, 1)
     centre = (top + bottom + left + right) / 4
-    return centre + (bottom - top) / max(h - dy, 1) * y + (right - left) / max(w - dx, 1) * x
+    field = centre + (bottom - top) / max(h - dy, 1) * y + (right - left) / max(w - dx, 1) * x
+    return field.to(frames.dtype)
+
+
+def backdrop(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, H, W, 3) frames' backdrop two ways: the plane (`backdrop_field`) and the whole ring's median colour."""
+    h, w = frames.shape[1:3]
+    return backdrop_field(frames), ring_median(frames, max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING)))
+
+
+def backdrop_correction(reference: tuple[torch.Tensor, torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
+    """What to add to (T, H, W, 3) `frames` to give them the `reference` backdrop (`backdrop`): the difference
+    of the planes, (H, W, 3); or, where that difference tilts across the frame by more than MAX_TILT (a
+    subject covering much of one side moves that side's median, not the lighting), the difference of the
+    whole ring's median colour, (3,), which one side cannot move."""
+    field, ring = backdrop(frames)
+    change = reference[0] - field
+    if float((change - change.mean(dim=(0, 1))).abs().max()) <= MAX_TILT:
+        return change
+    return reference[1] - ring
 
 
 def match_stats(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -215,7 +237,7 @@ class LongVideo:
         m = self.context_frames // tf
         reference = None  # latent statistics of the opening
         stream = None  # the video's last latents, as the decoder saw them (the next window's context is its tail)
-        colour = None  # the opening's backdrop (`backdrop_field`)
+        opening = None  # the opening's backdrop (`backdrop`), which every window keeps
         offset = torch.zeros(3)  # the colour correction the last frame got (then an (H, W, 3) field)
         window = 0
 
@@ -290,10 +312,10 @@ class LongVideo:
             return out
 
         def correct(decoded: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            """Pull the new frames' backdrop colour back to the opening's, ramping over the window from the
+            """Pull the new frames' backdrop back to the opening's, ramping over the window from the
             correction the video had at the join (which the decoded frames before it get too). Returns the
             frames and the correction their last frame got."""
-            target = colour - backdrop_field(decoded[-n:])
+            target = backdrop_correction(opening, decoded[-n:])
             ramp = torch.zeros(decoded.shape[0], 1, 1, 1)
             ramp[-n:, 0, 0, 0] = torch.arange(1, n + 1) / n
             return (decoded + offset + ramp * (target - offset)).clamp(0, 1), target
@@ -306,7 +328,7 @@ class LongVideo:
             held = self.start.float().cpu()
             z = cond.encode_frames(vae, held[: 1 + (min(len(held), self.window_frames) - 1) // tf * tf].to(pipe.device))
             reference = latent_stats(z[:, :, 1:].float())
-        colour = backdrop_field(held)
+        opening = backdrop(held)  # what every window's backdrop is pulled back to (`backdrop_correction`)
         head = held[: self.context_frames].clone()  # a loop's transition leads back into these
         written = 0
         for k, n in enumerate(self.pieces):

@@ -79,3 +79,23 @@ def test_decode_and_encode_only_checks_ignore_the_token_limit():
     with pytest.raises(BudgetError, match="DiT tokens"):
         check(MICRO, what="Sora DiT Sampler", width=512, height=512, frames=9, stages=("sample",),
               budget=Budget(max_tokens=1))
+
+
+def test_decoder_levels_above_the_frame_split_cost_a_video_its_frames_and_an_image_one():
+    from dataclasses import replace
+
+    from sora_core.budget import estimate
+    from sora_core.config import preset
+
+    at_output = preset("tiny")
+    at_output = replace(at_output, vae=replace(at_output.vae, depth_to_time_level=None))
+    low = replace(at_output, vae=replace(at_output.vae, depth_to_time_level=0))
+    top = replace(at_output, vae=replace(at_output.vae, depth_to_time_level=2))
+
+    def decode(config, frames):
+        return estimate(config, width=256, height=256, frames=frames, stages=("decode",)).stages["decode"]
+
+    # 17 frames decoded 4 latent frames at a time: the full-resolution level sees 16 frames, not 4
+    assert decode(low, 17) > 2 * decode(at_output, 17)
+    assert decode(at_output, 17) < decode(top, 17) < decode(low, 17)  # the split conv's frames at full size
+    assert decode(low, 1) == decode(at_output, 1)  # an image: one frame at every level either way

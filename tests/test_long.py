@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sora_core.conditioning import video_to_frames
-from sora_core.long import (DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop_field, join_seam, latent_stats,
+from sora_core.long import (DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop, backdrop_correction, backdrop_field, join_seam, latent_stats,
                              match_stats, seam_ratio)
 from sora_core.pipeline import Pipeline
 
@@ -207,8 +207,22 @@ def test_backdrop_field_holds_a_backdrop_that_fades_across_the_frame():
     frames = backdrop.expand(4, 32, 48, 3).clone()
     frames[:, 10:22, 14:34] = torch.tensor([0.1, 0.8, 0.1])
     assert (backdrop_field(frames) - backdrop).abs().max() < 2 / 255
-    flat = frames.mean(dim=(0, 1, 2))  # the backdrop's gradient is what a single colour misses
-    assert (backdrop[-1] - flat).abs().max() > 20 / 255
+
+
+def test_a_subject_over_one_side_does_not_tilt_the_correction():
+    """A window whose subject covers most of the bottom band moves that side's median: the planes' difference
+    would tint the frame by a third of the range. It tilts by more than MAX_TILT, so the ring's median
+    colour, which one side cannot move, gives the correction instead: none here."""
+    from sora_core.long import MAX_TILT
+
+    still = torch.full((4, 64, 64, 3), 0.5)
+    window = still.clone()
+    window[:, 40:, 6:45] = torch.tensor([1.0, 0.0, 0.0])
+    tilt = backdrop_field(still) - backdrop_field(window)
+    assert float((tilt - tilt.mean(dim=(0, 1))).abs().max()) > MAX_TILT
+    assert torch.equal(backdrop_correction(backdrop(still), window), torch.zeros(3))
+    faded = still * torch.linspace(1.0, 0.9, 64).view(1, 64, 1, 1)  # a slow fade: the plane's difference
+    torch.testing.assert_close(backdrop_correction(backdrop(still), faded), still[0] - faded[0], atol=1 / 255, rtol=0)
 
 
 def test_colour_drift_control_pulls_each_window_to_the_openings_backdrop(pipe):
@@ -216,7 +230,7 @@ def test_colour_drift_control_pulls_each_window_to_the_openings_backdrop(pipe):
     each window's new frames, ramping from the correction at the join to the one that gives the window's
     frames the opening's backdrop: a colour plane through the median colours of the four sides of the
     outer eighth of the frame."""
-    kw = dict(width=SIZE, height=SIZE, seed=4, blend_frames=0, overlap_frames=0, **FAST)  # joins as hard cuts
+    kw = dict(width=SIZE, height=SIZE, seed=4, blend_frames=0, overlap_frames=0, retries=0, **FAST)  # hard cuts
     plain = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="none", **kw)))
     fixed = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="colour", **kw)))
     assert torch.equal(fixed[:17], plain[:17])  # the opening is the reference, untouched
@@ -229,11 +243,17 @@ def test_colour_drift_control_pulls_each_window_to_the_openings_backdrop(pipe):
         return ((top + bottom + left + right) / 4 + (bottom - top) * at.view(-1, 1, 1)
                 + (right - left) * at.view(1, -1, 1))
 
+    from sora_core.long import MAX_TILT
+
     reference = plane(plain[:17])
     offset = torch.zeros(3)
     for start in (17, 33):  # two windows of 16 new frames
         new = plain[start : start + 16]
         target = reference - plane(new)
+        if float((target - target.mean(dim=(0, 1))).abs().max()) > MAX_TILT:  # a tilt: the ring's median instead
+            ring = lambda f: torch.cat([f[:, :4].reshape(-1, 3), f[:, -4:].reshape(-1, 3), f[:, 4:-4, :4].reshape(-1, 3),
+                                        f[:, 4:-4, -4:].reshape(-1, 3)]).median(dim=0).values
+            target = ring(plain[:17]) - ring(new)
         ramp = (torch.arange(1, 17) / 16).view(-1, 1, 1, 1)
         want = (new + offset + ramp * (target - offset)).clamp(0, 1)
         torch.testing.assert_close(fixed[start : start + 16], want, atol=1e-5, rtol=0)

@@ -9,13 +9,17 @@ from sora_core.config import preset
 from sora_core.vae import VideoVAE
 
 
-@pytest.fixture(scope="module", params=[None, 0], ids=["frames-at-output", "frames-at-level-0"])
+@pytest.fixture(scope="module", params=[None, 0, "0-temporal"],
+                ids=["frames-at-output", "frames-at-level-0", "frames-at-level-0-then-3x3x3"])
 def vae(request):
-    """Both decoders: frames made by the output conv (the first shipped design) or split after the lowest level."""
+    """The decoders: frames made by the output conv (the first shipped design) or split after the lowest
+    level, with per-frame levels above it or (as shipped) a level of causal 3x3x3 convs over frames."""
     from dataclasses import replace
 
     torch.manual_seed(0)
-    return VideoVAE(replace(preset("micro").vae, depth_to_time_level=request.param)).eval()
+    levels = 2 if request.param == "0-temporal" else 1
+    split = None if request.param is None else 0
+    return VideoVAE(replace(preset("micro").vae, depth_to_time_level=split, temporal_levels=levels)).eval()
 
 
 def video(frames, h=32, w=48, seed=0):
@@ -128,7 +132,7 @@ def test_temporal_factor_must_be_a_positive_integer():
 def test_depth_to_time_level_must_name_a_decoder_level():
     from dataclasses import replace
 
-    for bad in (-1, 3, 1.5, "0"):
+    for bad in (-1, 3, 1.5, "0", True):
         with pytest.raises(ValueError, match=rf"depth_to_time_level={bad!r} is not allowed.*0\.\.2"):
             VideoVAE(replace(preset("micro").vae, depth_to_time_level=bad))
 

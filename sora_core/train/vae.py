@@ -50,7 +50,9 @@ def vae_loss(recon, target, mean, logvar, kl_weight: float, temporal_weight: flo
 def warm_start_decoder(new: VideoVAE, old: VideoVAE) -> None:
     """Copy `old` (frames split at the output conv) into `new` (split after a lower level): the encoder and
     latent statistics as they are, the decoder's convs in order; the new split conv starts by copying its
-    input into every frame, and the output conv, which made a chunk's frames, averages them."""
+    input into every frame, and the output conv, which made a chunk's frames, averages them. The result
+    decodes each chunk as the old decoder's frames averaged when no 3x3x3 conv sits above the split, and
+    approximately so otherwise (those convs then run over frames instead of latent frames)."""
     if old.config.depth_to_time_level is not None or new.config.depth_to_time_level is None:
         raise ValueError("warm_start_decoder goes from a decoder that splits frames at its output to one that "
                          "splits them lower down")
