@@ -21,7 +21,7 @@ chosen by measurement with the default model over 15 chained windows from 4 and 
   and its new latents are decoded after the video's last `DECODE_CONTEXT` latents, so the causal
   decoder carries on across the join instead of starting a new clip there.
 - `drift="colour"` (default) shifts each window's new frames so their backdrop (a colour plane fitted
-  to the median colours of the four sides of the frame's outer ring, `backdrop_field`: where a subject
+  to the median colours of the four sides of the frame's outer ring, `backdrop`: where a subject
   rarely is) is the opening's, ramping over the window from the shift the video had at the join (no
   jump); the latents are left alone. On 4 clips, holding the whole frame's median instead drifted
   more (1.36/255 on average, worst clip 3.51; the ring's median: 1.13, 3.02), and a 2x2 field of cell
@@ -61,9 +61,9 @@ DRIFT = ("colour", "anchor", "none")
 # across the join (its receptive field in time is a few latent frames).
 DECODE_CONTEXT = 4
 DEFAULT_DRIFT = "colour"
-# drift="colour" holds the backdrop measured on this share of each side of the frame (`backdrop_field`)
+# drift="colour" holds the backdrop measured on this share of each side of the frame (`backdrop`)
 BACKDROP_RING = 1 / 8
-# ... as a plane (`backdrop_field`) unless the correction would tilt across the frame by more than this
+# ... as a plane unless the correction would tilt across the frame by more than this
 MAX_TILT = 8 / 255
 # A redraw of a window uses seed + attempt * this (window k's first draw is seed + k + 1: no overlap)
 RETRY_SEED_STRIDE = 1_000_003
@@ -105,33 +105,24 @@ def ring_median(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return ring.median(dim=0).values
 
 
-def backdrop_field(frames: torch.Tensor) -> torch.Tensor:
-    """(H, W, 3) the backdrop's colour over the frame as a plane (a colour plus a left-right and a top-bottom
-    gradient), fitted to the median colours of the four sides of (T, H, W, 3) frames' outer ring
-    (BACKDROP_RING of each side): where a subject rarely is, so what it measures is lighting and grade, where
-    drift shows. A backdrop that fades across the frame is held as a gradient, not only as its mean colour."""
+def backdrop(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, H, W, 3) frames' backdrop, read from the outer ring (BACKDROP_RING of each side), where a subject
+    rarely is, so what it measures is lighting and grade, where drift shows; two ways, from the same four
+    side bands: (H, W, 3) a colour plane (a colour plus a left-right and a top-bottom gradient) fitted to the
+    sides' median colours, which holds a backdrop that fades across the frame; and (3,) the whole ring's
+    median colour, which a subject over one side cannot move."""
     h, w = frames.shape[1:3]
     dy, dx = max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING))
     rows = slice(dy, h - dy) if h > 2 * dy else slice(None)
-
-    def median(band: torch.Tensor) -> torch.Tensor:
-        return band.reshape(-1, 3).median(dim=0).values
-
-    top, bottom = median(frames[:, :dy]), median(frames[:, -dy:])
-    left, right = median(frames[:, rows, :dx]), median(frames[:, rows, -dx:])
+    sides = [band.reshape(-1, 3) for band in (frames[:, :dy], frames[:, -dy:], frames[:, rows, :dx],
+                                                frames[:, rows, -dx:])]
+    top, bottom, left, right = (side.median(dim=0).values.float() for side in sides)
     # the bands' centres are h - dy rows (w - dx columns) apart; the sides' mean sits at the frame's centre
-    top, bottom, left, right = (v.float() for v in (top, bottom, left, right))
     y = (torch.arange(h, device=frames.device, dtype=torch.float32) - (h - 1) / 2).view(-1, 1, 1)
     x = (torch.arange(w, device=frames.device, dtype=torch.float32) - (w - 1) / 2).view(1, -1, 1)
     centre = (top + bottom + left + right) / 4
     field = centre + (bottom - top) / max(h - dy, 1) * y + (right - left) / max(w - dx, 1) * x
-    return field.to(frames.dtype)
-
-
-def backdrop(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, H, W, 3) frames' backdrop two ways: the plane (`backdrop_field`) and the whole ring's median colour."""
-    h, w = frames.shape[1:3]
-    return backdrop_field(frames), ring_median(frames, max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING)))
+    return field.to(frames.dtype), torch.cat(sides).median(dim=0).values
 
 
 def backdrop_correction(reference: tuple[torch.Tensor, torch.Tensor], frames: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sora_core.conditioning import video_to_frames
-from sora_core.long import (DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop, backdrop_correction, backdrop_field, join_seam, latent_stats,
+from sora_core.long import (DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop, backdrop_correction, join_seam, latent_stats,
                              match_stats, seam_ratio)
 from sora_core.pipeline import Pipeline
 
@@ -188,25 +188,25 @@ def test_eval_measures_drift_and_every_join_of_a_chain(pipe):
     assert all(s > 0 for s in seams) and 0 <= drift <= 255
 
 
-def test_backdrop_field_is_the_rings_median_colour_on_a_flat_backdrop():
+def test_the_backdrop_plane_is_the_rings_median_colour_on_a_flat_backdrop():
     frames = torch.full((3, 16, 16, 3), 0.25)
     frames[:, 2:14, 2:14] = 0.9  # a subject filling all but the outer eighth of each side
     frames[0, 0, :6] = 1.0  # a few odd ring pixels do not move a median
-    assert torch.equal(backdrop_field(frames), torch.full((16, 16, 3), 0.25))
+    assert torch.equal(backdrop(frames)[0], torch.full((16, 16, 3), 0.25))
     frames[:, :, :, 1] = 0.5
-    assert torch.equal(backdrop_field(frames)[..., 1], torch.full((16, 16), 0.5))
+    assert torch.equal(backdrop(frames)[0][..., 1], torch.full((16, 16), 0.5))
 
 
-def test_backdrop_field_holds_a_backdrop_that_fades_across_the_frame():
+def test_the_backdrop_plane_holds_a_backdrop_that_fades_across_the_frame():
     """A backdrop darker toward the bottom and redder toward the right, a subject in the middle: the field is
     the backdrop itself, to within two grey levels, under the subject too (a median of an even count is
     its lower middle value: half a row's step off here)."""
     y = torch.linspace(0.9, 0.5, 32).view(32, 1)
     x = torch.linspace(-0.1, 0.1, 48).view(1, 48)
-    backdrop = torch.stack([y + x, y.expand(32, 48), y.expand(32, 48) - 0.05], dim=-1)
-    frames = backdrop.expand(4, 32, 48, 3).clone()
+    truth = torch.stack([y + x, y.expand(32, 48), y.expand(32, 48) - 0.05], dim=-1)
+    frames = truth.expand(4, 32, 48, 3).clone()
     frames[:, 10:22, 14:34] = torch.tensor([0.1, 0.8, 0.1])
-    assert (backdrop_field(frames) - backdrop).abs().max() < 2 / 255
+    assert (backdrop(frames)[0] - truth).abs().max() < 2 / 255
 
 
 def test_a_subject_over_one_side_does_not_tilt_the_correction():
@@ -218,7 +218,7 @@ def test_a_subject_over_one_side_does_not_tilt_the_correction():
     still = torch.full((4, 64, 64, 3), 0.5)
     window = still.clone()
     window[:, 40:, 6:45] = torch.tensor([1.0, 0.0, 0.0])
-    tilt = backdrop_field(still) - backdrop_field(window)
+    tilt = backdrop(still)[0] - backdrop(window)[0]
     assert float((tilt - tilt.mean(dim=(0, 1))).abs().max()) > MAX_TILT
     assert torch.equal(backdrop_correction(backdrop(still), window), torch.zeros(3))
     faded = still * torch.linspace(1.0, 0.9, 64).view(1, 64, 1, 1)  # a slow fade: the plane's difference
