@@ -20,13 +20,16 @@ chosen by measurement with the default model over 15 chained windows from 4 and 
   re-encoding of their decoded frames: encode(decode(z)) != z, and that error fed every window),
   and its new latents are decoded after the video's last `DECODE_CONTEXT` latents, so the causal
   decoder carries on across the join instead of starting a new clip there.
-- `drift="colour"` (default) shifts each window's new frames so their backdrop (a colour plane fitted
-  to the median colours of the four sides of the frame's outer ring, `backdrop`: where a subject
-  rarely is) is the opening's, ramping over the window from the shift the video had at the join (no
-  jump); the latents are left alone. On 4 clips, holding the whole frame's median instead drifted
-  more (1.36/255 on average, worst clip 3.51; the ring's median: 1.13, 3.02), and a 2x2 field of cell
-  medians more again (1.66, 3.39). The ring's one median let a backdrop that fades toward one side
-  lose its fade window by window (6/255 on 8 clips' worst); the plane holds it (README).
+- `drift="colour"` (default) shifts each window's new frames so their backdrop (read from the frame's
+  outer ring, where a subject rarely is: `backdrop`) is the opening's, ramping over the window from
+  the shift the video had at the join (no jump); the latents are left alone. The backdrop is a colour
+  plane fitted to the median colours of the ring's four sides where that plane fits the opening's
+  ring better than one colour (a backdrop that fades across the frame), else the ring's one median
+  colour (a flat or textured backdrop: `opening_backdrop`). The one median let a fade wash out window
+  by window (6/255 on 8 clips' worst); the plane everywhere tilted on a grid of thin lines, whose
+  sides' medians depend on how many lines each band catches (3.6/255); both ways, the worst of 8
+  clips is 1.7/255 (README). On 4 clips, holding the whole frame's median instead drifted more
+  (1.36/255 on average, worst clip 3.51), and a 2x2 field of cell medians more again (1.66, 3.39).
 - `drift="anchor"` gives every window's new latents the per-channel mean and spread of the
   opening's latents: less drift than none (2.58) but worse joins on busy scenes. Matching each
   window to its own context drifted more than no matching (it keeps every error it is handed).
@@ -65,6 +68,8 @@ DEFAULT_DRIFT = "colour"
 BACKDROP_RING = 1 / 8
 # ... as a plane unless the correction would tilt across the frame by more than this
 MAX_TILT = 8 / 255
+# ... and only where the plane fits the opening's ring at least this much closer than one colour does
+PLANE_FIT = 0.8
 # A redraw of a window uses seed + attempt * this (window k's first draw is seed + k + 1: no overlap)
 RETRY_SEED_STRIDE = 1_000_003
 # Redraws of a window whose join jumps more than SEAM_LIMIT times the median frame-to-frame change
@@ -125,15 +130,40 @@ def backdrop(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return field.to(frames.dtype), torch.cat(sides).median(dim=0).values
 
 
-def backdrop_correction(reference: tuple[torch.Tensor, torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
-    """What to add to (T, H, W, 3) `frames` to give them the `reference` backdrop (`backdrop`): the difference
-    of the planes, (H, W, 3); or, where that difference tilts across the frame by more than MAX_TILT (a
-    subject covering much of one side moves that side's median, not the lighting), the difference of the
-    whole ring's median colour, (3,), which one side cannot move."""
+def ring_mask(h: int, w: int) -> torch.Tensor:
+    """(h, w) bool: the outer ring `backdrop` reads, BACKDROP_RING of each side."""
+    dy, dx = max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING))
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask[:dy], mask[-dy:], mask[:, :dx], mask[:, -dx:] = True, True, True, True
+    return mask
+
+
+def opening_backdrop(frames: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The backdrop every window is pulled back to (`backdrop` of the opening's (T, H, W, 3) frames), with the
+    plane only where it fits the ring's pixels better than the ring's one median colour (mean abs error at
+    most PLANE_FIT times), else None. A backdrop that fades across the frame is a plane; a texture is not: on a
+    grid of thin lines each side's median depends on how many lines its band happens to catch, so the plane
+    tilts where the backdrop does not, and the texture's redraw then tilts the correction (one held-out clip
+    drifted 3.6/255 that way against 0.9 with the one colour; docs/training.md section 11)."""
     field, ring = backdrop(frames)
-    change = reference[0] - field
-    if float((change - change.mean(dim=(0, 1))).abs().max()) <= MAX_TILT:
-        return change
+    mask = ring_mask(*frames.shape[1:3]).to(frames.device)
+    pixels = frames[:, mask].float()
+    off_plane = float((pixels - field[mask].float()).abs().mean())
+    off_colour = float((pixels - ring.float()).abs().mean())
+    return (field if off_plane <= PLANE_FIT * off_colour else None), ring
+
+
+def backdrop_correction(reference: tuple[torch.Tensor | None, torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
+    """What to add to (T, H, W, 3) `frames` to give them the `reference` backdrop (`opening_backdrop`): the
+    difference of the planes, (H, W, 3); or the difference of the whole ring's median colour, (3,), where the
+    reference has no plane, or where the planes' difference tilts across the frame by more than MAX_TILT (a
+    subject covering much of one side moves that side's median, not the lighting; one side cannot move the
+    ring's median)."""
+    field, ring = backdrop(frames)
+    if reference[0] is not None:
+        change = reference[0] - field
+        if float((change - change.mean(dim=(0, 1))).abs().max()) <= MAX_TILT:
+            return change
     return reference[1] - ring
 
 
@@ -320,7 +350,7 @@ class LongVideo:
             held = self.start.float().cpu()
             z = cond.encode_frames(vae, held[: 1 + (min(len(held), self.window_frames) - 1) // tf * tf].to(pipe.device))
             reference = latent_stats(z[:, :, 1:].float())
-        opening = backdrop(held)  # what every window's backdrop is pulled back to (`backdrop_correction`)
+        opening = opening_backdrop(held)  # what every window's backdrop is pulled back to (`backdrop_correction`)
         head = held[: self.context_frames].clone()  # a loop's transition leads back into these
         written = 0
         for k, n in enumerate(self.pieces):

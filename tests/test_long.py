@@ -9,6 +9,7 @@ import torch
 
 from sora_core.conditioning import video_to_frames
 from sora_core.long import (DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop, backdrop_correction, join_seam, latent_stats,
+                            opening_backdrop,
                              match_stats, seam_ratio)
 from sora_core.pipeline import Pipeline
 
@@ -225,11 +226,35 @@ def test_a_subject_over_one_side_does_not_tilt_the_correction():
     torch.testing.assert_close(backdrop_correction(backdrop(still), faded), still[0] - faded[0], atol=1 / 255, rtol=0)
 
 
+def test_the_opening_keeps_its_plane_only_where_its_backdrop_fades():
+    """A backdrop that fades across the frame is a plane: the opening keeps it. A black backdrop with a grid
+    of thin grey lines is not, though its sides' medians differ (one band catches more line pixels than
+    another) and the plane through them tilts: the opening holds the ring's one median colour instead, and
+    the correction is that colour's difference, whatever the planes say."""
+    y = torch.linspace(0.9, 0.5, 64).view(64, 1, 1)
+    faded = y.expand(4, 64, 64, 3).clone()
+    plane, ring = opening_backdrop(faded)
+    assert plane is not None and (plane - faded[0]).abs().max() < 2 / 255
+
+    grid = torch.full((4, 64, 64, 3), 0.07)
+    for k in range(0, 64, 6):
+        grid[:, k : k + 2] = 0.2
+        grid[:, :, k : k + 2] = 0.2
+    field, ring = backdrop(grid)
+    assert float(field.max() - field.min()) > 8 / 255  # the tilt that is not there
+    plane, ring = opening_backdrop(grid)
+    assert plane is None
+    brighter = grid.clone()
+    brighter[:, :, :32] += 0.02  # the redraw: lines brighter on the left half only
+    torch.testing.assert_close(backdrop_correction((plane, ring), brighter), ring - backdrop(brighter)[1])
+    assert backdrop_correction((plane, ring), brighter).shape == (3,)
+
+
 def test_colour_drift_control_pulls_each_window_to_the_openings_backdrop(pipe):
     """drift="colour" leaves the latents alone (the same frames as "none" before correction) and shifts
     each window's new frames, ramping from the correction at the join to the one that gives the window's
     frames the opening's backdrop: a colour plane through the median colours of the four sides of the
-    outer eighth of the frame."""
+    outer eighth of the frame, where that plane fits the opening's ring better than its one median colour."""
     kw = dict(width=SIZE, height=SIZE, seed=4, blend_frames=0, overlap_frames=0, retries=0, **FAST)  # hard cuts
     plain = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="none", **kw)))
     fixed = torch.cat(list(LongVideo(pipe, "a ball", 49, drift="colour", **kw)))
@@ -245,14 +270,22 @@ def test_colour_drift_control_pulls_each_window_to_the_openings_backdrop(pipe):
 
     from sora_core.long import MAX_TILT
 
+    def ring(f):
+        return torch.cat([f[:, :4].reshape(-1, 3), f[:, -4:].reshape(-1, 3), f[:, 4:-4, :4].reshape(-1, 3),
+                          f[:, 4:-4, -4:].reshape(-1, 3)]).median(dim=0).values
+
+    from sora_core.long import PLANE_FIT
+
     reference = plane(plain[:17])
+    outer = torch.ones(SIZE, SIZE, dtype=torch.bool)
+    outer[4:-4, 4:-4] = False
+    pixels = plain[:17][:, outer]
+    fits = (pixels - reference[outer]).abs().mean() <= PLANE_FIT * (pixels - ring(plain[:17])).abs().mean()
     offset = torch.zeros(3)
     for start in (17, 33):  # two windows of 16 new frames
         new = plain[start : start + 16]
         target = reference - plane(new)
-        if float((target - target.mean(dim=(0, 1))).abs().max()) > MAX_TILT:  # a tilt: the ring's median instead
-            ring = lambda f: torch.cat([f[:, :4].reshape(-1, 3), f[:, -4:].reshape(-1, 3), f[:, 4:-4, :4].reshape(-1, 3),
-                                        f[:, 4:-4, -4:].reshape(-1, 3)]).median(dim=0).values
+        if not fits or float((target - target.mean(dim=(0, 1))).abs().max()) > MAX_TILT:  # the ring's median instead
             target = ring(plain[:17]) - ring(new)
         ramp = (torch.arange(1, 17) / 16).view(-1, 1, 1, 1)
         want = (new + offset + ramp * (target - offset)).clamp(0, 1)
