@@ -110,6 +110,16 @@ def ring_median(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return ring.median(dim=0).values
 
 
+def side_bands(frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The outer ring of (T, H, W, 3) frames (or of (1, H, W, 3) a field over them) as four bands: top and
+    bottom, BACKDROP_RING of the rows each, then left and right, BACKDROP_RING of the columns of the rows
+    between."""
+    h, w = frames.shape[1:3]
+    dy, dx = max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING))
+    rows = slice(dy, h - dy) if h > 2 * dy else slice(None)
+    return frames[:, :dy], frames[:, -dy:], frames[:, rows, :dx], frames[:, rows, -dx:]
+
+
 def backdrop(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, H, W, 3) frames' backdrop, read from the outer ring (BACKDROP_RING of each side), where a subject
     rarely is, so what it measures is lighting and grade, where drift shows; two ways, from the same four
@@ -117,10 +127,9 @@ def backdrop(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sides' median colours, which holds a backdrop that fades across the frame; and (3,) the whole ring's
     median colour, which a subject over one side cannot move."""
     h, w = frames.shape[1:3]
-    dy, dx = max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING))
-    rows = slice(dy, h - dy) if h > 2 * dy else slice(None)
-    sides = [band.reshape(-1, 3) for band in (frames[:, :dy], frames[:, -dy:], frames[:, rows, :dx],
-                                                frames[:, rows, -dx:])]
+    bands = side_bands(frames)
+    dy, dx = bands[0].shape[1], bands[2].shape[2]
+    sides = [band.reshape(-1, 3) for band in bands]
     top, bottom, left, right = (side.median(dim=0).values.float() for side in sides)
     # the bands' centres are h - dy rows (w - dx columns) apart; the sides' mean sits at the frame's centre
     y = (torch.arange(h, device=frames.device, dtype=torch.float32) - (h - 1) / 2).view(-1, 1, 1)
@@ -128,14 +137,6 @@ def backdrop(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     centre = (top + bottom + left + right) / 4
     field = centre + (bottom - top) / max(h - dy, 1) * y + (right - left) / max(w - dx, 1) * x
     return field.to(frames.dtype), torch.cat(sides).median(dim=0).values
-
-
-def ring_mask(h: int, w: int) -> torch.Tensor:
-    """(h, w) bool: the outer ring `backdrop` reads, BACKDROP_RING of each side."""
-    dy, dx = max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING))
-    mask = torch.zeros(h, w, dtype=torch.bool)
-    mask[:dy], mask[-dy:], mask[:, :dx], mask[:, -dx:] = True, True, True, True
-    return mask
 
 
 def opening_backdrop(frames: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -146,10 +147,9 @@ def opening_backdrop(frames: torch.Tensor) -> tuple[torch.Tensor | None, torch.T
     tilts where the backdrop does not, and the texture's redraw then tilts the correction (one held-out clip
     drifted 3.6/255 that way against 0.9 with the one colour; docs/training.md section 11)."""
     field, ring = backdrop(frames)
-    mask = ring_mask(*frames.shape[1:3]).to(frames.device)
-    pixels = frames[:, mask].float()
-    off_plane = float((pixels - field[mask].float()).abs().mean())
-    off_colour = float((pixels - ring.float()).abs().mean())
+    pixels = [band.float() for band in side_bands(frames)]
+    off_plane = float(torch.cat([(p - f.float()).abs().flatten() for p, f in zip(pixels, side_bands(field[None]))]).mean())
+    off_colour = float(torch.cat([(p - ring.float()).abs().flatten() for p in pixels]).mean())
     return (field if off_plane <= PLANE_FIT * off_colour else None), ring
 
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from sora_core.conditioning import video_to_frames
-from sora_core.long import (DECODE_CONTEXT, RETRY_SEED_STRIDE, LongVideo, backdrop, backdrop_correction, join_seam, latent_stats,
-                            opening_backdrop,
-                             match_stats, seam_ratio)
+from sora_core.long import (DECODE_CONTEXT, MAX_TILT, PLANE_FIT, RETRY_SEED_STRIDE, LongVideo, backdrop,
+                            backdrop_correction, join_seam, latent_stats, match_stats, opening_backdrop, seam_ratio)
 from sora_core.pipeline import Pipeline
 
 FAST = dict(steps=1, cfg=1.0)
@@ -214,8 +213,6 @@ def test_a_subject_over_one_side_does_not_tilt_the_correction():
     """A window whose subject covers most of the bottom band moves that side's median: the planes' difference
     would tint the frame by a third of the range. It tilts by more than MAX_TILT, so the ring's median
     colour, which one side cannot move, gives the correction instead: none here."""
-    from sora_core.long import MAX_TILT
-
     still = torch.full((4, 64, 64, 3), 0.5)
     window = still.clone()
     window[:, 40:, 6:45] = torch.tensor([1.0, 0.0, 0.0])
@@ -268,13 +265,9 @@ def test_colour_drift_control_pulls_each_window_to_the_openings_backdrop(pipe):
         return ((top + bottom + left + right) / 4 + (bottom - top) * at.view(-1, 1, 1)
                 + (right - left) * at.view(1, -1, 1))
 
-    from sora_core.long import MAX_TILT
-
     def ring(f):
         return torch.cat([f[:, :4].reshape(-1, 3), f[:, -4:].reshape(-1, 3), f[:, 4:-4, :4].reshape(-1, 3),
                           f[:, 4:-4, -4:].reshape(-1, 3)]).median(dim=0).values
-
-    from sora_core.long import PLANE_FIT
 
     reference = plane(plain[:17])
     outer = torch.ones(SIZE, SIZE, dtype=torch.bool)
