@@ -32,3 +32,29 @@ def test_stutter_is_one_for_steady_motion_and_high_for_a_decoder_that_holds_each
     assert stutter(held, 4) > 10
     with pytest.raises(ValueError, match="no steps both at and inside"):
         stutter(steady[:, :2], 4)
+
+
+def test_probe_tasks_feed_the_animation_the_held_out_or_a_generated_first_frame(micro_checkpoint):
+    from sora_core.eval.run import PROBE_SCENE, probe
+
+    pipe = Pipeline.load(micro_checkpoint)
+    firsts, generated = [], []
+    animate, generate = pipe.animate, pipe.generate
+    pipe.animate = lambda first, *a, **k: (firsts.append(first.clone()), animate(first, *a, **k))[1]
+    pipe.generate = lambda *a, **k: (generated.append(a[3]), generate(*a, **k))[1]  # a[3]: frames
+    kw = dict(n=2, width=32, height=32, frames=9, steps=2)
+    for task in ("t2v", "i2v", "two-stage"):
+        firsts.clear(), generated.clear()
+        out = probe(pipe, task=task, **kw)
+        assert set(out) == {"color_acc", "shape_acc", "direction_acc", "moving", "travel"}
+        assert all(0 <= out[k] <= 1 for k in ("color_acc", "shape_acc", "direction_acc", "moving"))
+        if task == "t2v":
+            assert firsts == [] and generated == [9, 9]
+        elif task == "i2v":  # the held-out clips' own first frames, (1, H, W, 3) in [0, 1]; nothing generated
+            truth = [(item["video"][:, :1].permute(1, 2, 3, 0) + 1) / 2 for item in heldout(2, 32, 32, 9, 7,
+                                                                                          **PROBE_SCENE)]
+            assert generated == [] and all(torch.equal(f, t) for f, t in zip(firsts, truth, strict=True))
+        else:  # a 1-frame image per prompt, then animated
+            assert generated == [1, 1] and [f.shape[0] for f in firsts] == [1, 1]
+    with pytest.raises(ValueError, match="task='v2v' is not allowed"):
+        probe(pipe, task="v2v", **kw)

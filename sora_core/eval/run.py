@@ -81,18 +81,35 @@ PROBE_SCENE = {"n_objects": 1, "motions": ("left", "right", "up", "down"), "came
                "occlusion": False}
 
 
+PROBE_TASKS = ("t2v", "i2v", "two-stage")
+
+
 def probe(pipe: Pipeline, *, n: int = 16, width: int = 64, height: int = 64, frames: int = 17, steps: int = 20,
-          cfg: float = 5.0, seed: int = 0) -> dict:
+          cfg: float = 5.0, seed: int = 0, task: str = "t2v") -> dict:
     """Quick adherence check that moves early in training (about a minute on a CPU): held-out scenes of one
     object sliding left / right / up / down on a plain backdrop, generated from their detailed captions.
+
+    task: "t2v" generates each clip from its caption; "i2v" animates the held-out clip's own first frame
+    with it (the object's place given, only its motion to draw); "two-stage" generates a 1-frame image from
+    the caption first, then animates that.
 
     Returns color / shape / direction accuracy, `moving`: the share of clips whose object travels at all,
     and `travel`: the mean signed distance (frame widths/heights) it travels the asked way, which moves
     before direction accuracy does (truth travels ~0.2-0.5)."""
+    if task not in PROBE_TASKS:
+        raise ValueError(f"task={task!r} is not allowed; choose one of: {', '.join(PROBE_TASKS)}")
+    sampling = dict(steps=steps, cfg=cfg)
     scores = {k: [] for k in ("color_ok", "shape_ok", "direction_ok")}
     moving, travelled = [], []
     for i, item in enumerate(heldout(n, width, height, frames, seed + 7, **PROBE_SCENE)):
-        video = pipe.generate(item["caption"], width, height, frames, seed=seed + i, steps=steps, cfg=cfg)
+        if task == "t2v":
+            video = pipe.generate(item["caption"], width, height, frames, seed=seed + i, **sampling)
+        else:
+            if task == "i2v":
+                first = ((item["video"][:, :1].permute(1, 2, 3, 0) + 1) / 2)  # (1, H, W, 3) in [0, 1]
+            else:
+                first = pipe.generate(item["caption"], width, height, 1, seed=seed + 1000 + i, **sampling)[:1]
+            video = pipe.animate(first, item["caption"], frames, seed=seed + i, **sampling)
         analysis = analyse_clip(to_uint8(video))
         result = score_against(Scene.from_dict(item["scene"]), analysis)
         for k in scores:
@@ -256,6 +273,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sheets", default="eval_sheets", help="folder for the contact sheets")
     p.add_argument("--probe", action="store_true",
                    help="only the quick probe (one object sliding in four directions): about a minute")
+    p.add_argument("--probe-task", choices=PROBE_TASKS, default="t2v",
+                   help="the probe's task: from the caption alone, animating the held-out first frame (i2v), "
+                        "or a generated image then animated (two-stage)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -263,7 +283,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = Pipeline.load(args.model)
     if args.probe:
         print(json.dumps(probe(pipe, n=args.prompts, width=args.width, height=args.height, frames=args.frames,
-                               steps=args.steps, cfg=args.cfg, seed=args.seed), sort_keys=True))
+                               steps=args.steps, cfg=args.cfg, seed=args.seed, task=args.probe_task),
+                         sort_keys=True))
         return 0
     metrics, rows = evaluate(pipe, n_prompts=args.prompts, width=args.width, height=args.height,
                              frames=args.frames, steps=args.steps, cfg=args.cfg, seed=args.seed)
