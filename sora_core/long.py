@@ -102,22 +102,26 @@ def latent_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return z.mean(dim=(2, 3, 4), keepdim=True), z.std(dim=(2, 3, 4), keepdim=True)
 
 
+def side_bands(frames: torch.Tensor, dy: int | None = None, dx: int | None = None) -> tuple[torch.Tensor, ...]:
+    """The outer ring of (T, H, W, 3) frames (or of (1, H, W, 3) a field over them) as four bands: top and
+    bottom, `dy` rows each, then left and right, `dx` columns of the rows between (default: BACKDROP_RING
+    of each side)."""
+    h, w = frames.shape[1:3]
+    dy = max(1, round(h * BACKDROP_RING)) if dy is None else dy
+    dx = max(1, round(w * BACKDROP_RING)) if dx is None else dx
+    rows = slice(dy, h - dy) if h > 2 * dy else slice(None)
+    return frames[:, :dy], frames[:, -dy:], frames[:, rows, :dx], frames[:, rows, -dx:]
+
+
+def ring_pixels(frames: torch.Tensor, dy: int | None = None, dx: int | None = None) -> torch.Tensor:
+    """(T, N, 3) the pixels of `side_bands`, frame by frame."""
+    return torch.cat([band.reshape(band.shape[0], -1, 3) for band in side_bands(frames, dy, dx)], dim=1)
+
+
 def ring_median(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """(3,) the median colour of (T, H, W, 3) frames' outer ring: `dy` rows at the top and bottom, `dx`
     columns at the left and right."""
-    ring = torch.cat([frames[:, :dy].reshape(-1, 3), frames[:, -dy:].reshape(-1, 3),
-                      frames[:, dy:-dy, :dx].reshape(-1, 3), frames[:, dy:-dy, -dx:].reshape(-1, 3)])
-    return ring.median(dim=0).values
-
-
-def side_bands(frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The outer ring of (T, H, W, 3) frames (or of (1, H, W, 3) a field over them) as four bands: top and
-    bottom, BACKDROP_RING of the rows each, then left and right, BACKDROP_RING of the columns of the rows
-    between."""
-    h, w = frames.shape[1:3]
-    dy, dx = max(1, round(h * BACKDROP_RING)), max(1, round(w * BACKDROP_RING))
-    rows = slice(dy, h - dy) if h > 2 * dy else slice(None)
-    return frames[:, :dy], frames[:, -dy:], frames[:, rows, :dx], frames[:, rows, -dx:]
+    return ring_pixels(frames, dy, dx).reshape(-1, 3).median(dim=0).values
 
 
 def backdrop(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,9 +151,9 @@ def opening_backdrop(frames: torch.Tensor) -> tuple[torch.Tensor | None, torch.T
     tilts where the backdrop does not, and the texture's redraw then tilts the correction (one held-out clip
     drifted 3.6/255 that way against 0.9 with the one colour; docs/training.md section 11)."""
     field, ring = backdrop(frames)
-    pixels = [band.float() for band in side_bands(frames)]
-    off_plane = float(torch.cat([(p - f.float()).abs().flatten() for p, f in zip(pixels, side_bands(field[None]))]).mean())
-    off_colour = float(torch.cat([(p - ring.float()).abs().flatten() for p in pixels]).mean())
+    pixels = ring_pixels(frames).float()
+    off_plane = float((pixels - ring_pixels(field[None]).float()).abs().mean())
+    off_colour = float((pixels - ring.float()).abs().mean())
     return (field if off_plane <= PLANE_FIT * off_colour else None), ring
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..conditioning import video_to_frames
 from ..data.synthetic import Scene, heldout_clip
 from ..io import to_uint8_frames as to_uint8
 from ..long import LongVideo, join_seam, ring_median, seam_ratio
@@ -105,10 +106,8 @@ def probe(pipe: Pipeline, *, n: int = 16, width: int = 64, height: int = 64, fra
         if task == "t2v":
             video = pipe.generate(item["caption"], width, height, frames, seed=seed + i, **sampling)
         else:
-            if task == "i2v":
-                first = ((item["video"][:, :1].permute(1, 2, 3, 0) + 1) / 2)  # (1, H, W, 3) in [0, 1]
-            else:
-                first = pipe.generate(item["caption"], width, height, 1, seed=seed + 1000 + i, **sampling)[:1]
+            first = (video_to_frames(item["video"][None, :, :1]) if task == "i2v"
+                     else pipe.generate(item["caption"], width, height, 1, seed=seed + 1000 + i, **sampling))
             video = pipe.animate(first, item["caption"], frames, seed=seed + i, **sampling)
         analysis = analyse_clip(to_uint8(video))
         result = score_against(Scene.from_dict(item["scene"]), analysis)
