@@ -158,7 +158,7 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
     sources = heldout(4, width, height, frames, seed + 2)
     first_psnr, loop_r, ext_r, conn_r, drift = [], [], [], [], []
     for i, item in enumerate(sources):
-        real = (item["video"].permute(1, 2, 3, 0) + 1) / 2  # (T, H, W, 3) in [0, 1]
+        real = video_to_frames(item["video"][None])  # (T, H, W, 3) in [0, 1]
         prompt = item["caption"]
         animated = pipe.animate(real[:1], prompt, frames, seed=seed + i, **sampling)
         first_psnr.append(psnr(animated[0], real[0]))
@@ -168,7 +168,7 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
         loop_r.append(seam_ratio(wrapped, len(looped) - 1))
         extended = pipe.extend(real, prompt, new_frames=16, context_frames=8, seed=seed + i, **sampling)
         ext_r.append(seam_ratio(extended, len(real) - 1))
-        other = (sources[(i + 1) % len(sources)]["video"].permute(1, 2, 3, 0) + 1) / 2
+        other = video_to_frames(sources[(i + 1) % len(sources)]["video"][None])
         joined = pipe.connect(real, other, prompt, transition_frames=16, context_frames=8, seed=seed + i, **sampling)
         conn_r.append(max(seam_ratio(joined, len(real) - 1), seam_ratio(joined, len(joined) - len(other) - 1)))
         chain = real
@@ -181,7 +181,7 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
         log(f"capabilities {i + 1}/{len(sources)}")
     # Long video: 15 chained windows (drift control on, as shipped) from the first source clip; the worst
     # join against the median seam of a single extend (target <= 1.5: no join visibly worse than one extend).
-    real = (sources[0]["video"].permute(1, 2, 3, 0) + 1) / 2
+    real = video_to_frames(sources[0]["video"][None])
     long_drift, long_seams, chain = long_chain(pipe, real, sources[0]["caption"], seed=seed, **sampling)
     rows["long"] = [(f"15 windows: {sources[0]['caption'][:40]}", chain)]
     log(f"long: drift {long_drift:.2f}/255, seams {[round(x, 1) for x in long_seams]}")
