@@ -141,6 +141,35 @@ def test_train_vae_then_decoder_only_keeps_the_encoder_and_its_latents(tmp_path)
     assert r.returncode != 0 and "--depth-to-time-level needs --init and --decoder-only" in r.stderr
 
 
+def test_the_latent_anchor_holds_synthetic_latents_while_the_encoder_trains(tmp_path):
+    from sora_core.eval.run import heldout
+
+    base = ["-m", "sora_core", "train", "vae", "--preset", "micro", "--frames", "1,5", "--crop", "16",
+            "--tokens-per-batch", "64", "--threads", "1"]
+    r = _cli(base + ["--out", str(tmp_path / "a"), "--steps", "3"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    start = tmp_path / "a" / "vae.safetensors"
+    clips = torch.stack([s["video"] for s in heldout(4, 16, 16, 5, 1)])
+    before = load_checkpoint(start, parts=("vae",)).vae.encode(clips)
+    change = {}
+    for weight in ("0", "1000"):
+        out = tmp_path / f"w{weight}"
+        r = _cli(base + ["--out", str(out), "--init", str(start), "--anchor-weight", weight, "--steps", "20",
+                         "--lr", "2e-3", "--warmup", "1", "--ema", "0"])
+        assert r.returncode == 0, r.stderr[-2000:]
+        got = load_checkpoint(out / "vae.safetensors", parts=("vae",))
+        change[weight] = float((got.vae.encode(clips) - before).pow(2).mean().sqrt())
+        if weight != "0":  # anchored latents keep the statistics the DiT was trained with
+            assert got.config.vae.latent_std == load_checkpoint(start, parts=("vae",)).config.vae.latent_std
+    assert change["0"] > 0.05, change  # the encoder does train ...
+    assert change["1000"] < change["0"] / 3, change  # ... and the anchor holds its synthetic latents
+
+    r = _cli(base + ["--out", str(tmp_path / "c"), "--init", str(start), "--decoder-only", "--anchor-weight", "1"])
+    assert r.returncode != 0 and "--anchor-weight=1.0 needs --init and a trained encoder" in r.stderr
+    r = _cli(base + ["--out", str(tmp_path / "d"), "--anchor-weight", "-1"])
+    assert r.returncode != 0 and "--anchor-weight=-1.0 is not allowed" in r.stderr
+
+
 def test_two_process_ddp_on_cpu_trains_in_step(tmp_path, micro_vae):
     out = tmp_path / "ddp"
     r = _cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sora_core", "train", "dit",

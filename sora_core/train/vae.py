@@ -80,6 +80,22 @@ def warm_start_decoder(new: VideoVAE, old: VideoVAE) -> None:
         dst.bias.copy_(b)
 
 
+def latent_anchor(vae: VideoVAE):
+    """A frozen copy of `vae`'s encoder and a function (video, new raw latent mean) -> the MSE between the
+    new and the frozen encoder's latents, each divided by the stored per-channel std (the DiT's units)."""
+    import copy
+
+    frozen = copy.deepcopy(vae).eval().requires_grad_(False)
+
+    def anchor(video: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            old, _ = frozen.moments(frozen.to_chunks(video))
+        std = frozen.latent_std.view(1, -1, *[1] * (mean.ndim - 2))
+        return F.mse_loss(mean / std, old / std)
+
+    return anchor
+
+
 @torch.no_grad()
 def latent_statistics(vae, batches, count: int, device) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of raw (unnormalised) latents over `count` batches."""
@@ -117,6 +133,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None, help="start from the VAE of this checkpoint (e.g. the shipped model)")
     p.add_argument("--decoder-only", action="store_true",
                    help="with --init: train only the decoder, so the latents (and a DiT trained on them) stay valid")
+    p.add_argument("--anchor-weight", type=float, default=0.0,
+                   help="with --init, encoder trained too: weight of an MSE holding the encoder's latents of "
+                        "synthetic clips (in the DiT's normalised units) to the checkpoint's, so a DiT trained on "
+                        "them stays valid while real footage may encode differently (docs/training.md section 13)")
     p.add_argument("--depth-to-time-level", type=int, default=None,
                    help="with --init --decoder-only: rebuild the decoder so its frames split after this level "
                         "(0: the lowest resolution), warm-started from the checkpoint's decoder; the encoder "
@@ -139,6 +159,11 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError(f"--real-fraction={args.real_fraction} is not allowed: use a share between 0 and 1")
     if args.decoder_only and not args.init:
         raise ValueError("--decoder-only needs --init: a checkpoint whose encoder (and latents) to keep")
+    if args.anchor_weight < 0:
+        raise ValueError(f"--anchor-weight={args.anchor_weight} is not allowed: use 0 (off) or a positive weight")
+    if args.anchor_weight and (not args.init or args.decoder_only):
+        raise ValueError(f"--anchor-weight={args.anchor_weight} needs --init and a trained encoder (not --decoder-only): "
+                         "it holds the encoder's latents to that checkpoint's")
     if args.depth_to_time_level is not None and not args.decoder_only:
         raise ValueError("--depth-to-time-level needs --init and --decoder-only: it rebuilds that checkpoint's decoder")
     if args.init:
@@ -155,6 +180,7 @@ def run(args: argparse.Namespace) -> Path:
     vae = model.vae.to(d.device)
     if args.decoder_only:
         vae.encoder.requires_grad_(False)
+    anchor = latent_anchor(vae) if args.anchor_weight else None
     trainable = [p for p in vae.parameters() if p.requires_grad]
     ema = EMA(vae, args.ema)
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -181,13 +207,18 @@ def run(args: argparse.Namespace) -> Path:
     used = 0.0  # share of the time limit, read every 10 steps (all ranks agree on it)
     while step < args.steps and used < 1.0:
         video = random_crop(next(batches)["video"], args.crop, config.vae.spatial_factor, crop_rng)
-        if real is not None and crop_rng.random() < args.real_fraction:
+        synthetic = not (real is not None and crop_rng.random() < args.real_fraction)
+        if not synthetic:
             video = real.batch(crop_rng, *video.shape[:1], *video.shape[2:])
         video = video.to(d.device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps, time_frac=used)
         recon, mean, logvar = net(video, gen)
         loss, parts = vae_loss(recon, video, mean, logvar, args.kl_weight, args.temporal_weight)
+        if anchor is not None and synthetic:
+            held = anchor(video, mean)
+            loss = loss + args.anchor_weight * held
+            parts["anchor"] = held.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -208,7 +239,7 @@ def run(args: argparse.Namespace) -> Path:
     if d.main:
         ema.copy_to(vae)
         vae.eval()
-        if args.decoder_only:  # same encoder, same latents: keep the statistics a DiT was trained with
+        if args.decoder_only or anchor is not None:  # the same latents: keep the statistics a DiT was trained with
             final = SoraModel(config, parts=("vae",))
             final.vae.load_state_dict(vae.state_dict())
         else:
