@@ -20,11 +20,28 @@ def _frames_input(tooltip: str):
     return ("IMAGE", {"tooltip": tooltip})
 
 
-BLEND = {"optional": {"blend_frames": ("INT", {
+BLEND_INPUT = ("INT", {
     "default": cond.SEAM_BLEND, "min": 0, "max": 64, "tooltip": (
         "Source frames next to each join that crossfade into the model's re-drawn version of them, "
         "hiding the small jump where original pixels meet generated ones. 0 = hard cut: the source "
-        "frames come back exactly.")})}}
+        "frames come back exactly.")})
+
+
+def _joins(strength: float, tooltip: str) -> dict:
+    """The optional inputs of the nodes that join new frames onto source clips (added last, so graphs saved
+    before an input existed still load)."""
+    return {"optional": {"blend_frames": BLEND_INPUT, "strength": ("FLOAT", {
+        "default": strength, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": tooltip})}}
+
+
+EXTEND_JOINS = _joins(cond.EXTEND_STRENGTH, (
+    "Where the new frames start: from the clip's nearest frame held, noised this much next to it and fully "
+    "at the far end, so they lead on from the clip without a jump. 1 = pure noise (the model draws them "
+    "from scratch); use 1 with core's KSampler, which reads values below 1 as a blend with the held frame."))
+TRANSITION_JOINS = _joins(cond.TRANSITION_STRENGTH, (
+    "Where the transition starts: from a dissolve between the two ends, noised this much in its middle and "
+    "less toward the clips, so it leads out of one and into the other without a jump. 1 = pure noise (the "
+    "model draws it from scratch); use 1 with core's KSampler, which reads values below 1 as a blend."))
 
 
 HOLD = {"optional": {"blend_frames": ("INT", {
@@ -78,13 +95,14 @@ class SoraExtend:
                 "forward = continue after the last frame; backward = generate what came before the first frame.")}),
             "new_frames": _chunk_input(16, "Frames to generate."),
             "context_frames": _chunk_input(8, "Frames of the clip the model sees (its end, or its start going backward)."),
-        }, **BLEND}
+        }, **EXTEND_JOINS}
 
-    def build(self, vae, video, direction, new_frames, context_frames, blend_frames=cond.SEAM_BLEND):
+    def build(self, vae, video, direction, new_frames, context_frames, blend_frames=cond.SEAM_BLEND,
+              strength=cond.EXTEND_STRENGTH):
         video = wires.check_frames("video", video, vae.config, any_count=True)
         _check_budget(vae, "Sora Extend Video", video, frames=None, encode_frames=1 + context_frames,
                       new_frames=new_frames, context_frames=context_frames)
-        window = cond.extend(vae.load(), video, new_frames, context_frames, direction, blend_frames)
+        window = cond.extend(vae.load(), video, new_frames, context_frames, direction, blend_frames, strength)
         return (wires.window_latent(window, vae.config),)
 
 
@@ -102,13 +120,14 @@ class SoraLoop:
             "video": _frames_input("The clip to loop (frames of one video)."),
             "transition_frames": _chunk_input(8, "Frames generated between the end and the start."),
             "context_frames": _chunk_input(8, "Frames of the end and of the start the model sees."),
-        }, **BLEND}
+        }, **TRANSITION_JOINS}
 
-    def build(self, vae, video, transition_frames, context_frames, blend_frames=cond.SEAM_BLEND):
+    def build(self, vae, video, transition_frames, context_frames, blend_frames=cond.SEAM_BLEND,
+              strength=cond.TRANSITION_STRENGTH):
         video = wires.check_frames("video", video, vae.config, any_count=True)
         _check_budget(vae, "Sora Seamless Loop", video, frames=None, encode_frames=1 + 2 * context_frames,
                       transition_frames=transition_frames, context_frames=context_frames, clips=2)
-        window = cond.loop(vae.load(), video, transition_frames, context_frames, blend_frames)
+        window = cond.loop(vae.load(), video, transition_frames, context_frames, blend_frames, strength)
         return (wires.window_latent(window, vae.config),)
 
 
@@ -126,14 +145,15 @@ class SoraConnect:
             "second": _frames_input("The clip that plays after the transition; same width and height as first."),
             "transition_frames": _chunk_input(16, "Frames generated between the clips."),
             "context_frames": _chunk_input(8, "Frames of each clip the model sees (end of first, start of second)."),
-        }, **BLEND}
+        }, **TRANSITION_JOINS}
 
-    def build(self, vae, first, second, transition_frames, context_frames, blend_frames=cond.SEAM_BLEND):
+    def build(self, vae, first, second, transition_frames, context_frames, blend_frames=cond.SEAM_BLEND,
+              strength=cond.TRANSITION_STRENGTH):
         first = wires.check_frames("first", first, vae.config, any_count=True)
         second = wires.check_frames("second", second, vae.config, any_count=True)
         _check_budget(vae, "Sora Connect Clips", first, frames=None, encode_frames=1 + 2 * context_frames,
                       transition_frames=transition_frames, context_frames=context_frames, clips=2)
-        window = cond.connect(vae.load(), first, second, transition_frames, context_frames, blend_frames)
+        window = cond.connect(vae.load(), first, second, transition_frames, context_frames, blend_frames, strength)
         return (wires.window_latent(window, vae.config),)
 
 

@@ -144,7 +144,8 @@ def _animate(args) -> int:
 
 
 def _joins(args) -> dict:
-    return {} if args.blend_frames is None else {"blend_frames": args.blend_frames}
+    given = {"blend_frames": args.blend_frames, "strength": getattr(args, "strength", None)}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _extend(args) -> int:
@@ -333,10 +334,16 @@ def _provenance(args):
     return prov
 
 
-def _blend_option(p: argparse.ArgumentParser) -> None:
+def _blend_option(p: argparse.ArgumentParser, strength: bool = True) -> None:
     """For the commands that join new frames onto a source clip (read back by `_joins`)."""
     p.add_argument("--blend-frames", type=int, default=None,
                    help="source frames crossfaded into the new ones at each join (default 4; 0: hard cut)")
+    if strength:
+        p.add_argument("--strength", type=float, default=None,
+                       help="how far from the source the new frames start: extending, from the clip's nearest "
+                            "frame held, noised this much next to it (default 0.7; 1: pure noise); a loop's or "
+                            "connect's transition from a dissolve between the clips, noised this much in its "
+                            "middle (default 0.6)")
 
 
 def add_commands(sub) -> None:
@@ -446,7 +453,7 @@ def _long_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap-frames", type=int, default=None,
                    help=f"frames before each join that the next window draws again and crossfades into, spreading "
                         f"the join's jump over them (0 = none; default {OVERLAP}, or context_frames - 4 if less)")
-    _blend_option(p)
+    _blend_option(p, strength=False)  # long windows start from pure noise (long.LongVideo)
     p.epilog = ("Frames are written as each window finishes (.mp4/.mov/.mkv/.avi/.webm stream in flat memory; "
                 ".gif/.webp/.png are assembled at the end). Ctrl-C stops between steps and keeps the finished "
                 "windows as a shorter video (exit code 130).")

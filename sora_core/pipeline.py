@@ -313,9 +313,12 @@ class Pipeline:
         return self.run(cond.animate_image(self.vae, image, frames, at=at, blend_frames=blend_frames), prompt, **kw)
 
     def extend(self, video, prompt: str, new_frames: int = 16, context_frames: int = 8,
-               direction: str = "forward", blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
+               direction: str = "forward", blend_frames: int = cond.SEAM_BLEND,
+               strength: float = cond.EXTEND_STRENGTH, **kw) -> torch.Tensor:
         """Extend a clip forward (what happens next) or backward (what led up to it) in time;
-        `blend_frames` of the clip crossfade at the join (0: the clip comes back bit-identical)."""
+        `blend_frames` of the clip crossfade at the join (0: the clip comes back bit-identical); the new
+        frames start from the clip's nearest frame held, noised to `strength` next to it (1: pure noise)."""
+        cond.check_strength(strength)
         kw = self._settings(prompt, kw)
         if direction not in cond.DIRECTIONS:
             raise ValueError(f"direction={direction!r} is not allowed; use 'forward' or 'backward'")
@@ -323,30 +326,35 @@ class Pipeline:
         total = self._chunks(new_frames=new_frames, context_frames=context_frames)
         self._plan("extend", video.shape[2], video.shape[1], 1 + total, kw, source="video",
                    encode_frames=1 + context_frames)
-        window = cond.extend(self.vae, video, new_frames, context_frames, direction, blend_frames)
+        window = cond.extend(self.vae, video, new_frames, context_frames, direction, blend_frames, strength)
         return self.run(window, prompt, **kw)
 
     def loop(self, video, prompt: str, transition_frames: int = 8, context_frames: int = 8,
-             blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
-        """Append a generated transition back to the start: the result plays as a seamless infinite loop."""
+             blend_frames: int = cond.SEAM_BLEND, strength: float = cond.TRANSITION_STRENGTH, **kw) -> torch.Tensor:
+        """Append a generated transition back to the start: the result plays as a seamless infinite loop.
+        The transition starts from a dissolve between the end and the start, noised to `strength` in its middle."""
+        cond.check_strength(strength)
         kw = self._settings(prompt, kw)
         video = self._frames("video", video)
         self._chunks(transition_frames=transition_frames, context_frames=context_frames)
         self._plan("loop", video.shape[2], video.shape[1], 1 + transition_frames + 2 * context_frames, kw,
                    source="video", encode_frames=1 + 2 * context_frames)
-        window = cond.loop(self.vae, video, transition_frames, context_frames, blend_frames)
+        window = cond.loop(self.vae, video, transition_frames, context_frames, blend_frames, strength)
         return self.run(window, prompt, **kw)
 
     def connect(self, first, second, prompt: str, transition_frames: int = 16,
-                context_frames: int = 8, blend_frames: int = cond.SEAM_BLEND, **kw) -> torch.Tensor:
-        """first + a generated transition + second."""
+                context_frames: int = 8, blend_frames: int = cond.SEAM_BLEND,
+                strength: float = cond.TRANSITION_STRENGTH, **kw) -> torch.Tensor:
+        """first + a generated transition + second; the transition starts from a dissolve between them,
+        noised to `strength` in its middle."""
+        cond.check_strength(strength)
         kw = self._settings(prompt, kw)
         first, second = self._frames("first", first), self._frames("second", second)
         self._chunks(transition_frames=transition_frames, context_frames=context_frames)
         for name, clip in (("first", first), ("second", second)):
             self._plan("connect", clip.shape[2], clip.shape[1], 1 + transition_frames + 2 * context_frames, kw,
                        source=name, encode_frames=1 + 2 * context_frames)
-        window = cond.connect(self.vae, first, second, transition_frames, context_frames, blend_frames)
+        window = cond.connect(self.vae, first, second, transition_frames, context_frames, blend_frames, strength)
         return self.run(window, prompt, **kw)
 
     def edit(self, video, prompt: str, strength: float = 0.6, **kw) -> torch.Tensor:

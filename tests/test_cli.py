@@ -57,6 +57,10 @@ def test_a_bad_blend_is_refused_by_name_in_one_line(clip, tmp_path):
             "--blend-frames", -1, *FAST)
     assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("error: blend_frames=-1 is not allowed")
     assert "Traceback" not in r.stderr and not (tmp_path / "x.png").exists()
+    r = cli("connect", clip, clip, "x", "-o", tmp_path / "x.png", "--transition-frames", 4, "--context-frames", 4,
+            "--strength", 1.5, *FAST)
+    assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("error: strength=1.5 is not allowed")
+    assert not (tmp_path / "x.png").exists()
 
 
 # -- errors: one line, exit status 2, before any work (in-process: the same main() the process runs) ------

@@ -111,6 +111,46 @@ def test_loop_leads_back_into_the_clips_own_start(vae):
     assert torch.equal(out[9:], decoded[5:13])
 
 
+@torch.no_grad()
+def test_extended_frames_start_from_the_nearest_given_frame_held_and_noised_more_further_away(vae):
+    video = clip(17)
+    forward = cond.extend_forward(vae, video, new_frames=12, context_frames=8, strength=0.4)
+    assert forward.strength[0].tolist() == pytest.approx([0, 0, 0, 0.4, 0.7, 1.0])
+    for f in (3, 4, 5):  # the clip's last latent frame, held
+        assert torch.equal(forward.samples[:, :, f], forward.samples[:, :, 2])
+    backward = cond.extend_backward(vae, video, new_frames=8, context_frames=8, strength=0.4)
+    assert backward.strength[0].tolist() == pytest.approx([1.0, 0.7, 0.4, 0, 0])  # mirrored: nearest the clip last
+    for f in (0, 1, 2):  # the clip's first latent frame, held
+        assert torch.equal(backward.samples[:, :, f], backward.samples[:, :, 3])
+    noise = cond.extend_forward(vae, video, new_frames=12, context_frames=8, strength=1.0)
+    assert noise.strength[0].tolist() == [0, 0, 0, 1, 1, 1] and not noise.samples[:, :, 3:].any()
+    assert cond.extend(vae, video, 12, 8).strength[0, 3] == cond.EXTEND_STRENGTH  # the default
+
+
+@torch.no_grad()
+def test_a_transition_starts_from_a_dissolve_noised_most_in_its_middle(vae):
+    a, b = clip(9, 1), clip(13, 2)
+    w = cond.connect(vae, a, b, transition_frames=12, context_frames=4, strength=0.5)
+    s = w.strength[0].tolist()
+    assert s[:2] == [0, 0] and s[-1] == 0
+    assert s[2] == pytest.approx(s[4]) and s[3] == pytest.approx(0.5) and 0 < s[2] < s[3]  # a bump, peak 0.5
+    first, last = w.samples[:, :, 1], w.samples[:, :, 5]  # the ends the dissolve runs between
+    steps = [float((w.samples[:, :, f] - first).norm() / (last - first).norm()) for f in (2, 3, 4)]
+    assert steps[0] < 0.5 and steps[1] == pytest.approx(0.5, abs=1e-5) and steps[2] > 0.5  # from a to b
+    assert cond.connect(vae, a, b, 12, 4, strength=1.0).strength[0].tolist() == [0, 0, 1, 1, 1, 0]
+    loop = cond.loop(vae, a, transition_frames=8, context_frames=4)
+    assert max(loop.strength[0].tolist()) == pytest.approx(cond.TRANSITION_STRENGTH)  # the default
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "x"])
+def test_a_bad_start_strength_is_refused_before_encoding(vae, bad):
+    for build in (lambda: cond.extend(vae, clip(17), 8, 8, strength=bad),
+                  lambda: cond.connect(vae, clip(9), clip(9), 8, 4, strength=bad),
+                  lambda: cond.loop(vae, clip(9), 8, 4, strength=bad)):
+        with pytest.raises(ValueError, match=f"strength={bad!r} is not allowed"):
+            build()
+
+
 @pytest.mark.parametrize("bad", [-1, 2.5, True])
 def test_a_bad_blend_is_refused(vae, bad):
     with pytest.raises(ValueError, match=f"blend_frames={bad!r}"):

@@ -379,6 +379,15 @@ def test_extend_forward_output_is_the_source_then_the_new_frames(dit, vae, promp
     assert torch.equal(blended[:FRAMES - 4], clip[:-4]) and not torch.equal(blended[FRAMES - 4 : FRAMES], clip[-4:])
 
 
+def test_where_new_frames_start_travels_in_the_noise_mask(vae, clip):
+    (latent,) = SoraExtend().build(vae, clip, "forward", 8, 4, strength=0.5)
+    assert latent["noise_mask"][0, 0, :, 0, 0].tolist() == pytest.approx([0, 0, 0.5, 1.0])
+    (latent,) = SoraConnect().build(vae, clip, clip.flip(0), 4, 4, strength=0.3)
+    assert latent["noise_mask"][0, 0, :, 0, 0].tolist() == pytest.approx([0, 0, 0.3, 0])
+    with pytest.raises(ValueError, match="strength=1.5 is not allowed"):
+        SoraLoop().build(vae, clip, 4, 4, strength=1.5)
+
+
 def test_extend_backward_output_is_the_new_frames_then_the_source(dit, vae, prompts, clip):
     (latent,) = SoraExtend().build(vae, clip, "backward", 8, 4)
     frames = decode(vae, sample(dit, prompts, latent))

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host
+from sora_core.conditioning import TRANSITION_STRENGTH
 from sora_core.pipeline import DEFAULT_MODEL, default_model_path
 from sora_core.provenance import ASSERTION, DIGITAL_SOURCE_TYPE, file_sha256, read_manifest
 
@@ -264,8 +265,9 @@ def test_wan_loop_ends_on_a_transition_into_its_own_start():
     loop_id, loop = node_of(prompt, "SoraLoop")
     source = outputs[loop["inputs"]["video"][0]][0]
     window = outputs[loop_id][0]
-    # the window: the clip's end (given), the transition (generated), the clip's start (given)
-    assert window["noise_mask"][0, 0, :, 0, 0].tolist() == [0, 0, 1, 0]
+    # the window: the clip's end (given), the transition (from a dissolve, noised to the default strength),
+    # the clip's start (given)
+    assert window["noise_mask"][0, 0, :, 0, 0].tolist() == pytest.approx([0, 0, TRANSITION_STRENGTH, 0])
     assert torch.equal(window["sora_tail"].frames, source[:4])
     looped = saved["sora/wan_seamless_loop"]
     assert looped.shape[0] == source.shape[0] + 4 and torch.equal(looped[4:5], source[4:5])

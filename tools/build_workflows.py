@@ -1027,8 +1027,10 @@ def wan_with_core_nodes() -> Graph:
                   latent_image=empty[0], seed=71, **ksampler)
     frames = g.add("VAEDecode", samples=first[0], vae=core_vae[0])
     source = wan_save(g, m, None, pos, frames, "core_source", title="Source clip")
+    # strength 1: core's KSampler reads a noise_mask between 0 and 1 as a blend with the held frame at every
+    # step (soft inpainting), not as a starting noise level as the Sora DiT Sampler does
     latent = g.add("SoraExtend", vae=vae["vae"], video=frames[0], direction="forward", new_frames=NEW,
-                   context_frames=CONTEXT)
+                   context_frames=CONTEXT, strength=1.0)
     extend = g.add("KSampler", title="Extend (core KSampler)", model=model[0], positive=pos[0], negative=neg[0],
                    latent_image=latent[0], seed=72, **ksampler)
     longer = g.add("SoraVAEDecode", vae=vae["vae"], latent=extend[0], **DECODING)
