@@ -23,7 +23,7 @@ from nodes.long import SoraLongVideo
 from nodes.sampler import SoraDiTSampler
 from nodes.temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
 from nodes.text import SoraRecaption, SoraTextEncode
-from sora_core.conditioning import frames_to_video
+from sora_core.conditioning import TRANSITION_STRENGTH, frames_to_video
 from sora_core.recaption import plain_text
 from sora_core.wan.dit import WanConfig, WanDiTConfig, load_wan_dit
 from sora_core.wan.umt5 import load_umt5
@@ -196,7 +196,7 @@ def test_loop_and_connect_keep_the_sources_on_wan(wan):
     frames = decode(wan, out)
     assert frames.shape == (FRAMES + 4, SIZE, SIZE, 3) and torch.equal(frames[:FRAMES], clip)
     (joined,) = SoraConnect().build(wan.vae, clip, other, 4, 4, blend_frames=2)
-    assert per_frame(joined) == [0, 0, 1, 0]
+    assert per_frame(joined) == pytest.approx([0, 0, TRANSITION_STRENGTH, 0])  # the transition from a dissolve
     out = sample(wan, joined)
     given_frames_kept(joined, out)
     frames = decode(wan, out)
@@ -300,7 +300,7 @@ def masked(latent: dict, mask) -> dict:
 
 
 def test_noise_mask_is_read_in_the_shapes_core_reads(wan):
-    (latent,) = SoraExtend().build(wan.vae, video(), "forward", 4, 4)  # latent frames 0, 1 given
+    (latent,) = SoraExtend().build(wan.vae, video(), "forward", 4, 4, strength=1.0)  # frames 0, 1 given, 2 noise
     samples = latent["samples"]
     want = torch.tensor([[0.0, 0.0, 1.0]])
     levels = torch.tensor([0.0, 0.0, 1.0])
@@ -314,7 +314,7 @@ def test_noise_mask_is_read_in_the_shapes_core_reads(wan):
 
 
 def test_old_graphs_sora_strength_is_read_and_noise_mask_wins(wan):
-    (latent,) = SoraExtend().build(wan.vae, video(), "forward", 4, 4)
+    (latent,) = SoraExtend().build(wan.vae, video(), "forward", 4, 4, strength=1.0)
     old = {k: v for k, v in latent.items() if k != "noise_mask"} | {"sora_strength": torch.tensor([[0.0, 0.0, 1.0]])}
     assert torch.equal(sample(wan, old)["samples"], sample(wan, latent)["samples"])
     both = dict(latent, sora_strength=torch.ones(1, 3))
@@ -342,7 +342,7 @@ def test_sdedit_takes_the_minimum_with_a_core_mask(wan):
     (lambda m: m.tolist(), r"noise_mask must be a tensor .*; got list"),
 ])
 def test_a_mask_that_does_not_fit_is_refused_by_name_before_sampling(wan, monkeypatch, mask, message):
-    (latent,) = SoraExtend().build(wan.vae, video(), "forward", 4, 4)
+    (latent,) = SoraExtend().build(wan.vae, video(), "forward", 4, 4, strength=1.0)
     monkeypatch.setattr(sampler_node, "sample_window", lambda *a, **k: pytest.fail("sampled"))
     with pytest.raises(ValueError, match=message):
         sample(wan, masked(latent, mask(latent["noise_mask"])))
