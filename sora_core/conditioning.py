@@ -125,9 +125,9 @@ SEAM_BLEND = 4
 # Where new frames start (docs/training.md section 13). Extending, they start from the nearest given
 # latent frame held, noised to EXTEND_STRENGTH next to it and more further away (1 at the far end);
 # a transition (connect, loop) starts from a latent dissolve between the clips, noised most in its
-# middle (TRANSITION_STRENGTH) and less toward the clips. Strength 1 is pure noise. Measured on the
-# shipped model, the first cut the extend seam from 4.1 to ~0.8 and the second the loop seam from
-# 2.5 to ~1.1, with the new frames still moving.
+# middle (TRANSITION_STRENGTH) and less toward the clips. Strength 1 is pure noise. In eval, the first
+# cut the extend seam from 4.1 to 0.8 and the second the loop seam from 2.5 to 1.5 (connect: 17.7 to
+# 6.5), with the new frames still moving.
 EXTEND_STRENGTH = 0.7
 TRANSITION_STRENGTH = 0.6
 
@@ -320,8 +320,9 @@ def extend_backward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context
     blend_frames = _check_blend(blend_frames)
     ctx = encode_chunk_frames(vae, video[: tf * m])
     # Latent 0 is a lone frame; it is generated and then dropped so exactly `new_frames` are new.
-    window = Window(*_window([(1 + n, 1.0), (ctx, 0.0)], ctx), Splice(keep_start=1, keep_stop=1 + tf * n, after=video,
-                                                                       blend=blend_frames), Tail(1 + n, video[: tf * m]))
+    window = Window(*_window([(1 + n, 1.0), (ctx, 0.0)], ctx),
+                    Splice(keep_start=1, keep_stop=1 + tf * n, after=video, blend=blend_frames),
+                    Tail(1 + n, video[: tf * m]))
     _start_held(window, list(range(n, -1, -1)), 1 + n, strength)
     return window
 

@@ -302,7 +302,8 @@ class LongVideo:
             A join that jumps more than `seam_limit` is drawn again with the next seed, up to `retries`
             times, and the smoothest draw is kept."""
             nonlocal stream, offset
-            # strength 1: new windows from pure noise, as bench_long measured them (docs/training.md 11, 13)
+            # strength 1: windows from pure noise; the held start `cond.extend` uses made a clip drift past
+            # #11's limit here, with joins no smoother (docs/training.md section 13)
             w = cond.extend_forward(vae, held.to(pipe.device), n, self.context_frames, self.blend_frames, 1.0)
             if stream is None:  # after a start clip: its encoded tail is where the stream begins
                 stream = w.samples[:, :, : 1 + m].clone()

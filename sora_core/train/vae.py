@@ -162,8 +162,8 @@ def run(args: argparse.Namespace) -> Path:
     if args.anchor_weight < 0:
         raise ValueError(f"--anchor-weight={args.anchor_weight} is not allowed: use 0 (off) or a positive weight")
     if args.anchor_weight and (not args.init or args.decoder_only):
-        raise ValueError(f"--anchor-weight={args.anchor_weight} needs --init and a trained encoder (not --decoder-only): "
-                         "it holds the encoder's latents to that checkpoint's")
+        raise ValueError(f"--anchor-weight={args.anchor_weight} needs --init and a trained encoder (not "
+                         "--decoder-only): it holds the encoder's latents to that checkpoint's")
     if args.depth_to_time_level is not None and not args.decoder_only:
         raise ValueError("--depth-to-time-level needs --init and --decoder-only: it rebuilds that checkpoint's decoder")
     if args.init:
