@@ -26,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from sora_core.conditioning import video_to_frames
 from sora_core.eval.run import background_drift, border_colour, heldout, long_chain
 from sora_core.long import DRIFT, OVERLAP, RETRIES, SEAM_LIMIT, seam_ratio
 from sora_core.pipeline import Pipeline
@@ -51,7 +52,7 @@ def main() -> None:
     pipe = Pipeline.load(args.model)
     sampling = dict(steps=args.steps, cfg=args.cfg)
     items = heldout(args.sources, 64, 64, 17, args.seed + 2)  # eval's capability sources
-    clips = [((it["video"].permute(1, 2, 3, 0) + 1) / 2, it["caption"]) for it in items]
+    clips = [(video_to_frames(it["video"][None]), it["caption"]) for it in items]
 
     # The reference: the seam of one extend of each clip, over three seeds.
     single = []

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from sora_core.checkpoint import load_checkpoint
+from sora_core.conditioning import video_to_frames
 from sora_core.data.world import PALETTE
 from sora_core.eval.detector import analyse_clip
 from sora_core.eval.run import PROBE_SCENE, heldout, travel
@@ -48,7 +49,7 @@ def swap_motion_word(caption: str, motion: str) -> str | None:
 
 def clip_travel(video: torch.Tensor, motion: str) -> float | None:
     """eval's `travel` of a (3, T, H, W) clip in [-1, 1]: how far its object moves the `motion` way."""
-    analysis = analyse_clip(to_uint8_frames((video.clamp(-1, 1).permute(1, 2, 3, 0) + 1) / 2))
+    analysis = analyse_clip(to_uint8_frames(video_to_frames(video[None])))
     return travel(analysis, motion, video.shape[-1], video.shape[-2])
 
 

@@ -134,8 +134,8 @@ TRANSITION_STRENGTH = 0.6
 
 def _start_held(window: "Window", new: list[int], given: int, strength: float) -> None:
     """New latent frames `new` (nearest the given frame first) start from given latent frame `given`
-    held, at strengths rising linearly from `strength` (the nearest) to 1 (the farthest)."""
-    strength = check_strength(strength)
+    held, at strengths rising linearly from `strength` (checked: `check_strength`; the nearest) to 1 (the
+    farthest)."""
     if strength == 1.0:
         return
     for rank, f in enumerate(new):
@@ -146,8 +146,7 @@ def _start_held(window: "Window", new: list[int], given: int, strength: float) -
 def _start_dissolve(window: "Window", first: int, count: int, strength: float) -> None:
     """Latent frames first..first+count-1, between given frames first-1 and first+count, start from a
     smoothstep dissolve between those two, at strengths `strength` x a sine that peaks at the middle;
-    strength 1 leaves them pure noise."""
-    strength = check_strength(strength)
+    strength (checked: `check_strength`) 1 leaves them pure noise."""
     if strength == 1.0:
         return
     a, b = window.samples[:, :, first - 1], window.samples[:, :, first + count]
@@ -289,7 +288,7 @@ def extend_forward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_
     The new frames start from its last latent frame held, noised to `strength` (1: pure noise) next
     to it and to 1 at the end."""
     video = as_frames("video", video)
-    check_strength(strength)
+    strength = check_strength(strength)
     tf = vae.temporal_factor
     n = check_chunks("new_frames", new_frames, tf)
     m = check_chunks("context_frames", context_frames, tf)
@@ -311,7 +310,7 @@ def extend_backward(vae: VideoVAE, video: torch.Tensor, new_frames: int, context
     """Generate `new_frames` frames that lead into `video`, seeing its first `context_frames`; they
     start from its first latent frame held, as `extend_forward`'s do from its last."""
     video = as_frames("video", video)
-    check_strength(strength)
+    strength = check_strength(strength)
     tf = vae.temporal_factor
     n = check_chunks("new_frames", new_frames, tf)
     m = check_chunks("context_frames", context_frames, tf)
@@ -344,7 +343,7 @@ def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition
     """A generated transition of `transition_frames` from the end of `first` into the start of `second`,
     started from a latent dissolve between them noised to `strength` in its middle, less toward the clips."""
     first, second = as_frames("first", first), as_frames("second", second)
-    check_strength(strength)
+    strength = check_strength(strength)
     if first.shape[1:] != second.shape[1:]:
         raise ValueError(
             f"the two clips must have the same frame size; first is {tuple(first.shape[1:3])} (height, width), "

@@ -304,7 +304,8 @@ class LongVideo:
             nonlocal stream, offset
             # strength 1: windows from pure noise; the held start `cond.extend` uses made a clip drift past
             # #11's limit here, with joins no smoother (docs/training.md section 13)
-            w = cond.extend_forward(vae, held.to(pipe.device), n, self.context_frames, self.blend_frames, 1.0)
+            w = cond.extend_forward(vae, held.to(pipe.device), n, self.context_frames, self.blend_frames,
+                                    strength=1.0)
             if stream is None:  # after a start clip: its encoded tail is where the stream begins
                 stream = w.samples[:, :, : 1 + m].clone()
             else:  # the context chunks as generated, not re-encoded from their pixels
@@ -377,7 +378,7 @@ class LongVideo:
         """held + a transition that leads into `head`, the video's opening (already written: it cannot be
         crossfaded as `cond.loop` does, so the transition's last frames absorb the VAE's error instead)."""
         vae, device = self.pipe.vae, self.pipe.device
-        w = cond.connect(vae, held.to(device), head.to(device), n, self.context_frames, self.blend_frames, 1.0)
+        w = cond.connect(vae, held.to(device), head.to(device), n, self.context_frames, self.blend_frames, strength=1.0)
         if previous is not None:
             w.samples[:, :, 1 : 1 + previous.shape[2]] = previous.to(w.samples)
         splice, w.splice = w.splice, None

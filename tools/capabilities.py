@@ -16,6 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sora_core.conditioning import video_to_frames  # noqa: E402
 from sora_core.data.synthetic import heldout_clip  # noqa: E402
 from sora_core.eval.sheets import contact_sheet  # noqa: E402
 from sora_core.pipeline import Pipeline  # noqa: E402
@@ -23,7 +24,7 @@ from sora_core.pipeline import Pipeline  # noqa: E402
 
 def clip(index: int):
     item = heldout_clip(index, 64, 64, 17, seed=7)
-    return (item["video"].permute(1, 2, 3, 0) + 1) / 2, item["caption"]  # (T, H, W, 3) in [0, 1]
+    return video_to_frames(item["video"][None]), item["caption"]  # (T, H, W, 3) in [0, 1]
 
 
 def main() -> None:

@@ -81,16 +81,16 @@ def warm_start_decoder(new: VideoVAE, old: VideoVAE) -> None:
 
 
 def latent_anchor(vae: VideoVAE):
-    """A frozen copy of `vae`'s encoder and a function (video, new raw latent mean) -> the MSE between the
-    new and the frozen encoder's latents, each divided by the stored per-channel std (the DiT's units)."""
+    """A function (video, new raw latent mean (N, C, h, w) from `moments`) -> the MSE between those latents and
+    what a frozen copy of `vae` encodes, each divided by the stored per-channel std (the DiT's units)."""
     import copy
 
     frozen = copy.deepcopy(vae).eval().requires_grad_(False)
+    std = frozen.latent_std.view(1, -1, 1, 1)
 
     def anchor(video: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             old, _ = frozen.moments(frozen.to_chunks(video))
-        std = frozen.latent_std.view(1, -1, *[1] * (mean.ndim - 2))
         return F.mse_loss(mean / std, old / std)
 
     return anchor
