@@ -58,3 +58,43 @@ def test_probe_tasks_feed_the_animation_the_held_out_or_a_generated_first_frame(
             assert generated == [1, 1] and [f.shape[0] for f in firsts] == [1, 1]
     with pytest.raises(ValueError, match="task='v2v' is not allowed"):
         probe(pipe, task="v2v", **kw)
+
+
+def test_redraw_at_strength_0_scores_the_vae_round_trip_and_refuses_a_bad_strength(micro_checkpoint):
+    from sora_core.conditioning import video_to_frames
+    from sora_core.data.synthetic import Scene
+    from sora_core.eval.detector import analyse_clip, score_against
+    from sora_core.eval.run import redraw
+    from sora_core.io import to_uint8_frames
+
+    pipe = Pipeline.load(micro_checkpoint)
+    kw = dict(n=3, width=32, height=32, frames=9, steps=2)
+    out = redraw(pipe, [0, 1], **kw)
+    assert list(out) == ["0", "1"]
+    for scores in out.values():
+        assert set(scores) == {"color_acc", "shape_acc", "count_acc", "direction_acc"}
+        assert all(0 <= v <= 1 for v in scores.values())
+    # strength 0 redraws nothing: the scores are the VAE round trip's, clip by clip
+    expected = {"color_ok": [], "shape_ok": [], "count_ok": [], "direction_ok": []}
+    with torch.no_grad():
+        for item in heldout(3, 32, 32, 9, 0, occlusion=False):
+            video = video_to_frames(pipe.vae.decode(pipe.vae.encode(item["video"][None])))
+            result = score_against(Scene.from_dict(item["scene"]), analyse_clip(to_uint8_frames(video)))
+            for k in expected:
+                expected[k].append(result[k])
+    assert out["0"] == {k.replace("_ok", "_acc"): sum(v) / len(v) for k, v in expected.items()}
+    with pytest.raises(ValueError, match="strength=1.5 is not allowed"):
+        redraw(pipe, [0.3, 1.5], **kw)
+
+
+def test_eval_refuses_a_bad_redraw_list_before_loading_a_model(tmp_path):
+    import argparse
+
+    from sora_core.eval.run import add_arguments, run
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    for bad in ("0.3,x", "0.3,2"):
+        args = p.parse_args(["--redraw", bad, "--model", str(tmp_path / "missing.safetensors")])
+        with pytest.raises(ValueError, match=f"--redraw='{bad}' is not allowed"):
+            run(args)

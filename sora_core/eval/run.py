@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..conditioning import video_to_frames
+from ..conditioning import check_strength, video_to_frames
 from ..data.synthetic import Scene, heldout_clip
 from ..io import to_uint8_frames as to_uint8
 from ..long import LongVideo, join_seam, ring_median, seam_ratio
@@ -119,6 +119,27 @@ def probe(pipe: Pipeline, *, n: int = 16, width: int = 64, height: int = 64, fra
     out = {k.replace("_ok", "_acc"): float(np.mean(v)) for k, v in scores.items()}
     out["moving"] = float(np.mean(moving))
     out["travel"] = float(np.mean(travelled))
+    return out
+
+
+def redraw(pipe: Pipeline, strengths, *, n: int = 16, width: int = 64, height: int = 64, frames: int = 17,
+           steps: int = 20, cfg: float = 5.0, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Eval's text-to-video clips (the true ones) encoded, noised to each strength and redrawn from their
+    detailed captions (`Pipeline.edit`, SDEdit), scored like text to video: how much of what the layout
+    already holds the DiT keeps at each noise level (0: the VAE's round trip alone; 1: text to video).
+    Low strengths judge the detail steps, high ones the layout steps, in about a minute per strength."""
+    strengths = [check_strength(s) for s in strengths]
+    items = heldout(n, width, height, frames, seed, occlusion=False)
+    out = {}
+    for s in strengths:
+        scores = {k: [] for k in ("color_ok", "shape_ok", "count_ok", "direction_ok")}
+        for i, item in enumerate(items):
+            video = pipe.edit(video_to_frames(item["video"][None]), item["caption"], strength=s, seed=seed + i,
+                              steps=steps, cfg=cfg)
+            result = score_against(Scene.from_dict(item["scene"]), analyse_clip(to_uint8(video)))
+            for k in scores:
+                scores[k].append(result[k])
+        out[f"{s:g}"] = {k.replace("_ok", "_acc"): float(np.mean(v)) for k, v in scores.items()}
     return out
 
 
@@ -275,11 +296,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-task", choices=PROBE_TASKS, default="t2v",
                    help="the probe's task: from the caption alone, animating the held-out first frame (i2v), "
                         "or a generated image then animated (two-stage)")
+    p.add_argument("--redraw", default=None, metavar="STRENGTHS",
+                   help="only redraw eval's true text-to-video clips from noise levels, e.g. 0,0.3,0.5,0.7 "
+                        "(SDEdit; 0: the VAE alone): what the DiT keeps of a given layout, about a minute each")
 
 
 def run(args: argparse.Namespace) -> int:
+    strengths = None
+    if args.redraw is not None:  # checked before the model loads
+        try:
+            strengths = [check_strength(float(v)) for v in args.redraw.split(",")]
+        except ValueError:
+            raise ValueError(f"--redraw={args.redraw!r} is not allowed: use comma-separated numbers from 0 to 1, "
+                             f"e.g. 0,0.3,0.5,0.7") from None
     torch.manual_seed(args.seed)
     pipe = Pipeline.load(args.model)
+    if strengths is not None:
+        print(json.dumps(redraw(pipe, strengths, n=args.prompts, width=args.width, height=args.height,
+                                frames=args.frames, steps=args.steps, cfg=args.cfg, seed=args.seed), sort_keys=True))
+        return 0
     if args.probe:
         print(json.dumps(probe(pipe, n=args.prompts, width=args.width, height=args.height, frames=args.frames,
                                steps=args.steps, cfg=args.cfg, seed=args.seed, task=args.probe_task),
