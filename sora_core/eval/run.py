@@ -78,6 +78,19 @@ def travel(analysis, motion: str, width: int, height: int) -> float | None:
             + (dets[-1].centroid[1] - dets[0].centroid[1]) / height * dy)
 
 
+ADHERENCE = ("color_ok", "shape_ok", "direction_ok", "count_ok")  # what text to video is scored on
+
+
+def score_clip(item: dict, video: torch.Tensor) -> dict[str, bool]:
+    """`score_against` of generated (T, H, W, 3) frames in [0, 1] and the held-out `item`'s scene."""
+    return score_against(Scene.from_dict(item["scene"]), analyse_clip(to_uint8(video)))
+
+
+def accuracies(results: list[dict[str, bool]], keys) -> dict[str, float]:
+    """The share of `results` with each property in `keys` right, named *_acc."""
+    return {k.replace("_ok", "_acc"): float(np.mean([r[k] for r in results])) for k in keys}
+
+
 PROBE_SCENE = {"n_objects": 1, "motions": ("left", "right", "up", "down"), "camera": "still", "texture": "none",
                "occlusion": False}
 
@@ -100,8 +113,7 @@ def probe(pipe: Pipeline, *, n: int = 16, width: int = 64, height: int = 64, fra
     if task not in PROBE_TASKS:
         raise ValueError(f"task={task!r} is not allowed; choose one of: {', '.join(PROBE_TASKS)}")
     sampling = dict(steps=steps, cfg=cfg)
-    scores = {k: [] for k in ("color_ok", "shape_ok", "direction_ok")}
-    moving, travelled = [], []
+    results, moving, travelled = [], [], []
     for i, item in enumerate(heldout(n, width, height, frames, seed + 7, **PROBE_SCENE)):
         if task == "t2v":
             video = pipe.generate(item["caption"], width, height, frames, seed=seed + i, **sampling)
@@ -110,13 +122,11 @@ def probe(pipe: Pipeline, *, n: int = 16, width: int = 64, height: int = 64, fra
                      else pipe.generate(item["caption"], width, height, 1, seed=seed + 1000 + i, **sampling))
             video = pipe.animate(first, item["caption"], frames, seed=seed + i, **sampling)
         analysis = analyse_clip(to_uint8(video))
-        result = score_against(Scene.from_dict(item["scene"]), analysis)
-        for k in scores:
-            scores[k].append(result[k])
+        results.append(score_against(Scene.from_dict(item["scene"]), analysis))
         moving.append(bool(analysis.tracks) and analysis.tracks[0].motion not in ("still", "grow", "shrink"))
         along = travel(analysis, item["scene"]["objects"][0]["motion"], width, height)
         travelled.append(0.0 if along is None else along)
-    out = {k.replace("_ok", "_acc"): float(np.mean(v)) for k, v in scores.items()}
+    out = accuracies(results, ("color_ok", "shape_ok", "direction_ok"))
     out["moving"] = float(np.mean(moving))
     out["travel"] = float(np.mean(travelled))
     return out
@@ -132,14 +142,10 @@ def redraw(pipe: Pipeline, strengths, *, n: int = 16, width: int = 64, height: i
     items = heldout(n, width, height, frames, seed, occlusion=False)
     out = {}
     for s in strengths:
-        scores = {k: [] for k in ("color_ok", "shape_ok", "count_ok", "direction_ok")}
-        for i, item in enumerate(items):
-            video = pipe.edit(video_to_frames(item["video"][None]), item["caption"], strength=s, seed=seed + i,
-                              steps=steps, cfg=cfg)
-            result = score_against(Scene.from_dict(item["scene"]), analyse_clip(to_uint8(video)))
-            for k in scores:
-                scores[k].append(result[k])
-        out[f"{s:g}"] = {k.replace("_ok", "_acc"): float(np.mean(v)) for k, v in scores.items()}
+        results = [score_clip(item, pipe.edit(video_to_frames(item["video"][None]), item["caption"], strength=s,
+                                              seed=seed + i, steps=steps, cfg=cfg))
+                   for i, item in enumerate(items)]
+        out[f"{s:g}"] = accuracies(results, ADHERENCE)
     return out
 
 
@@ -154,24 +160,22 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
         return pipe.generate(recaption(prompt, seed=seed + i), width, height, frames, seed=seed + i, **sampling)
 
     # Text-to-video adherence, on short prompts expanded the way users' prompts are.
-    scores = {k: [] for k in ("color_ok", "shape_ok", "direction_ok", "count_ok")}
+    results = []
     start = time.time()
     for i, item in enumerate(heldout(n_prompts, width, height, frames, seed, occlusion=False)):
         video = gen(item["prompt"], i)
         if i == 0:
             metrics["seconds_per_clip_cpu"] = round(time.time() - start, 2)
-        result = score_against(Scene.from_dict(item["scene"]), analyse_clip(to_uint8(video)))
-        for k in scores:
-            scores[k].append(result[k])
+        result = score_clip(item, video)
+        results.append(result)
         rows.setdefault("text_to_video", []).append((item["prompt"], video))
         log(f"t2v {i + 1}/{n_prompts}: {item['prompt']!r} -> {result}")
-    for k, v in scores.items():
-        metrics[k.replace("_ok", "_acc")] = float(np.mean(v))
+    metrics.update(accuracies(results, ADHERENCE))
 
     permanence = []
     for i, item in enumerate(heldout(max(4, n_prompts // 2), width, height, 33, seed + 1, occlusion=True)):
         video = pipe.generate(recaption(item["prompt"], seed=seed + i), width, height, 33, seed=seed + i, **sampling)
-        permanence.append(score_against(Scene.from_dict(item["scene"]), analyse_clip(to_uint8(video)))["permanence_ok"])
+        permanence.append(score_clip(item, video)["permanence_ok"])
         rows.setdefault("occlusion", []).append((item["prompt"], video))
     metrics["permanence_acc"] = float(np.mean(permanence))
     log(f"permanence {metrics['permanence_acc']:.2f}")
