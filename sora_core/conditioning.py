@@ -343,7 +343,7 @@ def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition
     """A generated transition of `transition_frames` from the end of `first` into the start of `second`,
     started from a latent dissolve between them noised to `strength` in its middle, less toward the clips."""
     first, second = as_frames("first", first), as_frames("second", second)
-    strength = check_strength(strength)
+    strength, blend_frames = check_strength(strength), _check_blend(blend_frames)
     if first.shape[1:] != second.shape[1:]:
         raise ValueError(
             f"the two clips must have the same frame size; first is {tuple(first.shape[1:3])} (height, width), "
@@ -360,7 +360,7 @@ def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition
     start = 1 + tf * m
     window = Window(*_window([(head, 0.0), (n, 1.0), (tail, 0.0)], head),
                     Splice(keep_start=start, keep_stop=start + tf * n, before=first, after=second,
-                           blend=_check_blend(blend_frames)), Tail(1 + m + n, second[: tf * m]))
+                           blend=blend_frames), Tail(1 + m + n, second[: tf * m]))
     _start_dissolve(window, 1 + m, n, strength)
     return window
 
