@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -98,3 +99,58 @@ def test_eval_refuses_a_bad_redraw_list_before_loading_a_model(tmp_path):
         args = p.parse_args(["--redraw", bad, "--model", str(tmp_path / "missing.safetensors")])
         with pytest.raises(ValueError, match=f"--redraw='{bad}' is not allowed"):
             run(args)
+
+
+def test_sign_test_is_the_exact_two_sided_binomial_tail():
+    from sora_core.eval.run import sign_test
+
+    assert sign_test(0, 0) == 1.0 and sign_test(5, 5) == 1.0
+    assert sign_test(10, 0) == sign_test(0, 10) == pytest.approx(2 / 1024)
+    assert sign_test(3, 1) == pytest.approx(2 * (1 + 4) / 16)  # P(X <= 1) + P(X >= 3) of Binomial(4, 1/2)
+    assert sign_test(15, 10) > 0.4 > sign_test(20, 5)
+
+
+def test_versus_compares_two_models_clip_by_clip_on_the_same_prompts(micro_checkpoint, micro_model, tmp_path):
+    from sora_core.checkpoint import save_checkpoint
+    from sora_core.eval.run import ADHERENCE, occlusion, text_to_video, versus
+
+    pipe = Pipeline.load(micro_checkpoint)
+    kw = dict(n=4, width=32, height=32, frames=9, steps=2)
+    same = versus(pipe, Pipeline.load(micro_checkpoint), **kw, log=lambda _: None)
+    assert set(same) == {"color", "shape", "direction", "count", "permanence"}
+    for row in same.values():  # a model against itself: the same clips, nothing gained or lost
+        assert row["a"] == row["b"] and row["gained"] == row["lost"] == 0 and row["p"] == 1.0
+    assert same["color"]["clips"] == 4 and same["permanence"]["clips"] == 4  # max(4, n // 2) occlusion clips
+
+    torch.manual_seed(1)
+    other = copy.deepcopy(micro_model)
+    with torch.no_grad():
+        for p in other.dit.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    path = tmp_path / "other.safetensors"
+    save_checkpoint(other, path)
+    b = Pipeline.load(path)
+    out = versus(pipe, b, **kw, log=lambda _: None)
+    sampling = dict(steps=2, cfg=5.0)
+    a_t2v, b_t2v = (text_to_video(m, 4, 32, 32, 9, 0, sampling) for m in (pipe, b))
+    a_perm, b_perm = (occlusion(m, 4, 32, 32, 0, sampling) for m in (pipe, b))
+    for key in ADHERENCE + ("permanence_ok",):
+        a_runs, b_runs = (a_perm, b_perm) if key == "permanence_ok" else (a_t2v, b_t2v)
+        a, bb = [r[key] for r in a_runs], [r[key] for r in b_runs]
+        row = out[key.replace("_ok", "")]
+        assert row["a"] == sum(a) / len(a) and row["b"] == sum(bb) / len(bb)
+        assert row["gained"] == sum(y and not x for x, y in zip(a, bb))
+        assert row["lost"] == sum(x and not y for x, y in zip(a, bb))
+        assert row["gained"] - row["lost"] == sum(bb) - sum(a)
+
+
+def test_eval_refuses_a_missing_versus_checkpoint_before_loading_a_model(tmp_path):
+    import argparse
+
+    from sora_core.eval.run import add_arguments, run
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--versus", str(tmp_path / "b.safetensors"), "--model", str(tmp_path / "a.safetensors")])
+    with pytest.raises(ValueError, match="--versus=.*b.safetensors' is not allowed: no such checkpoint file"):
+        run(args)

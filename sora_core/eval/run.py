@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -149,6 +150,65 @@ def redraw(pipe: Pipeline, strengths, *, n: int = 16, width: int = 64, height: i
     return out
 
 
+def text_to_video(pipe: Pipeline, n: int, width: int, height: int, frames: int, seed: int, sampling: dict,
+                  each=None) -> list[dict[str, bool]]:
+    """Eval's text-to-video clips: `n` held-out short prompts, each expanded by the recaptioner the way users'
+    prompts are and generated with its own seed, scored against its scene (`score_clip`).
+    `each(i, item, video, result)` sees every clip."""
+    results = []
+    for i, item in enumerate(heldout(n, width, height, frames, seed, occlusion=False)):
+        video = pipe.generate(recaption(item["prompt"], seed=seed + i), width, height, frames, seed=seed + i,
+                              **sampling)
+        results.append(score_clip(item, video))
+        if each is not None:
+            each(i, item, video, results[-1])
+    return results
+
+
+def occlusion(pipe: Pipeline, n_prompts: int, width: int, height: int, seed: int, sampling: dict,
+              each=None) -> list[dict[str, bool]]:
+    """Eval's permanence clips: max(4, n_prompts // 2) held-out 33-frame scenes where one object passes behind
+    another, generated from their expanded prompts and scored like `text_to_video`."""
+    results = []
+    for i, item in enumerate(heldout(max(4, n_prompts // 2), width, height, 33, seed + 1, occlusion=True)):
+        video = pipe.generate(recaption(item["prompt"], seed=seed + i), width, height, 33, seed=seed + i, **sampling)
+        results.append(score_clip(item, video))
+        if each is not None:
+            each(i, item, video, results[-1])
+    return results
+
+
+def sign_test(gained: int, lost: int) -> float:
+    """Two-sided exact sign test: the chance of a split at least this uneven between clips one model gets
+    right and the other wrong (`gained`) and back (`lost`), were the two models equally good."""
+    n, k = gained + lost, min(gained, lost)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def versus(pipe: Pipeline, other: Pipeline, *, n: int = 96, width: int = 64, height: int = 64, frames: int = 17,
+           steps: int = 20, cfg: float = 5.0, seed: int = 0, log=print) -> dict[str, dict]:
+    """Two models, clip by clip, on eval's text-to-video and permanence clips (the same prompts and seeds):
+    per property, each one's accuracy (a: `pipe`, b: `other`), the clips b gets right and a wrong (`gained`)
+    and back (`lost`), and the sign test's p of that split. At 32 prompts one model's clips flip both ways
+    by the dozen with any change of weights (docs/training.md section 15), so compare on many."""
+    sampling = dict(steps=steps, cfg=cfg)
+    runs = []
+    for name, model in (("a", pipe), ("b", other)):
+        runs.append((text_to_video(model, n, width, height, frames, seed, sampling),
+                     occlusion(model, n, width, height, seed, sampling)))
+        log(f"versus: model {name} done")
+    out = {}
+    for key, which in [(k, 0) for k in ADHERENCE] + [("permanence_ok", 1)]:
+        a, b = ([r[key] for r in run[which]] for run in runs)
+        gained = sum(y and not x for x, y in zip(a, b))
+        lost = sum(x and not y for x, y in zip(a, b))
+        out[key.replace("_ok", "")] = {"a": float(np.mean(a)), "b": float(np.mean(b)), "clips": len(a),
+                                        "gained": gained, "lost": lost, "p": round(sign_test(gained, lost), 4)}
+    return out
+
+
 def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: int = 64, frames: int = 17,
              steps: int = 20, cfg: float = 5.0, seed: int = 0, log=print) -> tuple[dict, dict[str, list]]:
     """Every metric of the report card, and the clips behind them by capability (for `write_sheets`)."""
@@ -156,28 +216,20 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
     rows: dict[str, list] = {}
     metrics: dict[str, float] = {}
 
-    def gen(prompt: str, i: int) -> torch.Tensor:
-        return pipe.generate(recaption(prompt, seed=seed + i), width, height, frames, seed=seed + i, **sampling)
-
     # Text-to-video adherence, on short prompts expanded the way users' prompts are.
-    results = []
     start = time.time()
-    for i, item in enumerate(heldout(n_prompts, width, height, frames, seed, occlusion=False)):
-        video = gen(item["prompt"], i)
+
+    def each_t2v(i: int, item: dict, video: torch.Tensor, result: dict) -> None:
         if i == 0:
             metrics["seconds_per_clip_cpu"] = round(time.time() - start, 2)
-        result = score_clip(item, video)
-        results.append(result)
         rows.setdefault("text_to_video", []).append((item["prompt"], video))
         log(f"t2v {i + 1}/{n_prompts}: {item['prompt']!r} -> {result}")
-    metrics.update(accuracies(results, ADHERENCE))
 
-    permanence = []
-    for i, item in enumerate(heldout(max(4, n_prompts // 2), width, height, 33, seed + 1, occlusion=True)):
-        video = pipe.generate(recaption(item["prompt"], seed=seed + i), width, height, 33, seed=seed + i, **sampling)
-        permanence.append(score_clip(item, video)["permanence_ok"])
-        rows.setdefault("occlusion", []).append((item["prompt"], video))
-    metrics["permanence_acc"] = float(np.mean(permanence))
+    metrics.update(accuracies(text_to_video(pipe, n_prompts, width, height, frames, seed, sampling, each_t2v),
+                              ADHERENCE))
+    permanence = occlusion(pipe, n_prompts, width, height, seed, sampling,
+                           lambda i, item, video, _: rows.setdefault("occlusion", []).append((item["prompt"], video)))
+    metrics["permanence_acc"] = float(np.mean([r["permanence_ok"] for r in permanence]))
     log(f"permanence {metrics['permanence_acc']:.2f}")
 
     sources = heldout(4, width, height, frames, seed + 2)
@@ -303,6 +355,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redraw", default=None, metavar="STRENGTHS",
                    help="only redraw eval's true text-to-video clips from noise levels, e.g. 0,0.3,0.5,0.7 "
                         "(SDEdit; 0: the VAE alone): what the DiT keeps of a given layout, about a minute each")
+    p.add_argument("--versus", default=None, metavar="CHECKPOINT",
+                   help="only compare --model (a) with this checkpoint (b) clip by clip on text to video and "
+                        "permanence: accuracies, clips gained and lost, the sign test's p (use --prompts 96 or more)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -313,8 +368,15 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--redraw={args.redraw!r} is not allowed: use comma-separated numbers from 0 to 1, "
                              f"e.g. 0,0.3,0.5,0.7") from None
+    if args.versus is not None and not Path(args.versus).is_file():  # checked before the model loads
+        raise ValueError(f"--versus={args.versus!r} is not allowed: no such checkpoint file")
     torch.manual_seed(args.seed)
     pipe = Pipeline.load(args.model)
+    if args.versus is not None:
+        print(json.dumps(versus(pipe, Pipeline.load(args.versus), n=args.prompts, width=args.width,
+                                height=args.height, frames=args.frames, steps=args.steps, cfg=args.cfg,
+                                seed=args.seed), sort_keys=True))
+        return 0
     if strengths is not None:
         print(json.dumps(redraw(pipe, strengths, n=args.prompts, width=args.width, height=args.height,
                                 frames=args.frames, steps=args.steps, cfg=args.cfg, seed=args.seed), sort_keys=True))
