@@ -155,23 +155,25 @@ def text_to_video(pipe: Pipeline, n: int, width: int, height: int, frames: int, 
     """Eval's text-to-video clips: `n` held-out short prompts, each expanded by the recaptioner the way users'
     prompts are and generated with its own seed, scored against its scene (`score_clip`).
     `each(i, item, video, result)` sees every clip."""
-    results = []
-    for i, item in enumerate(heldout(n, width, height, frames, seed, occlusion=False)):
-        video = pipe.generate(recaption(item["prompt"], seed=seed + i), width, height, frames, seed=seed + i,
-                              **sampling)
-        results.append(score_clip(item, video))
-        if each is not None:
-            each(i, item, video, results[-1])
-    return results
+    items = heldout(n, width, height, frames, seed, occlusion=False)
+    return _generate_and_score(pipe, items, width, height, frames, seed, sampling, each)
 
 
 def occlusion(pipe: Pipeline, n_prompts: int, width: int, height: int, seed: int, sampling: dict,
               each=None) -> list[dict[str, bool]]:
     """Eval's permanence clips: max(4, n_prompts // 2) held-out 33-frame scenes where one object passes behind
     another, generated from their expanded prompts and scored like `text_to_video`."""
+    items = heldout(max(4, n_prompts // 2), width, height, 33, seed + 1, occlusion=True)
+    return _generate_and_score(pipe, items, width, height, 33, seed, sampling, each)
+
+
+def _generate_and_score(pipe: Pipeline, items: list[dict], width: int, height: int, frames: int, seed: int,
+                        sampling: dict, each) -> list[dict[str, bool]]:
+    """Each held-out item's short prompt recaptioned and generated with seed + its index, then scored."""
     results = []
-    for i, item in enumerate(heldout(max(4, n_prompts // 2), width, height, 33, seed + 1, occlusion=True)):
-        video = pipe.generate(recaption(item["prompt"], seed=seed + i), width, height, 33, seed=seed + i, **sampling)
+    for i, item in enumerate(items):
+        video = pipe.generate(recaption(item["prompt"], seed=seed + i), width, height, frames, seed=seed + i,
+                              **sampling)
         results.append(score_clip(item, video))
         if each is not None:
             each(i, item, video, results[-1])
