@@ -94,6 +94,9 @@ class DiTConfig:
     # a small model must otherwise infer "near the left edge" or "the first frame" from the grid's
     # boundary; with it, captions' places and start positions are learned far sooner.
     abs_pos: bool = False
+    # Also take a planned layout: each token gets the pooled phrase embedding of the objects whose
+    # place covers it (`grounding`), projected by `DiT.ground`. Models without it ignore layouts.
+    grounding: bool = False
 
     def validate(self) -> None:
         if self.dim % self.heads:

@@ -126,6 +126,7 @@ class DiT(nn.Module):
         self.patch_dim = config.latent_channels * pt * ph * pw
         self.x_embed = nn.Linear(self.patch_dim, d)
         self.pos_embed = nn.Linear(6 * 8, d) if config.abs_pos else None
+        self.ground = nn.Linear(config.text_dim, d) if config.grounding else None
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.t_mod = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.text_proj = nn.Sequential(nn.Linear(config.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
@@ -149,17 +150,25 @@ class DiT(nn.Module):
         # ... the cross-attention residual has no gate, so zero its output projection instead ...
         for block in self.blocks:
             nn.init.zeros_(block.cross.proj.weight)
+        # ... a layout adds nothing until training teaches the model to read it ...
+        if self.ground is not None:
+            nn.init.zeros_(self.ground.weight)
         # ... and the network starts by predicting zero velocity.
         nn.init.zeros_(self.out.weight)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, C, T, H, W); t (B, T) in [0, 1]; text (B, L, text_dim); text_mask (B, L) bool -> velocity like x."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                grounding: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, T, H, W); t (B, T) in [0, 1]; text (B, L, text_dim); text_mask (B, L) bool -> velocity like x.
+        grounding (B, N, text_dim): a planned layout per token (`sora_core.grounding`); ignored by a model
+        trained without one."""
         b, _, frames, height, width = x.shape
         pt, ph, pw = self.config.patch
         grid = (frames // pt, height // ph, width // pw)
         tokens = self.x_embed(patchify(x, self.config.patch))  # (B, N, D)
         if self.pos_embed is not None:
             tokens = tokens + self.pos_embed(position_features(grid, x.device).to(tokens.dtype))  # (B, N, D)
+        if grounding is not None and self.ground is not None:
+            tokens = tokens + self.ground(grounding.to(tokens.dtype))  # (B, N, D)
         d = tokens.shape[-1]
         if t.shape != (b, frames):
             raise ValueError(f"timesteps must be per latent frame, shape {(b, frames)}; got {tuple(t.shape)}")

@@ -45,15 +45,18 @@ def _input_dtype(dit) -> torch.dtype:
     return getattr(dit, "input_dtype", None) or next(dit.parameters()).dtype
 
 
-def guided_velocity(dit, text: Text, negative: Text | None, cfg: float, *, sequential: bool = False):
+def guided_velocity(dit, text: Text, negative: Text | None, cfg: float, *, sequential: bool = False,
+                    grounding: torch.Tensor | None = None):
     """model(x, t) for the samplers: classifier-free guidance with the negative prompt. Both halves run
     in one batch, or one after the other with `sequential` (half the activation memory, same result
-    up to float rounding). t is passed as given: (B,) or (B, T)."""
+    up to float rounding). t is passed as given: (B,) or (B, T). `grounding` (1, N, D), a planned layout
+    (`sora_core.grounding`), goes to both halves, like the frames a window is given."""
     dtype = _input_dtype(dit)
 
     def call(x, t, emb, mask):
         b = x.shape[0]
-        return dit(x.to(dtype), t.to(dtype), emb.expand(b, -1, -1).to(dtype), mask.expand(b, -1)).float()
+        extra = () if grounding is None else (grounding.expand(b, -1, -1).to(dtype),)
+        return dit(x.to(dtype), t.to(dtype), emb.expand(b, -1, -1).to(dtype), mask.expand(b, -1), *extra).float()
 
     if negative is None or cfg == 1.0:
         return lambda x, t: call(x, t, *text)
@@ -110,10 +113,11 @@ def sample_window(
     sampler: str = "euler",
     sequential_cfg: bool = False,
     callback: Callable[[dict], None] | None = None,
+    grounding: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fill a latent window: frames with strength 0 come back exactly as given; the others start
     from the samples noised to their strength (1 = pure noise, below = SDEdit) with `seed`'s noise.
-    `shift` None: by the number of tokens (`flow.resolution_shift`).
+    `shift` None: by the number of tokens (`flow.resolution_shift`). `grounding`: see `guided_velocity`.
     """
     if cfg < 0:
         raise ValueError(f"cfg={cfg} must be >= 0")
@@ -126,7 +130,7 @@ def sample_window(
     sigmas = sigmas_for(steps, shift if shift is not None else resolution_shift(num_tokens(dit, x0)), start)
     g = torch.Generator("cpu").manual_seed(int(seed))  # first draw: seeded_noise(seed)
     x = noise_to_start(x0, _draw(g, x0), start, strength)
-    model = guided_velocity(dit, text, negative, cfg, sequential=sequential_cfg)
+    model = guided_velocity(dit, text, negative, cfg, sequential=sequential_cfg, grounding=grounding)
     if not getattr(dit, "per_frame_t", True):
         model = one_time_per_sample(model, _draw(g, x0))  # second draw: independent of the first
     out = get_sampler(sampler)(model, x, sigmas.to(device), strength=strength, callback=callback)

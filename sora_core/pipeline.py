@@ -28,6 +28,7 @@ from . import budget
 from . import conditioning as cond
 from .budget import Budget
 from .checkpoint import load_checkpoint
+from .data.world import Scene
 from .engine import sample_window
 from .flow import check_sampling
 from .patch import check_frame_count, check_pixel_size, is_whole
@@ -37,7 +38,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sora-tiny.safetens
 
 Progress = Callable[[int, int], None]
 SAMPLING = ("seed", "steps", "cfg", "shift", "sampler")  # checked by `flow.check_sampling`
-OPTIONS = (*SAMPLING, "negative", "progress", "decode_chunk", "decode_tile", "on_latents", "sequential_cfg")
+OPTIONS = (*SAMPLING, "negative", "progress", "decode_chunk", "decode_tile", "on_latents", "sequential_cfg", "layout")
 
 # Frames wider or taller than this many latent cells are decoded in tiles of it (bounded memory
 # for large images: 512 px with the default model's VAE).
@@ -195,6 +196,25 @@ class Pipeline:
     def encode_text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_texts(prompt)[0]
 
+    @property
+    def reads_layouts(self) -> bool:
+        """Whether the DiT takes a planned layout (`sora_core.grounding`); others ignore one."""
+        return bool(getattr(getattr(self.config, "dit", None), "grounding", False))
+
+    @torch.no_grad()
+    def grounding(self, layout, window: cond.Window) -> torch.Tensor:
+        """The (1, N, D) grounding of a planned scene (`recaption.plan`) over `window`'s tokens."""
+        from .grounding import grounding, layout as layout_of
+
+        _, _, t, h, w = window.samples.shape
+        s, tf, patch = self.config.vae.spatial_factor, self.config.vae.temporal_factor, self.config.dit.patch
+        lay = layout_of(layout, 1 + tf * (t - 1), h * s, w * s, tf, s * patch[1])
+        text = self.text
+        out = grounding(text, [lay], (t // patch[0]) * (h // patch[1]) * (w // patch[2]))
+        del text
+        self._release()
+        return out
+
     @torch.no_grad()
     def sample(self, window: cond.Window, text, negative, **sampling) -> torch.Tensor:
         dit = self.dit
@@ -214,6 +234,12 @@ class Pipeline:
         for key in ("steps", "cfg", "shift", "decode_chunk"):
             if kw.get(key) is None:
                 kw[key] = getattr(self.defaults, key)
+        layout = kw.get("layout")
+        if layout is not None and not isinstance(layout, (Scene, dict)):
+            raise TypeError(f"layout must be a planned scene (recaption.plan) or its dict, or None; "
+                            f"got {type(layout).__name__}")
+        if isinstance(layout, dict):
+            kw["layout"] = Scene.from_dict(layout)  # checks every field before any work
         for name, text in (("prompt", prompt), ("negative", kw["negative"])):
             if not isinstance(text, str):
                 raise TypeError(f"{name} must be a string; got {type(text).__name__}"
@@ -285,10 +311,12 @@ class Pipeline:
         progress, negative = kw.pop("progress", None), kw.pop("negative")
         decode = {"chunk": kw.pop("decode_chunk"), "tile": auto_tile(h, w, kw.pop("decode_tile", None))}
         on_latents = kw.pop("on_latents", None)  # e.g. long videos' drift control, before decoding
+        layout = kw.pop("layout", None)
         steps = kw["steps"]
         callback = (lambda d: progress(d["i"] + 1, steps)) if progress else None
         text, neg = self.encode_texts(prompt, negative)
-        latents = self.sample(window, text, neg, callback=callback, **kw)
+        grounding = self.grounding(layout, window) if layout is not None and self.reads_layouts else None
+        latents = self.sample(window, text, neg, callback=callback, grounding=grounding, **kw)
         if on_latents is not None:
             latents = on_latents(latents)
         return latents, decode

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from .data.prompt_parser import parse_prompt
-from .data.synthetic import describe, sample_scene
+from .data.synthetic import Scene, describe, sample_scene
 from .flow import check_seed
 from .fsutil import atomic_write
 
@@ -59,6 +59,17 @@ def _check_prompt(prompt) -> str:
 
 def expand_offline(prompt: str, *, seed: int = 0) -> str:
     """Deterministic detailed caption for a short prompt, no network (see module docstring)."""
+    return plan_offline(prompt, seed=seed)[0]
+
+
+def plan(prompt: str, *, seed: int = 0) -> tuple[str, Scene]:
+    """`recaption`'s offline caption and the scene it describes: the layout a grounded model follows
+    (`sora_core.grounding`): where each object starts, and where it goes."""
+    caption, scene = plan_offline(prompt, seed=seed)
+    return plain_text(caption), scene
+
+
+def plan_offline(prompt: str, *, seed: int = 0) -> tuple[str, Scene]:
     prompt = _check_prompt(prompt)
     spec = parse_prompt(prompt)
     rng = np.random.default_rng(check_seed(seed))
@@ -69,7 +80,7 @@ def expand_offline(prompt: str, *, seed: int = 0) -> str:
     caption = describe(scene, rng)
     if spec.leftover:
         caption += " Additional details: " + "; ".join(spec.leftover) + "."
-    return caption
+    return caption, scene
 
 
 def chat_url(endpoint: str | None) -> str:

@@ -200,7 +200,7 @@ def test_train_default_runs_the_whole_recipe_vae_then_dit_and_resumes_without_re
     r = _cli(args)
     assert r.returncode == 0, r.stderr[-2000:]
     model = load_checkpoint(out / "model.safetensors")
-    assert model.parts == ("vae", "text", "dit") and model.config.dit.abs_pos
+    assert model.parts == ("vae", "text", "dit") and model.config.dit.abs_pos and model.config.dit.grounding
     vae = load_checkpoint(out / "vae" / "vae.safetensors", parts=("vae",))
     for name, value in vae.vae.state_dict().items():  # the DiT stage ran on the VAE the first stage made
         assert torch.equal(value.half().float(), model.vae.state_dict()[name].float()), name
@@ -308,3 +308,15 @@ def test_mask_mix_option_draws_only_the_named_tasks_and_refuses_bad_mixes():
     for bad in ('{"t2v": -1}', '{"jump": 1}', '{"t2v": 0}', "[1]", "t2v"):
         with pytest.raises(ValueError, match="--mask-mix="):
             parse_mask_mix(bad)
+
+
+def test_layouts_train_a_grounded_dit_and_are_refused_for_one_that_cannot_read_them(tmp_path, micro_vae):
+    args = ["-m", "sora_core", "train", "dit", "--vae", str(micro_vae), "--preset", "micro", "--frames", "1,5",
+            "--tokens-per-batch", "128", "--threads", "1", "--steps", "6", "--warmup", "0", "--lr", "1e-2",
+            "--layouts", "1"]
+    r = _cli(args + ["--out", str(tmp_path / "a")])
+    assert r.returncode != 0 and "--layouts=1.0 needs a DiT that reads layouts" in r.stderr
+    r = _cli(args + ["--out", str(tmp_path / "b"), "--dit", '{"grounding": true}', "--ema", "0"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = load_checkpoint(tmp_path / "b" / "model.safetensors")
+    assert model.config.dit.grounding and model.dit.ground.weight.abs().sum() > 0  # zero at the start

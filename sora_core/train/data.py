@@ -36,7 +36,8 @@ def synthetic_batches(buckets: BucketConfig, *, seed: int, rank: int = 0, world:
                  for _ in range(buckets.batch_size(b))]
         yield {"video": torch.stack([item["video"] for item in items]),
                "caption": [item["caption"] for item in items] if captions else [],
-               "prompt": [item["prompt"] for item in items] if captions else []}
+               "prompt": [item["prompt"] for item in items] if captions else [],
+               "scene": [item["scene"] for item in items]}
 
 
 def folder_batches(folder: str, buckets: BucketConfig, *, seed: int, rank: int = 0, world: int = 1,

@@ -21,8 +21,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..checkpoint import SoraModel, load_checkpoint, save_checkpoint
 from ..config import preset
 from ..data.buckets import BucketConfig
+from ..engine import num_tokens
 from ..flow import flow_loss, resolution_shift, sample_training_t
 from ..preview import METADATA_KEY, fit_latent_rgb
+from ..grounding import layout, grounding
 from ..text import tokenize
 from .common import (EMA, Clock, Logger, check_time_limit, cleanup_distributed, lr_at, resume_training_state,
                      save_training_state, setup_distributed, use_bfloat16)
@@ -69,9 +71,12 @@ class Denoiser(nn.Module):
         super().__init__()
         self.text, self.dit = model.text, model.dit
 
-    def forward(self, z, t, strength, noise, ids, mask):
+    def forward(self, z, t, strength, noise, ids, mask, layouts=None):
         ctx = self.text(ids, mask)
-        return flow_loss(lambda x, tt: self.dit(x, tt, ctx, mask), z, t, strength, noise)
+        g = None
+        if layouts is not None and any(lay is not None for lay in layouts):
+            g = grounding(self.text, layouts, num_tokens(self.dit, z))
+        return flow_loss(lambda x, tt: self.dit(x, tt, ctx, mask, g), z, t, strength, noise)
 
 
 def pick_texts(batch: dict, rng: np.random.Generator, drop: float, short: float) -> list[str]:
@@ -127,6 +132,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-reuse", type=int, default=1,
                    help="train on each rendered batch this many times, with new noise, timesteps and masks "
                         "each time (for a device faster than the data workers)")
+    p.add_argument("--layouts", type=float, default=0.0,
+                   help="share of synthetic samples given their scene's layout (docs/training.md section 16); "
+                        "needs a DiT with grounding, e.g. --dit '{\"grounding\": true}'")
     p.add_argument("--shift", type=float, default=None,
                    help="timestep shift for training (default: by token count, as at inference)")
 
@@ -136,6 +144,8 @@ def run(args: argparse.Namespace) -> Path:
     if args.batch_reuse < 1:
         raise ValueError(f"--batch-reuse={args.batch_reuse} is not allowed: use 1 or more")
     check_time_limit(args.time_limit)
+    if not 0 <= args.layouts <= 1:
+        raise ValueError(f"--layouts={args.layouts!r} is not allowed: use a share from 0 to 1")
     mix = parse_mask_mix(args.mask_mix)
     if not set(init_parts) <= {"text", "dit"} or len(set(init_parts)) != len(init_parts):
         raise ValueError(f"--init-parts={args.init_parts!r} is not allowed: use 'text,dit', 'text' or 'dit'")
@@ -149,6 +159,8 @@ def run(args: argparse.Namespace) -> Path:
     config = replace(config, vae=vae_model.config.vae,
                      dit=replace(config.dit, latent_channels=vae_model.config.vae.latent_channels, **dit_options))
     config.validate()
+    if args.layouts and not config.dit.grounding:
+        raise ValueError(f"--layouts={args.layouts} needs a DiT that reads layouts: add --dit '{{\"grounding\": true}}'")
     torch.manual_seed(args.seed)
     model = SoraModel(config)
     model.vae.load_state_dict(vae_model.vae.state_dict())
@@ -217,8 +229,15 @@ def run(args: argparse.Namespace) -> Path:
         noise = torch.randn(z.shape, generator=gen).to(d.device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps, time_frac=used)
+        layouts = None
+        if args.layouts and batch.get("scene"):
+            frames = 1 + config.vae.temporal_factor * (lt - 1)
+            cell = config.vae.spatial_factor * config.dit.patch[1]
+            layouts = [layout(scene, frames, lh * config.vae.spatial_factor, lw * config.vae.spatial_factor,
+                              config.vae.temporal_factor, cell) if rng.random() < args.layouts else None
+                       for scene in batch["scene"]]
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = net(z, t, strength, noise, ids.to(d.device), mask.to(d.device))
+            loss = net(z, t, strength, noise, ids.to(d.device), mask.to(d.device), layouts)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)

@@ -34,10 +34,13 @@ from ..pipeline import DEFAULT_MODEL
 SHIPPED = str(DEFAULT_MODEL)
 DIT_BUCKETS = ["--resolutions", "32px,64px,128px", "--frames", "1,9,17,33",
                "--bucket-weights", "1:2,9:1,17:3,33:1,32px:0.4,128px:0.3"]
+# The DiT's shape: an absolute position embedding, and planned layouts read in 80% of the samples
+# (docs/training.md sections 9 and 16).
+DIT_SHAPE = ["--dit", '{"abs_pos": true, "grounding": true}', "--layouts", "0.8"]
 PROFILES: dict[str, dict[str, list[str]]] = {
     "cpu": {
         "vae": ["--steps", "8000", "--frames", "1,9,17,33", "--real-fraction", "0.3", "--crop", "48", "--lr", "1e-3"],
-        "dit": ["--steps", "4400", "--lr", "6e-4", "--warmup", "300", "--dit", '{"abs_pos": true}',
+        "dit": ["--steps", "4400", "--lr", "6e-4", "--warmup", "300", *DIT_SHAPE,
                 "--tokens-per-batch", "2048", *DIT_BUCKETS],
     },
     "gpu": {
@@ -45,19 +48,18 @@ PROFILES: dict[str, dict[str, list[str]]] = {
                 "--frames", "1,9,17,33", "--real-fraction", "0.3", "--crop", "64", "--lr", "3e-4",
                 "--tokens-per-batch", "16384"],
         "dit": ["--init", SHIPPED, "--init-parts", "text,dit", "--steps", "100000", "--lr", "5e-4", "--warmup", "100",
-                "--dit", '{"abs_pos": true}', "--tokens-per-batch", "16384", "--batch-reuse", "2", *DIT_BUCKETS],
+                *DIT_SHAPE, "--tokens-per-batch", "16384", "--batch-reuse", "2", *DIT_BUCKETS],
     },
     "micro": {
         "vae": ["--preset", "micro", "--steps", "2", "--frames", "1,5", "--crop", "16", "--tokens-per-batch", "64"],
         "dit": ["--preset", "micro", "--steps", "2", "--frames", "1,5", "--resolutions", "16px",
-                "--dit", '{"abs_pos": true}', "--tokens-per-batch", "64"],
+                *DIT_SHAPE, "--tokens-per-batch", "64"],
     },
     "micro-parallel": {  # the gpu profile's shape at micro size; needs --init with a micro model
         "vae": ["--init", SHIPPED, "--decoder-only", "--depth-to-time-level", "0", "--steps", "2", "--frames", "1,5",
                 "--crop", "16", "--tokens-per-batch", "64"],
         "dit": ["--preset", "micro", "--init", SHIPPED, "--init-parts", "text", "--steps", "3", "--frames", "1,5",
-                "--resolutions", "16px", "--dit", '{"abs_pos": true}', "--tokens-per-batch", "64",
-                "--batch-reuse", "2"],
+                "--resolutions", "16px", *DIT_SHAPE, "--tokens-per-batch", "64", "--batch-reuse", "2"],
     },
 }
 # A stage list naming a VAE with --decoder-only keeps that VAE's encoder, so the DiT can train on its

@@ -1,0 +1,125 @@
+"""Layout grounding: a planned scene's objects, token by token, read by a DiT trained with them."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from sora_core.checkpoint import SoraModel
+from sora_core.config import preset
+from sora_core.data.world import Scene, SceneObject
+from sora_core.grounding import grounding, latent_frame_spans, layout, occupancy
+from sora_core.pipeline import Pipeline
+from sora_core.recaption import plan, recaption
+from sora_core.train.dit import Denoiser
+
+
+def _scene(frames=17, motion="right", vx=0.03, vy=0.0, x=0.2, y=0.5, **kw):
+    obj = SceneObject(shape="square", color="red", size="small", x=x, y=y, motion=motion, vx=vx, vy=vy)
+    return Scene(width=64, height=64, frames=frames, background="black", objects=[obj], **kw)
+
+
+def _centre_x(cells: np.ndarray) -> float:
+    return float(np.nonzero(cells)[1].mean())
+
+
+def test_latent_frames_cover_frame_zero_alone_then_four_frames_each():
+    assert latent_frame_spans(17, 4) == [range(0, 1), range(1, 5), range(5, 9), range(9, 13), range(13, 17)]
+    assert latent_frame_spans(1, 4) == [range(0, 1)]
+
+
+def test_an_object_moving_right_covers_cells_further_right_in_every_latent_frame():
+    occ = occupancy(_scene(), 17, 64, 64, 4, 8)  # (objects, T', H', W')
+    assert occ.shape == (1, 5, 8, 8)
+    xs = [_centre_x(occ[0, k]) for k in range(5)]
+    assert all(b > a for a, b in zip(xs, xs[1:])), xs
+    rows = np.nonzero(occ[0].any(axis=(0, 2)))[0]  # it stays on its row
+    assert rows.min() >= 2 and rows.max() <= 5
+    # a small object (radius 6.4 px) touches a few 8-px cells, not the frame
+    assert 1 <= occ[0, 0].sum() <= 9
+
+
+def test_a_plan_at_another_length_and_size_is_stretched_over_the_clip():
+    scene = _scene(frames=33, vx=0.015)  # the same path over twice the frames
+    a = occupancy(_scene(), 17, 64, 64, 4, 8)
+    b = occupancy(scene, 17, 64, 64, 4, 8)
+    assert np.array_equal(a[:, 0], b[:, 0]) and np.array_equal(a[:, -1], b[:, -1])
+    wide = occupancy(_scene(), 17, 64, 128, 4, 8)  # places are fractions of the frame
+    assert wide.shape == (1, 5, 8, 16)
+    assert abs(_centre_x(wide[0, 0]) / 16 - _centre_x(a[0, 0]) / 8) < 0.1
+
+
+def test_an_object_off_screen_covers_nothing():
+    occ = occupancy(_scene(x=3.0, vx=0.0, motion="still"), 9, 64, 64, 4, 8)
+    assert not occ.any()
+
+
+def test_grounding_sums_each_objects_phrase_over_its_cells_and_nothing_elsewhere():
+    model = SoraModel(preset("micro"))
+    scene = _scene()
+    names, occ = layout(scene.to_dict(), 17, 64, 64, 4, 8)
+    assert names == ["red square"] and occ.shape == (1, 5 * 8 * 8)
+    with torch.no_grad():
+        g = grounding(model.text, [(names, occ), None], occ.shape[1])
+    assert g.shape == (2, 320, 24)
+    assert torch.all(g[1] == 0)  # no layout: nothing
+    covered = occ[0]
+    assert torch.all(g[0, ~covered] == 0) and torch.all(g[0, covered].abs().sum(-1) > 0)
+    assert torch.allclose(g[0, covered], g[0, covered][:1].expand(int(covered.sum()), -1))
+    with pytest.raises(ValueError, match="layout covers 320 tokens; the latents have 64"):
+        grounding(model.text, [(names, occ)], 64)
+
+
+def _as_if_trained(model: SoraModel, layouts_too: bool = False) -> SoraModel:
+    """A fresh DiT's zero output layer and gates make its velocity zero whatever it is given: fill them."""
+    with torch.no_grad():
+        for name, p in model.dit.named_parameters():
+            if (layouts_too or not name.startswith("ground")) and not p.any():
+                p.normal_(std=0.05)
+    return model
+
+
+def _grounded_config():
+    config = preset("micro")
+    return replace(config, dit=replace(config.dit, grounding=True))
+
+
+def test_a_new_grounded_dit_computes_what_it_would_without_a_layout_and_learns_to_read_one():
+    torch.manual_seed(0)
+    model = _as_if_trained(SoraModel(_grounded_config()))
+    den = Denoiser(model)
+    z = torch.randn(2, 4, 3, 4, 4)  # 9 frames at 16 x 16 px
+    t, strength, noise = torch.tensor([0.7, 0.4]), torch.ones(2, 3), torch.randn(2, 4, 3, 4, 4)
+    from sora_core.text import tokenize
+    ids, mask = tokenize(["a red square", "a red square"], 512, 32)
+    lay = layout(_scene(frames=9), 9, 16, 16, 4, 8)
+    with torch.no_grad():
+        plain = den(z, t, strength, noise, ids, mask)
+    loss = den(z, t, strength, noise, ids, mask, [lay, None])
+    assert torch.equal(loss.detach(), plain)  # zero-initialised: the layout adds nothing yet
+    loss.backward()
+    assert model.dit.ground.weight.grad.abs().sum() > 0  # ... but training moves it
+
+
+def test_the_pipeline_follows_a_layout_only_with_a_model_that_reads_one(tmp_path):
+    torch.manual_seed(0)
+    grounded = _as_if_trained(SoraModel(_grounded_config()), layouts_too=True)
+    pipe = Pipeline.from_model(grounded)
+    caption, scene = plan("a red square sliding right", seed=1)
+    kw = dict(steps=2, cfg=3.0, seed=0)
+    a = pipe.generate(caption, 16, 16, 9, **kw)
+    b = pipe.generate(caption, 16, 16, 9, layout=scene, **kw)
+    c = pipe.generate(caption, 16, 16, 9, layout=scene.to_dict(), **kw)
+    assert not torch.equal(a, b) and torch.equal(b, c)
+    plain = Pipeline.from_model(_as_if_trained(SoraModel(preset("micro"))))
+    assert not plain.reads_layouts and pipe.reads_layouts
+    assert torch.equal(plain.generate(caption, 16, 16, 9, **kw), plain.generate(caption, 16, 16, 9, layout=scene, **kw))
+    with pytest.raises(TypeError, match="layout must be a planned scene"):
+        pipe.generate(caption, 16, 16, 9, layout="left to right", **kw)
+
+
+def test_the_plan_is_the_offline_recaption_and_the_scene_it_describes():
+    caption, scene = plan("two blue circles moving up", seed=4)
+    assert caption == recaption("two blue circles moving up", seed=4)
+    assert [(o.color, o.shape, o.motion) for o in scene.objects] == [("blue", "circle", "up")] * 2
