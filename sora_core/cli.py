@@ -118,8 +118,12 @@ def _sampling(args) -> dict:
                 sequential_cfg=args.sequential_cfg, decode_tile=args.vae_tile)
 
 
+def _recaptions(args, pipe) -> bool:
+    return not args.no_recaption and pipe.family == "sora-nodes"  # the offline expander writes our training captions
+
+
 def _prompt(args, pipe) -> str:
-    if args.no_recaption or pipe.family != "sora-nodes":  # the offline expander writes our training captions
+    if not _recaptions(args, pipe):
         return args.prompt
     from .recaption import recaption
 
@@ -130,7 +134,13 @@ def _prompt(args, pipe) -> str:
 
 def _generate(args) -> int:
     pipe = _pipeline(args, args.frames)
-    frames = pipe.generate(_prompt(args, pipe), args.width, args.height, args.frames, **_sampling(args))
+    caption, layout = _prompt(args, pipe), None
+    if _recaptions(args, pipe) and pipe.reads_layouts:  # the recaptioner's plan: where each object goes
+        from .recaption import plan
+
+        layout = plan(args.prompt, seed=args.seed)[1]
+        print(f"layout: {', '.join(f'{o.color} {o.shape} {o.motion}' for o in layout.objects)}", file=sys.stderr)
+    frames = pipe.generate(caption, args.width, args.height, args.frames, layout=layout, **_sampling(args))
     _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 

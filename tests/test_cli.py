@@ -13,6 +13,7 @@ import pytest
 
 from sora_core.__main__ import main
 from sora_core.io import read_video, write_video
+from sora_core.recaption import plan
 from sora_core.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,3 +219,15 @@ def test_long_refuses_what_the_model_cannot_chain_before_writing_anything(capsys
                                "--no-recaption", "--no-provenance")
         assert status == 2 and err.startswith(message) and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_recaptions_and_hands_the_shipped_model_the_plan(tmp_path):
+    out = tmp_path / "planned.png"
+    r = cli("generate", "a red ball moving right", "-o", out, "--width", 32, "--height", 32, "--frames", 5,
+            "--steps", "2", "--seed", 3)
+    assert r.returncode == 0, r.stderr[-2000:]
+    caption, scene = plan("a red ball moving right", seed=3)
+    assert f"caption: {caption}" in r.stderr and "layout: red circle right" in r.stderr
+    assert [(o.color, o.motion) for o in scene.objects] == [("red", "right")]
+    r = cli("generate", "a red ball moving right", "-o", out, "--width", 32, "--height", 32, "--frames", 5, *FAST)
+    assert r.returncode == 0 and "layout:" not in r.stderr  # a caption as written has no plan

@@ -152,3 +152,22 @@ def test_eval_refuses_a_missing_versus_checkpoint_before_loading_a_model(tmp_pat
     args = p.parse_args(["--versus", str(tmp_path / "b.safetensors"), "--model", str(tmp_path / "a.safetensors")])
     with pytest.raises(ValueError, match="--versus=.*b.safetensors' is not allowed: no such checkpoint file"):
         run(args)
+
+
+def test_text_to_video_hands_the_recaptioners_plan_to_the_model_unless_told_not_to():
+    from sora_core.eval.run import text_to_video
+    from sora_core.recaption import plan
+
+    calls = []
+
+    def generate(caption, width, height, frames, **kw):
+        calls.append((caption, kw["layout"], kw["seed"]))
+        return torch.zeros(frames, height, width, 3)
+
+    fake = types.SimpleNamespace(generate=generate)
+    text_to_video(fake, 3, 32, 32, 9, 5, dict(steps=2))
+    text_to_video(fake, 3, 32, 32, 9, 5, dict(steps=2), plans=False)
+    for i, item in enumerate(heldout(3, 32, 32, 9, 5, occlusion=False)):
+        caption, scene = plan(item["prompt"], seed=5 + i)
+        assert calls[i] == (caption, scene, 5 + i)  # the plan of the very caption it is given
+        assert calls[3 + i] == (caption, None, 5 + i)  # the same caption, no layout

@@ -21,7 +21,7 @@ from ..data.synthetic import Scene, heldout_clip
 from ..io import to_uint8_frames as to_uint8
 from ..long import LongVideo, join_seam, ring_median, seam_ratio
 from ..pipeline import Pipeline
-from ..recaption import recaption
+from ..recaption import plan
 from .detector import analyse_clip, score_against
 
 
@@ -151,28 +151,30 @@ def redraw(pipe: Pipeline, strengths, *, n: int = 16, width: int = 64, height: i
 
 
 def text_to_video(pipe: Pipeline, n: int, width: int, height: int, frames: int, seed: int, sampling: dict,
-                  each=None) -> list[dict[str, bool]]:
+                  each=None, plans: bool = True) -> list[dict[str, bool]]:
     """Eval's text-to-video clips: `n` held-out short prompts, each expanded by the recaptioner the way users'
     prompts are and generated with its own seed, scored against its scene (`score_clip`).
-    `each(i, item, video, result)` sees every clip."""
+    `each(i, item, video, result)` sees every clip. `plans`: hand the recaptioner's planned scene to a model
+    that reads layouts, as `generate` does (the caption is the same either way)."""
     items = heldout(n, width, height, frames, seed, occlusion=False)
-    return _generate_and_score(pipe, items, width, height, frames, seed, sampling, each)
+    return _generate_and_score(pipe, items, width, height, frames, seed, sampling, each, plans)
 
 
 def occlusion(pipe: Pipeline, n_prompts: int, width: int, height: int, seed: int, sampling: dict,
-              each=None) -> list[dict[str, bool]]:
+              each=None, plans: bool = True) -> list[dict[str, bool]]:
     """Eval's permanence clips: max(4, n_prompts // 2) held-out 33-frame scenes where one object passes behind
     another, generated from their expanded prompts and scored like `text_to_video`."""
     items = heldout(max(4, n_prompts // 2), width, height, 33, seed + 1, occlusion=True)
-    return _generate_and_score(pipe, items, width, height, 33, seed, sampling, each)
+    return _generate_and_score(pipe, items, width, height, 33, seed, sampling, each, plans)
 
 
 def _generate_and_score(pipe: Pipeline, items: list[dict], width: int, height: int, frames: int, seed: int,
-                        sampling: dict, each) -> list[dict[str, bool]]:
+                        sampling: dict, each, plans: bool) -> list[dict[str, bool]]:
     """Each held-out item's short prompt recaptioned and generated with seed + its index, then scored."""
     results = []
     for i, item in enumerate(items):
-        video = pipe.generate(recaption(item["prompt"], seed=seed + i), width, height, frames, seed=seed + i,
+        caption, scene = plan(item["prompt"], seed=seed + i)
+        video = pipe.generate(caption, width, height, frames, seed=seed + i, layout=scene if plans else None,
                               **sampling)
         results.append(score_clip(item, video))
         if each is not None:
@@ -190,7 +192,7 @@ def sign_test(gained: int, lost: int) -> float:
 
 
 def versus(pipe: Pipeline, other: Pipeline, *, n: int = 96, width: int = 64, height: int = 64, frames: int = 17,
-           steps: int = 20, cfg: float = 5.0, seed: int = 0, log=print) -> dict[str, dict]:
+           steps: int = 20, cfg: float = 5.0, seed: int = 0, plans: bool = True, log=print) -> dict[str, dict]:
     """Two models, clip by clip, on eval's text-to-video and permanence clips (the same prompts and seeds):
     per property, each one's accuracy (a: `pipe`, b: `other`), the clips b gets right and a wrong (`gained`)
     and back (`lost`), and the sign test's p of that split. At 32 prompts one model's clips flip both ways
@@ -198,8 +200,8 @@ def versus(pipe: Pipeline, other: Pipeline, *, n: int = 96, width: int = 64, hei
     sampling = dict(steps=steps, cfg=cfg)
     runs = []
     for name, model in (("a", pipe), ("b", other)):
-        runs.append((text_to_video(model, n, width, height, frames, seed, sampling),
-                     occlusion(model, n, width, height, seed, sampling)))
+        runs.append((text_to_video(model, n, width, height, frames, seed, sampling, plans=plans),
+                     occlusion(model, n, width, height, seed, sampling, plans=plans)))
         log(f"versus: model {name} done")
     out = {}
     for key, which in [(k, 0) for k in ADHERENCE] + [("permanence_ok", 1)]:
@@ -212,7 +214,8 @@ def versus(pipe: Pipeline, other: Pipeline, *, n: int = 96, width: int = 64, hei
 
 
 def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: int = 64, frames: int = 17,
-             steps: int = 20, cfg: float = 5.0, seed: int = 0, log=print) -> tuple[dict, dict[str, list]]:
+             steps: int = 20, cfg: float = 5.0, seed: int = 0, plans: bool = True,
+             log=print) -> tuple[dict, dict[str, list]]:
     """Every metric of the report card, and the clips behind them by capability (for `write_sheets`)."""
     sampling = dict(steps=steps, cfg=cfg)
     rows: dict[str, list] = {}
@@ -227,10 +230,12 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
         rows.setdefault("text_to_video", []).append((item["prompt"], video))
         log(f"t2v {i + 1}/{n_prompts}: {item['prompt']!r} -> {result}")
 
-    metrics.update(accuracies(text_to_video(pipe, n_prompts, width, height, frames, seed, sampling, each_t2v),
-                              ADHERENCE))
+    metrics["layout_plans"] = plans and pipe.reads_layouts
+    metrics.update(accuracies(text_to_video(pipe, n_prompts, width, height, frames, seed, sampling, each_t2v,
+                                            plans), ADHERENCE))
     permanence = occlusion(pipe, n_prompts, width, height, seed, sampling,
-                           lambda i, item, video, _: rows.setdefault("occlusion", []).append((item["prompt"], video)))
+                           lambda i, item, video, _: rows.setdefault("occlusion", []).append((item["prompt"], video)),
+                           plans)
     metrics["permanence_acc"] = float(np.mean([r["permanence_ok"] for r in permanence]))
     log(f"permanence {metrics['permanence_acc']:.2f}")
 
@@ -360,6 +365,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--versus", default=None, metavar="CHECKPOINT",
                    help="only compare --model (a) with this checkpoint (b) clip by clip on text to video and "
                         "permanence: accuracies, clips gained and lost, the sign test's p (use --prompts 96 or more)")
+    p.add_argument("--no-plans", action="store_true",
+                   help="text to video and permanence from the caption alone: no planned layout even for a model "
+                        "that reads one (what the model does without the recaptioner's plan)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -377,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
     if args.versus is not None:
         print(json.dumps(versus(pipe, Pipeline.load(args.versus), n=args.prompts, width=args.width,
                                 height=args.height, frames=args.frames, steps=args.steps, cfg=args.cfg,
-                                seed=args.seed), sort_keys=True))
+                                seed=args.seed, plans=not args.no_plans), sort_keys=True))
         return 0
     if strengths is not None:
         print(json.dumps(redraw(pipe, strengths, n=args.prompts, width=args.width, height=args.height,
@@ -389,7 +397,8 @@ def run(args: argparse.Namespace) -> int:
                          sort_keys=True))
         return 0
     metrics, rows = evaluate(pipe, n_prompts=args.prompts, width=args.width, height=args.height,
-                             frames=args.frames, steps=args.steps, cfg=args.cfg, seed=args.seed)
+                             frames=args.frames, steps=args.steps, cfg=args.cfg, seed=args.seed,
+                             plans=not args.no_plans)
     report = json.dumps(metrics, sort_keys=True)
     print(report, flush=True)  # the report first: nothing after this can lose it
     try:
