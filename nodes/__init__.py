@@ -8,7 +8,7 @@ from .long import SoraLongVideo
 from .sampler import SoraDiTSampler
 from .save import SoraSaveImage, SoraSaveVideo
 from .temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
-from .text import SoraRecaption, SoraTextEncode
+from .text import SoraApplyLayout, SoraRecaption, SoraTextEncode
 
 host.register_model_folder()
 
@@ -19,6 +19,7 @@ NODE_CLASS_MAPPINGS = {
     "SoraTextEncoderLoader": SoraTextEncoderLoader,
     "SoraTextEncode": SoraTextEncode,
     "SoraRecaption": SoraRecaption,
+    "SoraApplyLayout": SoraApplyLayout,
     "SoraPatchifyGrid": SoraPatchifyGrid,
     "SoraDiTSampler": SoraDiTSampler,
     "SoraVAEEncode": SoraVAEEncode,
@@ -41,6 +42,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SoraTextEncoderLoader": "Sora Load Text Encoder",
     "SoraTextEncode": "Sora Text Encode",
     "SoraRecaption": "Sora Recaption Prompt",
+    "SoraApplyLayout": "Sora Apply Layout",
     "SoraPatchifyGrid": "Sora Patchify Grid (Empty Video)",
     "SoraDiTSampler": "Sora DiT Sampler",
     "SoraVAEEncode": "Sora VAE Encode (Video)",

@@ -23,7 +23,8 @@ class SoraDiTSampler:
         return {"required": {
             "model": ("SORA_DIT",),
             "positive": ("CONDITIONING", {"tooltip": (
-                "From Sora Text Encode (or, for Wan models, core's CLIPTextEncode): what the video shows.")}),
+                "From Sora Text Encode (or, for Wan models, core's CLIPTextEncode): what the video shows. A layout "
+                "added by Sora Apply Layout places the objects, for a model that reads layouts.")}),
             "negative": ("CONDITIONING", {"tooltip": (
                 "From Sora Text Encode or CLIPTextEncode: what to steer away from (may be empty).")}),
             "latent": ("LATENT", {"tooltip": (
@@ -60,9 +61,11 @@ class SoraDiTSampler:
         dit = model.load(estimate.memory)  # room for the sampling, not only the weights
         device = model.device
         callback = _step_callback(model, strength, steps)
+        grounding = wires.read_layout(positive, config, (t, h, w))
         out = sample_window(dit, z, strength, (emb.to(device), mask.to(device)),
                             (neg_emb.to(device), neg_mask.to(device)), seed=seed, steps=steps, cfg=cfg,
-                            shift=shift or None, sampler=sampler, callback=callback)
+                            shift=shift or None, sampler=sampler, callback=callback,
+                            grounding=None if grounding is None else grounding.to(device))
         return (wires.sampled(latent, out, strength, config),)
 
 

@@ -6,7 +6,9 @@ import os
 
 import torch
 
-from sora_core.recaption import recaption
+from sora_core.data.world import Scene
+from sora_core.grounding import phrase, pooled
+from sora_core.recaption import plan, recaption
 
 from . import wires
 
@@ -36,14 +38,49 @@ class SoraTextEncode:
         return (wires.conditioning(emb.float(), mask, text),)
 
 
+class SoraApplyLayout:
+    DESCRIPTION = ("Adds Sora Recaption's layout (where each object of the caption's scene is in every frame) to "
+                   "the positive conditioning, so a model that reads layouts, like the default one, puts the objects "
+                   "there and moves them that way. Models without layouts (Wan) ignore it.")
+    CATEGORY = "Sora/conditioning"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "conditioning": ("CONDITIONING", {"tooltip": "From Sora Text Encode of the caption the layout came with."}),
+            "text_encoder": ("SORA_TEXT_ENCODER", {"tooltip": "The one that encoded the caption."}),
+            "layout": ("SORA_LAYOUT", {"tooltip": "Sora Recaption's layout output (offline backend)."}),
+        }}
+
+    def apply(self, conditioning, text_encoder, layout):
+        if not isinstance(layout, dict) or "objects" not in layout:
+            raise TypeError(f"layout must be Sora Recaption's layout output (its offline backend plans one); "
+                            f"got {type(layout).__name__}")
+        scene = Scene.from_dict(layout)  # checks every field before any work
+        if not (isinstance(conditioning, list) and len(conditioning) == 1 and "sora_mask" in conditioning[0][1]):
+            raise ValueError("conditioning must be one Sora Text Encode output (the caption's)")
+        emb, extra = conditioning[0]
+        phrases = [phrase(o) for o in scene.objects]
+        with torch.no_grad():
+            pooled_phrases = (pooled(text_encoder.load(), phrases).float() if phrases
+                              else torch.zeros(0, emb.shape[-1]))
+        plan = {"scene": scene.to_dict(), "embeddings": pooled_phrases}
+        return (wires.conditioning(emb, extra["sora_mask"], extra.get("sora_text", ""), plan),)
+
+
 class SoraRecaption:
     DESCRIPTION = ("Turns a short prompt into the kind of detailed caption the model was trained on (the Sora "
                    "report's recaptioning). 'offline' expands it locally; 'llm' asks an OpenAI-compatible chat "
                    "endpoint (the API key comes from the SORA_LLM_API_KEY or OPENAI_API_KEY environment variable).")
     CATEGORY = "Sora/conditioning"
     FUNCTION = "run"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("caption",)
+    RETURN_TYPES = ("STRING", "SORA_LAYOUT")
+    RETURN_NAMES = ("caption", "layout")
+    OUTPUT_TOOLTIPS = ("The detailed caption.",
+                       "The scene the offline caption describes (where each object starts and goes), for Sora Text "
+                       "Encode's layout input; none from the llm backend.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -62,6 +99,11 @@ class SoraRecaption:
 
     def run(self, prompt, seed, backend, endpoint, model, timeout):
         api_key = os.environ.get("SORA_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        caption = recaption(prompt, seed=seed, backend=backend, endpoint=endpoint, model=model, api_key=api_key,
-                            timeout=timeout, fallback=False)
-        return {"ui": {"text": [caption]}, "result": (caption,)}
+        if backend == "offline":
+            caption, scene = plan(prompt, seed=seed)
+            layout = scene.to_dict()
+        else:
+            caption = recaption(prompt, seed=seed, backend=backend, endpoint=endpoint, model=model,
+                                api_key=api_key, timeout=timeout, fallback=False)
+            layout = None
+        return {"ui": {"text": [caption]}, "result": (caption, layout)}

@@ -220,9 +220,28 @@ def check_budget(config: Config, what: str, width: int, height: int, frames: int
 
 # -- CONDITIONING -------------------------------------------------------------------------------
 
-def conditioning(embeddings: torch.Tensor, mask: torch.Tensor, text: str) -> list:
+def conditioning(embeddings: torch.Tensor, mask: torch.Tensor, text: str, layout: dict | None = None) -> list:
+    """Sora Text Encode's CONDITIONING; `layout`: a planned scene's dict and its objects' pooled phrase
+    embeddings (`sora_core.grounding`), for a DiT that reads layouts."""
     d = host.intermediate_device()
-    return [[embeddings.to(d), {"sora_mask": mask.to(d), "sora_text": text}]]
+    extra = {"sora_mask": mask.to(d), "sora_text": text}
+    if layout is not None:
+        extra["sora_layout"] = {"scene": layout["scene"], "embeddings": layout["embeddings"].to(d)}
+    return [[embeddings.to(d), extra]]
+
+
+def read_layout(value, config: Config, tokens_grid: tuple[int, int, int]) -> torch.Tensor | None:
+    """The (1, N, D) grounding of the layout in checked CONDITIONING over a latent grid (T, H, W) in latent
+    cells, or None: no layout, or a model that does not read one (Wan; a Sora DiT trained without)."""
+    lay = value[0][1].get("sora_layout")
+    if lay is None or is_wan(config) or not config.dit.grounding:
+        return None
+    from sora_core.grounding import layout, place
+
+    t, h, w = tokens_grid
+    s, tf, patch = config.vae.spatial_factor, config.vae.temporal_factor, config.dit.patch
+    _, occ = layout(lay["scene"], 1 + tf * (t - 1), h * s, w * s, tf, s * patch[1])
+    return place(occ, lay["embeddings"], (t // patch[0]) * (h // patch[1]) * (w // patch[2]))[None]
 
 
 def read_conditioning(value, config: Config, name: str) -> tuple[torch.Tensor, torch.Tensor, str | None]:

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host
+from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host, wires
 from nodes import latent as latent_nodes
 from nodes import sampler as sampler_node
 from nodes.latent import SoraPatchifyGrid, SoraTrimFrames, SoraVAEDecode, SoraVAEEncode
@@ -16,7 +16,7 @@ from nodes.long import SoraLongVideo
 from nodes.sampler import SoraDiTSampler
 from nodes.save import SoraSaveVideo
 from nodes.temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, SoraSDEditNoise
-from nodes.text import SoraRecaption, SoraTextEncode
+from nodes.text import SoraApplyLayout, SoraRecaption, SoraTextEncode
 from sora_core.budget import BudgetError
 from sora_core.checkpoint import save_checkpoint
 from sora_core.pipeline import Pipeline
@@ -583,3 +583,37 @@ def test_recaption_offline_writes_a_longer_caption_and_shows_it():
 def test_recaption_reports_an_unreachable_endpoint():
     with pytest.raises(Exception, match="127.0.0.1:9"):
         SoraRecaption().run("a red ball", 0, "llm", "http://127.0.0.1:9/v1", "some-model", 2.0)
+
+
+def test_a_recaption_layout_travels_through_text_encode_to_a_sampler_that_reads_it(tmp_path):
+    from dataclasses import replace
+
+    from sora_core import conditioning as cond
+    from sora_core.checkpoint import SoraModel
+    from sora_core.config import preset
+
+    config = preset("micro")
+    model = SoraModel(replace(config, dit=replace(config.dit, grounding=True)))
+    torch.manual_seed(0)
+    with torch.no_grad():  # as if trained: a fresh DiT's zero output layer, gates and grounding do nothing
+        for p in model.dit.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    path = tmp_path / "grounded.safetensors"
+    save_checkpoint(model, path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SORA_MODEL", str(path))
+        dit, text, vae = SoraModelLoader().load(host.DEFAULT_MODEL_NAME, "auto", "default")[:3]
+    caption, layout = SoraRecaption().run("a red square sliding right", 1, "offline", "", "", 5.0)["result"]
+    assert [o["color"] for o in layout["objects"]] == ["red"]
+    encode = SoraTextEncode().encode
+    plain, negative = encode(text, caption)[0], encode(text, "")[0]
+    planned = SoraApplyLayout().apply(plain, text, layout)[0]
+    latent = grid(vae)["result"][0]
+    a, b = sample(dit, (plain, negative), latent), sample(dit, (planned, negative), latent)
+    assert not torch.equal(a["samples"], b["samples"])  # the layout moved what was drawn
+    pipe = Pipeline.load(path)  # the node's grounding is the Python API's
+    expected = pipe.grounding(layout, cond.empty_window(pipe.config, SIZE, SIZE, FRAMES))
+    assert torch.allclose(wires.read_layout(planned, dit.config, (3, 8, 8)), expected, atol=1e-4)
+    with pytest.raises(TypeError, match="layout must be Sora Recaption's layout output .*; got str"):
+        SoraApplyLayout().apply(plain, text, "left to right")

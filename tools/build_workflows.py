@@ -635,15 +635,18 @@ def connect_two_clips() -> Graph:
 def recaption() -> Graph:
     g = Graph("Recaption a short prompt", "The model was trained on long, detailed captions (the Sora report's "
               "recaptioning). **Recaption** expands a short prompt into one before encoding: offline by default, "
-              "or with any OpenAI-compatible LLM endpoint (backend = llm). The node shows the caption it wrote.")
+              "or with any OpenAI-compatible LLM endpoint (backend = llm). The node shows the caption it wrote.\n\n"
+              "Offline, it also plans the caption's scene, where each object starts and which way it goes: "
+              "**Apply Layout** adds that plan to the caption's conditioning, and the default model follows it.")
     loader, neg = load(g)
     caption = g.add("SoraRecaption", prompt="a red ball bouncing", seed=1, backend="offline")
-    pos = g.add("SoraTextEncode", title="Positive prompt (the caption)", text_encoder=loader["text_encoder"],
-                text=caption[0])
+    encoded = g.add("SoraTextEncode", title="Positive prompt (the caption)", text_encoder=loader["text_encoder"],
+                    text=caption[0])
+    pos = g.add("SoraApplyLayout", conditioning=encoded[0], text_encoder=loader["text_encoder"], layout=caption[1])
     clip = generate(g, loader, pos, neg, seed=71, title="Sample")
     out = save(g, loader, pos, clip[-1], "recaption")
     g.layout([Stage("Model", [[column(loader, neg)]])],
-             [Stage("1. A short prompt becomes a caption", [chain(caption, pos)]),
+             [Stage("1. A short prompt becomes a caption and a layout", [chain(caption, encoded, pos)]),
               Stage("2. Generate", [chain(*clip, out)])])
     return g
 
