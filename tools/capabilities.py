@@ -20,6 +20,7 @@ from sora_core.conditioning import video_to_frames  # noqa: E402
 from sora_core.data.synthetic import heldout_clip  # noqa: E402
 from sora_core.eval.sheets import contact_sheet  # noqa: E402
 from sora_core.pipeline import Pipeline  # noqa: E402
+from sora_core.recaption import plan  # noqa: E402
 
 
 def clip(index: int):
@@ -36,10 +37,15 @@ def main() -> None:
     a, caption = clip(0)
     b, _ = clip(1)
     s = dict(steps=20, cfg=5.0, seed=1)
+
+    def generate(prompt: str, **size):  # as `python -m sora_core generate` does: recaptioned, with its layout
+        detailed, layout = plan(prompt, seed=s["seed"])
+        return pipe.generate(detailed, layout=layout, **size, **s)
+
     rows = [
-        ("text to video: a pink ball moving right on navy", pipe.generate("a pink ball moving right on navy", **s)),
-        ("text to image, 16:9", pipe.generate("a blue square and an orange star on gray with stripes",
-                                              width=112, height=64, frames=1, **s)),
+        ("text to video: a pink ball moving right on navy", generate("a pink ball moving right on navy")),
+        ("text to image, 16:9", generate("a blue square and an orange star on gray with stripes",
+                                         width=112, height=64, frames=1)),
         ("animate image (first frame given)", pipe.animate(a[:1], caption, 17, **s)),
         ("extend forward (source = first 17)", pipe.extend(a, caption, new_frames=16, **s)),
         ("extend backward (source = last 17)", pipe.extend(a, caption, new_frames=16, direction="backward", **s)),
