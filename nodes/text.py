@@ -60,14 +60,15 @@ class SoraApplyLayout:
                             f"got {type(layout).__name__}")
         scene = Scene.from_dict(layout)  # checks every field before any work
         if not (isinstance(conditioning, list) and len(conditioning) == 1 and "sora_mask" in conditioning[0][1]):
-            raise ValueError("conditioning must be one Sora Text Encode output (the caption's)")
+            raise ValueError(f"conditioning must be one Sora Text Encode output (the caption's); got "
+                             f"{type(conditioning).__name__}")
         emb, extra = conditioning[0]
         phrases = [phrase(o) for o in scene.objects]
         with torch.no_grad():
             pooled_phrases = (pooled(text_encoder.load(), phrases).float() if phrases
                               else torch.zeros(0, emb.shape[-1]))
-        plan = {"scene": scene.to_dict(), "embeddings": pooled_phrases}
-        return (wires.conditioning(emb, extra["sora_mask"], extra.get("sora_text", ""), plan),)
+        grounded = {"scene": scene.to_dict(), "embeddings": pooled_phrases}
+        return (wires.conditioning(emb, extra["sora_mask"], extra.get("sora_text", ""), grounded),)
 
 
 class SoraRecaption:
@@ -79,8 +80,8 @@ class SoraRecaption:
     RETURN_TYPES = ("STRING", "SORA_LAYOUT")
     RETURN_NAMES = ("caption", "layout")
     OUTPUT_TOOLTIPS = ("The detailed caption.",
-                       "The scene the offline caption describes (where each object starts and goes), for Sora Text "
-                       "Encode's layout input; none from the llm backend.")
+                       "The scene the offline caption describes (where each object starts and goes), for Sora Apply "
+                       "Layout; none from the llm backend.")
 
     @classmethod
     def INPUT_TYPES(cls):

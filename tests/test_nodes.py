@@ -617,3 +617,9 @@ def test_a_recaption_layout_travels_through_text_encode_to_a_sampler_that_reads_
     assert torch.allclose(wires.read_layout(planned, dit.config, (3, 8, 8)), expected, atol=1e-4)
     with pytest.raises(TypeError, match="layout must be Sora Recaption's layout output .*; got str"):
         SoraApplyLayout().apply(plain, text, "left to right")
+
+
+def test_apply_layout_refuses_conditioning_that_is_not_one_sora_text_encode(parts):
+    layout = SoraRecaption().run("a red square", 0, "offline", "", "", 5.0)["result"][1]
+    with pytest.raises(ValueError, match=r"conditioning must be one Sora Text Encode output .*; got str"):
+        SoraApplyLayout().apply("a caption", parts[1], layout)

@@ -230,7 +230,7 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
         rows.setdefault("text_to_video", []).append((item["prompt"], video))
         log(f"t2v {i + 1}/{n_prompts}: {item['prompt']!r} -> {result}")
 
-    metrics["layout_plans"] = plans and pipe.reads_layouts
+    metrics["layout_plans"] = bool(plans and pipe.reads_layouts)  # whether the t2v rows had the plan
     metrics.update(accuracies(text_to_video(pipe, n_prompts, width, height, frames, seed, sampling, each_t2v,
                                             plans), ADHERENCE))
     permanence = occlusion(pipe, n_prompts, width, height, seed, sampling,
@@ -285,7 +285,7 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
     if metrics["vae_psnr_real"] is None:
         print("note: vae_psnr_real is null: no held-out real clips (pip install "
               "comfyui-workflow-templates-media-video)", file=sys.stderr)
-    return {k: v if v is None else round(v, 4) for k, v in metrics.items()}, rows
+    return {k: v if v is None or isinstance(v, bool) else round(v, 4) for k, v in metrics.items()}, rows
 
 
 @torch.no_grad()
