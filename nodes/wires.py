@@ -238,10 +238,8 @@ def read_layout(value, config: Config, tokens_grid: tuple[int, int, int]) -> tor
         return None
     from sora_core.grounding import layout, place
 
-    t, h, w = tokens_grid
-    s, tf, patch = config.vae.spatial_factor, config.vae.temporal_factor, config.dit.patch
-    _, occ = layout(lay["scene"], 1 + tf * (t - 1), h * s, w * s, tf, s * patch[1])
-    return place(occ, lay["embeddings"], (t // patch[0]) * (h // patch[1]) * (w // patch[2]))[None]
+    _, occ = layout(lay["scene"], config, tokens_grid)
+    return place(occ, lay["embeddings"], occ.shape[1])[None]
 
 
 def read_conditioning(value, config: Config, name: str) -> tuple[torch.Tensor, torch.Tensor, str | None]:

@@ -134,12 +134,15 @@ def _prompt(args, pipe) -> str:
 
 def _generate(args) -> int:
     pipe = _pipeline(args, args.frames)
-    caption, layout = _prompt(args, pipe), None
-    if _recaptions(args, pipe) and pipe.reads_layouts:  # the recaptioner's plan: where each object goes
+    layout = None
+    if _recaptions(args, pipe) and pipe.reads_layouts:  # the caption and the plan it describes: where objects go
         from .recaption import plan
 
-        layout = plan(args.prompt, seed=args.seed)[1]
+        caption, layout = plan(args.prompt, seed=args.seed)
+        print(f"caption: {caption}", file=sys.stderr)
         print(f"layout: {', '.join(f'{o.color} {o.shape} {o.motion}' for o in layout.objects)}", file=sys.stderr)
+    else:
+        caption = _prompt(args, pipe)
     frames = pipe.generate(caption, args.width, args.height, args.frames, layout=layout, **_sampling(args))
     _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0

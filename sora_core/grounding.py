@@ -68,12 +68,14 @@ def pooled(text_encoder, phrases: list[str]) -> torch.Tensor:
     return (emb * w).sum(1) / w.sum(1).clamp(min=1)
 
 
-def layout(scene: Scene | dict, frames: int, height: int, width: int, temporal_factor: int,
-           cell: int) -> tuple[list[str], torch.Tensor]:
-    """One clip's grounding input: its objects' phrases and (objects, N) token occupancy in `patchify` order."""
+def layout(scene: Scene | dict, config, grid: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
+    """One clip's grounding input over a latent grid (T, H, W) of `config`'s model (a SoraConfig): its objects'
+    phrases and (objects, N) token occupancy in `patchify` order."""
     if isinstance(scene, dict):
         scene = Scene.from_dict(scene)
-    occ = occupancy(scene, frames, height, width, temporal_factor, cell)
+    t, h, w = grid
+    s, tf = config.vae.spatial_factor, config.vae.temporal_factor
+    occ = occupancy(scene, 1 + tf * (t - 1), h * s, w * s, tf, config.pixel_multiple)
     return [phrase(o) for o in scene.objects], torch.from_numpy(occ.reshape(len(occ), -1))
 
 

@@ -206,11 +206,9 @@ class Pipeline:
         """The (1, N, D) grounding of a planned scene (`recaption.plan`) over `window`'s tokens."""
         from .grounding import grounding, layout as layout_of
 
-        _, _, t, h, w = window.samples.shape
-        s, tf, patch = self.config.vae.spatial_factor, self.config.vae.temporal_factor, self.config.dit.patch
-        lay = layout_of(layout, 1 + tf * (t - 1), h * s, w * s, tf, s * patch[1])
+        lay = layout_of(layout, self.config, window.samples.shape[2:])
         text = self.text
-        out = grounding(text, [lay], (t // patch[0]) * (h // patch[1]) * (w // patch[2]))
+        out = grounding(text, [lay], lay[1].shape[1])
         del text
         self._release()
         return out

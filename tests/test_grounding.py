@@ -58,7 +58,7 @@ def test_an_object_off_screen_covers_nothing():
 def test_grounding_sums_each_objects_phrase_over_its_cells_and_nothing_elsewhere():
     model = SoraModel(preset("micro"))
     scene = _scene()
-    names, occ = layout(scene.to_dict(), 17, 64, 64, 4, 8)
+    names, occ = layout(scene.to_dict(), preset("micro"), (5, 16, 16))
     assert names == ["red square"] and occ.shape == (1, 5 * 8 * 8)
     with torch.no_grad():
         g = grounding(model.text, [(names, occ), None], occ.shape[1])
@@ -93,7 +93,7 @@ def test_a_new_grounded_dit_computes_what_it_would_without_a_layout_and_learns_t
     t, strength, noise = torch.tensor([0.7, 0.4]), torch.ones(2, 3), torch.randn(2, 4, 3, 4, 4)
     from sora_core.text import tokenize
     ids, mask = tokenize(["a red square", "a red square"], 512, 32)
-    lay = layout(_scene(frames=9), 9, 16, 16, 4, 8)
+    lay = layout(_scene(frames=9), preset("micro"), (3, 4, 4))
     with torch.no_grad():
         plain = den(z, t, strength, noise, ids, mask)
     loss = den(z, t, strength, noise, ids, mask, [lay, None])

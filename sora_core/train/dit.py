@@ -231,10 +231,7 @@ def run(args: argparse.Namespace) -> Path:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps, time_frac=used)
         layouts = None
         if args.layouts and batch.get("scene"):
-            frames = 1 + config.vae.temporal_factor * (lt - 1)
-            cell = config.vae.spatial_factor * config.dit.patch[1]
-            layouts = [layout(scene, frames, lh * config.vae.spatial_factor, lw * config.vae.spatial_factor,
-                              config.vae.temporal_factor, cell) if rng.random() < args.layouts else None
+            layouts = [layout(scene, config, (lt, lh, lw)) if rng.random() < args.layouts else None
                        for scene in batch["scene"]]
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = net(z, t, strength, noise, ids.to(d.device), mask.to(d.device), layouts)
