@@ -23,8 +23,9 @@ def _frames_input(tooltip: str):
 BLEND_INPUT = ("INT", {
     "default": cond.SEAM_BLEND, "min": 0, "max": 64, "tooltip": (
         "Source frames next to each join that crossfade into the model's re-drawn version of them, "
-        "hiding the small jump where original pixels meet generated ones. 0 = hard cut: the source "
-        "frames come back exactly.")})
+        "hiding the small jump where original pixels meet generated ones (Loop and Connect: the "
+        "transition's second half eases into the clip that follows it instead). 0 = hard cut: the "
+        "source frames come back exactly.")})
 
 
 def _joins(strength: float, tooltip: str) -> dict:

@@ -45,6 +45,13 @@ class Splice:
     source frames next to each join crossfade into their own decoded versions (linear weights
     1/(blend+1) .. blend/(blend+1) towards the join); every other source frame is untouched.
     `wrap` (a loop) also blends the clip's first frames, which follow the transition on repeat.
+
+    A join where a source clip follows generated frames (`after`, or a loop's `wrap`) with `ease` > 0
+    is made the other way round: the last `ease` kept frames crossfade into the source frame that
+    follows them (weights 1/(ease+1) .. ease/(ease+1) towards the join) and that source is untouched.
+    A transition needs it: the decoder is causal in time, so the given frames after a transition
+    decode still carrying it, and the transition itself may reach the second clip late
+    (docs/training.md section 17).
     """
 
     keep_start: int
@@ -53,10 +60,17 @@ class Splice:
     after: torch.Tensor | None = None
     blend: int = 0
     wrap: bool = False
+    ease: int = 0
 
     def apply(self, decoded: torch.Tensor) -> torch.Tensor:
         stop = decoded.shape[0] if self.keep_stop is None else self.keep_stop
-        parts = [decoded[self.keep_start : stop]]
+        kept = decoded[self.keep_start : stop]
+        following = self.after if self.after is not None else self.before if self.wrap else None
+        ease = min(self.ease, kept.shape[0]) if following is not None else 0
+        if ease:
+            target = following[:1].to(decoded)
+            kept = torch.cat([kept[:-ease], _crossfade(kept[-ease:], target.expand(ease, *target.shape[1:]), True)])
+        parts = [kept]
         # decoded[keep_start - j] is the source's before[-j]; decoded[stop + j] is the after clip's
         # (for a loop: the clip's own) frame j.
         ahead = decoded[stop:]
@@ -65,14 +79,14 @@ class Splice:
             k = min(self.blend, self.keep_start, b.shape[0])
             if k:
                 b = torch.cat([b[:-k], _crossfade(b[-k:], decoded[self.keep_start - k : self.keep_start], True)])
-            if self.wrap:
+            if self.wrap and not ease:
                 k2 = min(self.blend, ahead.shape[0], b.shape[0] - k)  # never into the frames blended above
                 if k2:
                     b = torch.cat([_crossfade(b[:k2], ahead[:k2], False), b[k2:]])
             parts.insert(0, b)
         if self.after is not None:
             a = self.after.to(decoded)
-            k = min(self.blend, ahead.shape[0], a.shape[0])
+            k = 0 if ease else min(self.blend, ahead.shape[0], a.shape[0])
             if k:
                 a = torch.cat([_crossfade(a[:k], ahead[:k], False), a[k:]])
             parts.append(a)
@@ -82,11 +96,11 @@ class Splice:
         """Whether `apply` reads any decoded frame from index `first` on."""
         if self.keep_stop is None:
             return True
-        return self.keep_stop + (self.blend if self.after is not None or self.wrap else 0) > first
+        return self.keep_stop + (self.blend if (self.after is not None or self.wrap) and not self.ease else 0) > first
 
 
 def _crossfade(source: torch.Tensor, decoded: torch.Tensor, towards_end: bool) -> torch.Tensor:
-    """Blend k source frames into their decoded versions, most strongly at the join's side."""
+    """Blend k frames `source` into `decoded` (k frames too), most strongly at the join's side."""
     k = source.shape[0]
     w = torch.arange(1, k + 1, dtype=source.dtype, device=source.device) / (k + 1)
     w = (w if towards_end else w.flip(0)).view(-1, *([1] * (source.dim() - 1)))
@@ -360,7 +374,7 @@ def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition
     start = 1 + tf * m
     window = Window(*_window([(head, 0.0), (n, 1.0), (tail, 0.0)], head),
                     Splice(keep_start=start, keep_stop=start + tf * n, before=first, after=second,
-                           blend=blend_frames), Tail(1 + m + n, second[: tf * m]))
+                           blend=blend_frames, ease=tf * n // 2 if blend_frames else 0), Tail(1 + m + n, second[: tf * m]))
     _start_dissolve(window, 1 + m, n, strength)
     return window
 

@@ -89,9 +89,16 @@ def test_connect_gives_both_ends_and_splices_a_transition_between_the_clips(vae)
     out = cond.connect(vae, a, b, 12, 4, blend_frames=0).splice.apply(torch.zeros(1 + 4 * 5, 16, 24, 3))
     assert out.shape[0] == 9 + 12 + 13
     assert torch.equal(out[:9], a) and torch.equal(out[-13:], b)
-    blended = w.splice.apply(torch.zeros(1 + 4 * 5, 16, 24, 3))
-    assert torch.equal(blended[:5], a[:5]) and torch.equal(blended[-9:], b[4:])
-    assert not torch.equal(blended[5:9], a[5:]) and not torch.equal(blended[21:25], b[:4])
+    decoded = clip(1 + 4 * 5, seed=5)
+    blended = w.splice.apply(decoded)
+    # the first clip's end crossfades into its decoded self; the second clip is untouched and the
+    # transition's second half eases into its first frame instead (the decoder is causal: decoded
+    # frames after a transition still carry it)
+    assert torch.equal(blended[:5], a[:5]) and torch.equal(blended[-13:], b)
+    assert not torch.equal(blended[5:9], a[5:])
+    up = (torch.arange(1, 7) / 7).view(6, 1, 1, 1)
+    assert torch.equal(blended[9:15], decoded[5:11])
+    assert torch.allclose(blended[15:21], decoded[11:17] * (1 - up) + b[:1] * up)
 
 
 @torch.no_grad()
@@ -103,12 +110,13 @@ def test_loop_leads_back_into_the_clips_own_start(vae):
     decoded = clip(1 + 4 * 4, seed=5)
     out = w.splice.apply(decoded)
     assert out.shape[0] == 9 + 8 and torch.equal(out[4:5], video[4:5])
-    # both ends of the clip crossfade: its end into the transition, its start (which follows
-    # the transition on repeat) out of the decoded frames that lead into it
+    # the clip's end crossfades into the transition; its start (which follows the transition on
+    # repeat) is untouched, and the transition's second half eases into the clip's first frame
     up = torch.tensor([1, 2, 3, 4]).view(4, 1, 1, 1) / 5
     assert torch.allclose(out[5:9], video[5:] * (1 - up) + decoded[1:5] * up)
-    assert torch.allclose(out[:4], video[:4] * (1 - up.flip(0)) + decoded[13:17] * up.flip(0))
-    assert torch.equal(out[9:], decoded[5:13])
+    assert torch.equal(out[:5], video[:5])
+    assert torch.equal(out[9:13], decoded[5:9])
+    assert torch.allclose(out[13:], decoded[9:13] * (1 - up) + video[:1] * up)
 
 
 @torch.no_grad()
