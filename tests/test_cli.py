@@ -49,8 +49,13 @@ def test_loop_keeps_the_clip_and_crossfades_only_next_to_the_joins(clip, tmp_pat
     r = cli("loop", clip, "x", "-o", tmp_path / "soft.png", "--transition-frames", 4, "--context-frames", 4, *FAST)
     assert r.returncode == 0, r.stderr[-2000:]
     soft, _ = read_video(tmp_path / "soft.png")
-    assert np.array_equal(soft[4], source[4]) and np.array_equal(soft[9:], hard[9:])
-    assert not np.array_equal(soft[:4], source[:4])  # the default blends 4 frames at each end
+    # the default: the clip's end crossfades into the transition (4 frames), its start stays (it follows the
+    # transition on repeat), and the transition's second half eases into the clip's first frame instead
+    assert np.array_equal(soft[:5], source[:5]) and not np.array_equal(soft[5:9], source[5:])
+    assert np.array_equal(soft[9:11], hard[9:11])
+    w = np.array([1, 2]).reshape(2, 1, 1, 1) / 3
+    eased = hard[11:].astype(float) * (1 - w) + source[:1].astype(float) * w
+    assert np.abs(soft[11:].astype(float) - eased).max() <= 1.0
 
 
 def test_a_bad_blend_is_refused_by_name_in_one_line(clip, tmp_path):
