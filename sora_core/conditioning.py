@@ -5,7 +5,8 @@ latents, `strength` (B, T) says per latent frame how much is generated (0 = give
 exactly, 1 = generated from noise, between = SDEdit-style partial noise). A `Splice` says how
 the decoded window joins the source clips' own pixels, so the output is the source frames
 untouched plus only the new ones, except a short crossfade at each join that hides the VAE's
-reconstruction error there (`SEAM_BLEND` frames; 0 gives a hard cut).
+reconstruction error there (`SEAM_BLEND` frames; 0 gives a hard cut). Where a clip follows a
+generated transition (connect, loop) the transition eases into it instead (`Splice.ease`).
 
 Timing is in whole chunks of the VAE's `temporal_factor` (4) frames. With our VAE a chunk's
 latent does not depend on where it sits in time (see `vae`), so the latents of "the last 8
@@ -355,7 +356,9 @@ def extend(vae: VideoVAE, video: torch.Tensor, new_frames: int, context_frames: 
 def connect(vae: VideoVAE, first: torch.Tensor, second: torch.Tensor, transition_frames: int, context_frames: int,
             blend_frames: int = SEAM_BLEND, strength: float = TRANSITION_STRENGTH) -> Window:
     """A generated transition of `transition_frames` from the end of `first` into the start of `second`,
-    started from a latent dissolve between them noised to `strength` in its middle, less toward the clips."""
+    started from a latent dissolve between them noised to `strength` in its middle, less toward the clips.
+    Its second half eases into `second`'s first frame, and `second` comes back untouched (unless
+    `blend_frames` is 0: hard cuts at both joins)."""
     first, second = as_frames("first", first), as_frames("second", second)
     strength, blend_frames = check_strength(strength), _check_blend(blend_frames)
     if first.shape[1:] != second.shape[1:]:
