@@ -118,31 +118,29 @@ def _sampling(args) -> dict:
                 sequential_cfg=args.sequential_cfg, decode_tile=args.vae_tile)
 
 
-def _recaptions(args, pipe) -> bool:
-    return not args.no_recaption and pipe.family == "sora-nodes"  # the offline expander writes our training captions
+def _plan(args, pipe):
+    """The prompt as the model reads it, and the scene it plans (None: the prompt as written). Our models get
+    the offline recaptioner's caption, printed: it writes our training captions (Wan models never do)."""
+    if args.no_recaption or pipe.family != "sora-nodes":
+        return args.prompt, None
+    from .recaption import plan
+
+    caption, scene = plan(args.prompt, seed=args.seed)
+    print(f"caption: {caption}", file=sys.stderr)
+    return caption, scene
 
 
 def _prompt(args, pipe) -> str:
-    if not _recaptions(args, pipe):
-        return args.prompt
-    from .recaption import recaption
-
-    caption = recaption(args.prompt, seed=args.seed)
-    print(f"caption: {caption}", file=sys.stderr)
-    return caption
+    return _plan(args, pipe)[0]
 
 
 def _generate(args) -> int:
     pipe = _pipeline(args, args.frames)
-    layout = None
-    if _recaptions(args, pipe) and pipe.reads_layouts:  # the caption and the plan it describes: where objects go
-        from .recaption import plan
-
-        caption, layout = plan(args.prompt, seed=args.seed)
-        print(f"caption: {caption}", file=sys.stderr)
+    caption, layout = _plan(args, pipe)
+    if layout is not None and pipe.reads_layouts:  # the plan the caption describes: where objects go
         print(f"layout: {', '.join(f'{o.color} {o.shape} {o.motion}' for o in layout.objects)}", file=sys.stderr)
     else:
-        caption = _prompt(args, pipe)
+        layout = None
     frames = pipe.generate(caption, args.width, args.height, args.frames, layout=layout, **_sampling(args))
     _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
