@@ -15,14 +15,19 @@ from . import host, wires
 
 class _Conditioned(Pipeline):
     """A Pipeline over hosted networks (ours or Wan's) whose prompts arrive encoded (CONDITIONING), by role;
-    its device is where the DiT runs (the budget is checked for it before the networks are loaded there)."""
+    its device is where the DiT runs (the budget is checked for it before the networks are loaded there).
+    `positive`: the CONDITIONING whose layout (Sora Apply Layout) grounds a window given its scene."""
 
-    def __init__(self, vae, dit, config, prompts: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+    def __init__(self, vae, dit, config, prompts: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                 positive=None):
         super().__init__(vae, None, dit, config=config, dit_dtype=next(dit.parameters()).dtype, device=device)
-        self.prompts = prompts
+        self.prompts, self.positive = prompts, positive
 
     def encode_texts(self, *prompts: str):
         return [self.prompts[p] for p in prompts]
+
+    def grounding(self, layout, window):  # the phrases come pooled with the conditioning
+        return wires.read_layout(self.positive, self.config, tuple(window.samples.shape[2:])).to(self.device)
 
 
 def _chunk(default: int, tooltip: str):
@@ -49,7 +54,9 @@ class SoraLongVideo:
             "model": ("SORA_DIT",),
             "vae": ("SORA_VAE",),
             "positive": ("CONDITIONING", {"tooltip": (
-                "From Sora Text Encode (or, for Wan models, core's CLIPTextEncode): what the whole video shows.")}),
+                "From Sora Text Encode (or, for Wan models, core's CLIPTextEncode): what the whole video shows. A "
+                "layout added by Sora Apply Layout places the objects of the first window (not with start_images), "
+                "for a model that reads layouts; later windows carry them on.")}),
             "negative": ("CONDITIONING", {"tooltip": "From Sora Text Encode: what to steer away from (may be empty)."}),
             "width": ("INT", {"default": 64, **size, "tooltip": "Frame width without start_images (a multiple of 8 "
                               "for the default model)."}),
@@ -108,7 +115,12 @@ class SoraLongVideo:
             start_images = wires.check_frames("start_images", start_images, config, any_count=True).cpu()
         device = model.device
         pipe = _Conditioned(vae.module, model.module, config, {"positive": (emb.to(device), mask.to(device)),
-                                    "negative": (neg_emb.to(device), neg_mask.to(device))}, device)
+                                    "negative": (neg_emb.to(device), neg_mask.to(device))}, device, positive)
+        layout = wires.layout_scene(positive, config)
+        if layout is not None and start_images is not None:
+            raise ValueError("positive carries a layout (Sora Apply Layout), which places the objects of a video "
+                             "drawn from the prompt, and start_images are given, which already hold them; "
+                             "connect one or the other")
         bar = host.Progress(1)
 
         def progress(window: int, windows: int, step: int, total: int) -> None:
@@ -117,9 +129,10 @@ class SoraLongVideo:
 
         count = max(1, round(seconds * fps))
         try:  # every setting and the largest window's budget, before the networks load
-            job = LongVideo(pipe, "positive", count, width=width, height=height, start=start_images, loop=loop,
-                            new_frames=new_frames, context_frames=context_frames, blend_frames=blend_frames,
-                            drift=drift, retries=retries, seam_limit=seam_limit, negative="negative", seed=seed,
+            job = LongVideo(pipe, "positive", count, layout=layout, width=width, height=height, start=start_images,
+                            loop=loop, new_frames=new_frames, context_frames=context_frames,
+                            blend_frames=blend_frames, drift=drift, retries=retries, seam_limit=seam_limit,
+                            negative="negative", seed=seed,
                             overlap_frames=min(overlap_frames, context_frames - config.vae.temporal_factor),
                             progress=progress, steps=steps, cfg=cfg, sampler=sampler)
         except ValueError as err:

@@ -230,15 +230,25 @@ def conditioning(embeddings: torch.Tensor, mask: torch.Tensor, text: str, layout
     return [[embeddings.to(d), extra]]
 
 
-def read_layout(value, config: Config, tokens_grid: tuple[int, int, int]) -> torch.Tensor | None:
-    """The (1, N, D) grounding of the layout in checked CONDITIONING over a latent grid (T, H, W) in latent
-    cells, or None: no layout, or a model that does not read one (Wan; a Sora DiT trained without)."""
+def layout_scene(value, config: Config) -> dict | None:
+    """The planned scene (a dict) of the layout in checked CONDITIONING, or None: no layout, or a model that
+    does not read one (Wan; a Sora DiT trained without)."""
     lay = value[0][1].get("sora_layout")
     if lay is None or is_wan(config) or not config.dit.grounding:
         return None
+    return lay["scene"]
+
+
+def read_layout(value, config: Config, tokens_grid: tuple[int, int, int]) -> torch.Tensor | None:
+    """The (1, N, D) grounding of the layout in checked CONDITIONING over a latent grid (T, H, W) in latent
+    cells, or None where `layout_scene` is None."""
+    scene = layout_scene(value, config)
+    if scene is None:
+        return None
     from sora_core.grounding import layout, place
 
-    _, occ = layout(lay["scene"], config, tokens_grid)
+    lay = value[0][1]["sora_layout"]
+    _, occ = layout(scene, config, tokens_grid)
     return place(occ, lay["embeddings"], occ.shape[1])[None]
 
 

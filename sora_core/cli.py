@@ -130,18 +130,23 @@ def _plan(args, pipe):
     return caption, scene
 
 
+def _layout(pipe, scene):
+    """The planned scene, printed, for a model that reads layouts (where the objects go); else None."""
+    if scene is None or not pipe.reads_layouts:
+        return None
+    print(f"layout: {', '.join(f'{o.color} {o.shape} {o.motion}' for o in scene.objects)}", file=sys.stderr)
+    return scene
+
+
 def _prompt(args, pipe) -> str:
     return _plan(args, pipe)[0]
 
 
 def _generate(args) -> int:
     pipe = _pipeline(args, args.frames)
-    caption, layout = _plan(args, pipe)
-    if layout is not None and pipe.reads_layouts:  # the plan the caption describes: where objects go
-        print(f"layout: {', '.join(f'{o.color} {o.shape} {o.motion}' for o in layout.objects)}", file=sys.stderr)
-    else:
-        layout = None
-    frames = pipe.generate(caption, args.width, args.height, args.frames, layout=layout, **_sampling(args))
+    caption, scene = _plan(args, pipe)
+    frames = pipe.generate(caption, args.width, args.height, args.frames, layout=_layout(pipe, scene),
+                           **_sampling(args))
     _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
     return 0
 
@@ -234,7 +239,9 @@ def _long(args) -> int:
         sys.stderr.flush()
 
     # every input of the job is checked here, before the stream or any window exists
-    job = LongVideo(pipe, _prompt(args, pipe), count, width=args.width or pipe.defaults.width,
+    caption, scene = _plan(args, pipe)
+    layout = _layout(pipe, scene) if start is None else None  # it places the opening drawn from the prompt
+    job = LongVideo(pipe, caption, count, layout=layout, width=args.width or pipe.defaults.width,
                     height=args.height or pipe.defaults.height, start=start,
                     loop=args.loop == "close", window_frames=args.window_frames, new_frames=args.new_frames,
                     context_frames=args.context_frames, drift=args.drift, retries=args.retries,

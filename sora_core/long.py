@@ -189,6 +189,12 @@ class LongVideo:
         config = pipe.config
         tf = config.vae.temporal_factor
         settings = pipe._settings(prompt, dict(sampling, negative=negative, seed=seed))
+        # a planned scene (`recaption.plan`) places the objects of the opening window drawn from the prompt;
+        # every later window continues the frames before it, which already hold them
+        layout = sampling.pop("layout", None)
+        if layout is not None and start is not None:
+            raise ValueError("layout is for a video drawn from the prompt; with start frames their objects "
+                             "are where they are (leave out one or the other)")
         if drift not in DRIFT:
             raise ValueError(f"drift={drift!r} is not allowed; use one of {DRIFT}")
         if not is_whole(retries) or not 0 <= retries <= MAX_RETRIES:
@@ -241,6 +247,7 @@ class LongVideo:
         self.width, self.height, self.start, self.loop = width, height, start, loop
         self.window_frames, self.context_frames, self.blend_frames = window_frames, context_frames, blend_frames
         self.drift, self.progress, self.sampling = drift, progress, sampling
+        self.layout = settings["layout"] if layout is not None else None  # checked: a Scene
         self.retries, self.seam_limit, self.overlap = int(retries), float(seam_limit), int(overlap_frames)
         self.redraws = 0  # windows drawn again so far (each costs one window's sampling and decoding)
         self.opening, self.pieces, self.hold = first, pieces, hold
@@ -267,9 +274,10 @@ class LongVideo:
         offset = torch.zeros(3)  # the colour correction the last frame got (then an (H, W, 3) field)
         window = 0
 
-        def sample(w: cond.Window, seed: int, decode: bool = True, again: bool = False):
+        def sample(w: cond.Window, seed: int, decode: bool = True, again: bool = False, layout=None):
             """Sample (and with `decode`, decode and splice) window `w`; drift control on its new latents.
-            `again`: a redraw of the same window (its progress shows the same window number)."""
+            `again`: a redraw of the same window (its progress shows the same window number); `layout`: the
+            plan it follows."""
             nonlocal window
             window += not again
             steps = self.sampling.get("steps", 20)
@@ -292,7 +300,7 @@ class LongVideo:
                 progress(0, steps)
             run = pipe.run if decode else pipe.latents
             return run(w, self.prompt, negative=self.negative, progress=progress, on_latents=adjust, seed=seed,
-                       **self.sampling)
+                       layout=layout, **self.sampling)
 
         @torch.no_grad()
         def extend(held: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -350,7 +358,8 @@ class LongVideo:
             return (decoded + offset + ramp * (target - offset)).clamp(0, 1), target
 
         if self.start is None:
-            held = sample(cond.empty_window(pipe.config, self.width, self.height, self.window_frames), self.seed)
+            held = sample(cond.empty_window(pipe.config, self.width, self.height, self.window_frames), self.seed,
+                          layout=self.layout)
         elif self.start.shape[0] == 1:
             held = sample(cond.animate_image(vae, self.start.to(pipe.device), self.window_frames), self.seed)
         else:

@@ -236,3 +236,7 @@ def test_generate_recaptions_and_hands_the_shipped_model_the_plan(tmp_path):
     assert [(o.color, o.motion) for o in scene.objects] == [("red", "right")]
     r = cli("generate", "a red ball moving right", "-o", out, "--width", 32, "--height", 32, "--frames", 5, *FAST)
     assert r.returncode == 0 and "layout:" not in r.stderr  # a caption as written has no plan
+    long = tmp_path / "planned.mp4"  # a long video's opening follows the plan too
+    r = cli("long", "a red ball moving right", "-o", long, "--width", 32, "--height", 32, "--frames", 25,
+            "--steps", "1", "--seed", 3, "--no-provenance")
+    assert r.returncode == 0 and "layout: red circle right" in r.stderr, r.stderr[-2000:]

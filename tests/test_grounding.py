@@ -123,3 +123,25 @@ def test_the_plan_is_the_offline_recaption_and_the_scene_it_describes():
     caption, scene = plan("two blue circles moving up", seed=4)
     assert caption == recaption("two blue circles moving up", seed=4)
     assert [(o.color, o.shape, o.motion) for o in scene.objects] == [("blue", "circle", "up")] * 2
+
+
+def test_a_long_video_follows_the_layout_in_its_opening_window_and_later_windows_carry_on():
+    from sora_core.long import LongVideo
+
+    torch.manual_seed(0)
+    pipe = Pipeline.from_model(_as_if_trained(SoraModel(_grounded_config()), layouts_too=True))
+    caption, scene = plan("a red square sliding right", seed=1)
+    grounded, real = [], pipe.sample
+    pipe.sample = lambda w, text, neg, **kw: (grounded.append(kw["grounding"] is not None), real(w, text, neg, **kw))[1]
+    kw = dict(width=16, height=16, new_frames=8, context_frames=4, steps=1, cfg=1.0, seed=0)
+    frames = torch.cat(list(LongVideo(pipe, caption, 33, layout=scene.to_dict(), **kw)))
+    assert frames.shape[0] == 33 and len(grounded) >= 3
+    assert grounded[0] and not any(grounded[1:])  # extensions continue the frames before them
+    opening = pipe.generate(caption, 16, 16, 17, layout=scene, steps=1, cfg=1.0, seed=0)
+    assert torch.equal(frames[:12], opening[:12])  # the opening up to its last context + 1 frames, as generated
+    plain = torch.cat(list(LongVideo(pipe, caption, 33, **kw)))
+    assert not torch.equal(plain[:12], frames[:12])
+    with pytest.raises(ValueError, match="layout is for a video drawn from the prompt"):
+        LongVideo(pipe, caption, 33, start=opening[:9], layout=scene, **kw)
+    with pytest.raises(TypeError, match="layout must be a planned scene"):
+        LongVideo(pipe, caption, 33, layout="left to right", **kw)

@@ -585,10 +585,11 @@ def test_recaption_reports_an_unreachable_endpoint():
         SoraRecaption().run("a red ball", 0, "llm", "http://127.0.0.1:9/v1", "some-model", 2.0)
 
 
-def test_a_recaption_layout_travels_through_text_encode_to_a_sampler_that_reads_it(tmp_path):
+@pytest.fixture(scope="module")
+def grounded(tmp_path_factory):
+    """A micro model that reads layouts, as if trained: its file and the loader's (dit, text, vae)."""
     from dataclasses import replace
 
-    from sora_core import conditioning as cond
     from sora_core.checkpoint import SoraModel
     from sora_core.config import preset
 
@@ -599,11 +600,17 @@ def test_a_recaption_layout_travels_through_text_encode_to_a_sampler_that_reads_
         for p in model.dit.parameters():
             if not p.any():
                 p.normal_(std=0.05)
-    path = tmp_path / "grounded.safetensors"
+    path = tmp_path_factory.mktemp("grounded") / "grounded.safetensors"
     save_checkpoint(model, path)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SORA_MODEL", str(path))
-        dit, text, vae = SoraModelLoader().load(host.DEFAULT_MODEL_NAME, "auto", "default")[:3]
+        return path, *SoraModelLoader().load(host.DEFAULT_MODEL_NAME, "auto", "default")[:3]
+
+
+def test_a_recaption_layout_travels_through_text_encode_to_a_sampler_that_reads_it(grounded):
+    from sora_core import conditioning as cond
+
+    path, dit, text, vae = grounded
     caption, layout = SoraRecaption().run("a red square sliding right", 1, "offline", "", "", 5.0)["result"]
     assert [o["color"] for o in layout["objects"]] == ["red"]
     encode = SoraTextEncode().encode
@@ -617,6 +624,21 @@ def test_a_recaption_layout_travels_through_text_encode_to_a_sampler_that_reads_
     assert torch.allclose(wires.read_layout(planned, dit.config, (3, 8, 8)), expected, atol=1e-4)
     with pytest.raises(TypeError, match="layout must be Sora Recaption's layout output .*; got str"):
         SoraApplyLayout().apply(plain, text, "left to right")
+
+
+def test_long_video_follows_a_layout_in_its_first_window_as_the_python_api_does(grounded):
+    path, dit, text, vae = grounded
+    caption, layout = SoraRecaption().run("a red square sliding right", 1, "offline", "", "", 5.0)["result"]
+    plain, negative = SoraTextEncode().encode(text, caption)[0], SoraTextEncode().encode(text, "")[0]
+    planned = SoraApplyLayout().apply(plain, text, layout)[0]
+    kw = dict(steps=2, cfg=3.0, seed=0)
+    a = long_video(dit, vae, (planned, negative), 4.0, **kw)  # 32 frames: a 17-frame opening, 12 before the join
+    b = long_video(dit, vae, (plain, negative), 4.0, **kw)
+    expected = Pipeline.load(path).generate(caption, SIZE, SIZE, 17, layout=layout, negative="", **kw)
+    assert torch.allclose(a[:12], expected[:12], atol=1e-5)
+    assert not torch.allclose(a[:12], b[:12], atol=1e-5)
+    with pytest.raises(ValueError, match="positive carries a layout .* start_images are given"):
+        long_video(dit, vae, (planned, negative), 4.0, start_images=a[:9])
 
 
 def test_apply_layout_refuses_conditioning_that_is_not_one_sora_text_encode(parts):
