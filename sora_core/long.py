@@ -247,7 +247,7 @@ class LongVideo:
         self.width, self.height, self.start, self.loop = width, height, start, loop
         self.window_frames, self.context_frames, self.blend_frames = window_frames, context_frames, blend_frames
         self.drift, self.progress, self.sampling = drift, progress, sampling
-        self.layout = settings["layout"] if layout is not None else None  # checked: a Scene
+        self.layout = settings.get("layout")  # checked: a Scene, or None
         self.retries, self.seam_limit, self.overlap = int(retries), float(seam_limit), int(overlap_frames)
         self.redraws = 0  # windows drawn again so far (each costs one window's sampling and decoding)
         self.opening, self.pieces, self.hold = first, pieces, hold
