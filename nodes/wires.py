@@ -248,8 +248,8 @@ def read_layout(value, config: Config, tokens_grid: tuple[int, int, int]) -> tor
     from sora_core.grounding import layout, place
 
     lay = value[0][1]["sora_layout"]
-    _, occ = layout(scene, config, tokens_grid)
-    return place(occ, lay["embeddings"], occ.shape[1])[None]
+    planned = layout(scene, config, tokens_grid)
+    return place(planned.occupancy, lay["embeddings"], planned.occupancy.shape[1], planned.silhouette)[None]
 
 
 def read_conditioning(value, config: Config, name: str) -> tuple[torch.Tensor, torch.Tensor, str | None]:

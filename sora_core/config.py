@@ -97,8 +97,14 @@ class DiTConfig:
     # Also take a planned layout: each token gets the pooled phrase embedding of the objects whose
     # place covers it (`grounding`), projected by `DiT.ground`. Models without it ignore layouts.
     grounding: bool = False
+    # With grounding, also read each planned object's outline: how much of each of a token's
+    # silhouette x silhouette sub-cells the shapes cover, projected by `DiT.silhouette` (0: no outline).
+    silhouette: int = 0
 
     def validate(self) -> None:
+        if type(self.silhouette) is not int or self.silhouette < 0 or (self.silhouette and not self.grounding):
+            raise ValueError(f"DiTConfig.silhouette={self.silhouette!r} is not allowed: use 0, or sub-cells per "
+                             f"token side (e.g. 4) together with grounding=True")
         if self.dim % self.heads:
             raise ValueError(f"DiTConfig.dim={self.dim} must be divisible by heads={self.heads}")
         head_dim = self.dim // self.heads
@@ -126,6 +132,9 @@ class SoraConfig:
             )
         if self.dit.text_dim != self.text.dim:
             raise ValueError(f"DiT text_dim={self.dit.text_dim} differs from text dim={self.text.dim}")
+        if self.dit.silhouette and self.pixel_multiple % self.dit.silhouette:
+            raise ValueError(f"DiT silhouette={self.dit.silhouette} must divide a token's cell of "
+                             f"{self.pixel_multiple} px")
 
     @property
     def pixel_multiple(self) -> int:

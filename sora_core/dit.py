@@ -127,6 +127,7 @@ class DiT(nn.Module):
         self.x_embed = nn.Linear(self.patch_dim, d)
         self.pos_embed = nn.Linear(6 * 8, d) if config.abs_pos else None
         self.ground = nn.Linear(config.text_dim, d) if config.grounding else None
+        self.silhouette = nn.Linear(config.silhouette ** 2, d) if config.silhouette else None
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.t_mod = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.text_proj = nn.Sequential(nn.Linear(config.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
@@ -151,16 +152,17 @@ class DiT(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.cross.proj.weight)
         # ... a layout adds nothing until training teaches the model to read it ...
-        if self.ground is not None:
-            nn.init.zeros_(self.ground.weight)
+        for layer in (self.ground, self.silhouette):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
         # ... and the network starts by predicting zero velocity.
         nn.init.zeros_(self.out.weight)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                 grounding: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, T, H, W); t (B, T) in [0, 1]; text (B, L, text_dim); text_mask (B, L) bool -> velocity like x.
-        grounding (B, N, text_dim): a planned layout per token (`sora_core.grounding`); ignored by a model
-        trained without one."""
+        grounding (B, N, text_dim [+ silhouette^2]): a planned layout per token (`sora_core.grounding`), with the
+        outlines for a model that reads them; ignored by a model trained without one."""
         b, _, frames, height, width = x.shape
         pt, ph, pw = self.config.patch
         grid = (frames // pt, height // ph, width // pw)
@@ -168,7 +170,15 @@ class DiT(nn.Module):
         if self.pos_embed is not None:
             tokens = tokens + self.pos_embed(position_features(grid, x.device).to(tokens.dtype))  # (B, N, D)
         if grounding is not None and self.ground is not None:
-            tokens = tokens + self.ground(grounding.to(tokens.dtype))  # (B, N, D)
+            text_dim = self.config.text_dim
+            width = text_dim + self.config.silhouette ** 2
+            if grounding.shape[-1] != width:
+                raise ValueError(f"grounding has {grounding.shape[-1]} features per token; this DiT reads {width} "
+                                 f"(text_dim {text_dim} + silhouette {self.config.silhouette}^2)")
+            g = grounding.to(tokens.dtype)
+            tokens = tokens + self.ground(g[..., :text_dim])  # (B, N, D)
+            if self.silhouette is not None:
+                tokens = tokens + self.silhouette(g[..., text_dim:])
         d = tokens.shape[-1]
         if t.shape != (b, frames):
             raise ValueError(f"timesteps must be per latent frame, shape {(b, frames)}; got {tuple(t.shape)}")

@@ -11,16 +11,32 @@ Each object of the plan contributes its phrase ("red square") pooled by the text
 to the embedding of every DiT token whose cell it touches during that token's latent frame; tokens
 no object touches get nothing. The DiT projects the sum (`DiT.ground`, zero at the start of
 training, so a grounded model starts as the model it was warm-started from). The DiT still draws
-every pixel: the plan says where, not what it looks like.
+every pixel: the plan says where, and (below) the outline, not the colours.
+
+A DiT with `DiTConfig.silhouette` > 0 also reads each object's outline inside its tokens: how much of each
+sub-cell (a token's cell split `silhouette` x `silhouette`) the planned shapes cover, projected by
+`DiT.silhouette`. Eight-pixel cells cannot tell a square from a disc; two-pixel sub-cells can.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
-from .data.world import SIZES, Scene, object_scale, screen_path
+from .data.render import coverage
+from .data.world import SIZES, Scene, object_scale, screen_path, shape_vertices
 from .text import tokenize
+
+
+class Layout(NamedTuple):
+    """One clip's grounding input: its objects' phrases, the (objects, N) tokens each touches, and the (N, S*S)
+    silhouette (None for a DiT without `silhouette`)."""
+
+    phrases: list[str]
+    occupancy: torch.Tensor
+    silhouette: torch.Tensor | None = None
 
 
 def phrase(obj) -> str:
@@ -43,17 +59,44 @@ def occupancy(scene: Scene, frames: int, height: int, width: int, temporal_facto
     gh, gw = height // cell, width // cell
     out = np.zeros((len(scene.objects), len(spans), gh, gw), dtype=bool)
     x0, y0 = np.arange(gw) * cell, np.arange(gh) * cell  # each cell's left / top edge, px
-    area = np.sqrt(width * height)
     for i, obj in enumerate(scene.objects):
-        xs, ys = screen_path(scene, obj)
+        path = screen_path(scene, obj)
         for k, span in enumerate(spans):
             for f in span:
-                s = 0 if frames == 1 or scene.frames == 1 else round(f * (scene.frames - 1) / (frames - 1))
-                cx, cy = xs[s] * width, ys[s] * height
-                r = SIZES[obj.size] * object_scale(scene, obj, s) * area
+                cx, cy, r, _ = _pose(scene, obj, path, f, frames, height, width)
                 dx = np.clip(cx, x0, x0 + cell) - cx  # nearest point of each cell to the centre
                 dy = np.clip(cy, y0, y0 + cell) - cy
                 out[i, k] |= dy[:, None] ** 2 + dx[None, :] ** 2 < r * r
+    return out
+
+
+def _pose(scene: Scene, obj, path, f: int, frames: int, height: int, width: int):
+    """Centre (px), radius (px) and angle (degrees) of `obj` at frame `f` of a clip of `frames` x `height` x
+    `width` px: places are fractions of the frame, sizes follow its area, the plan's time is stretched over it."""
+    s = 0 if frames == 1 or scene.frames == 1 else round(f * (scene.frames - 1) / (frames - 1))
+    r = SIZES[obj.size] * object_scale(scene, obj, s) * np.sqrt(width * height)
+    return path[0][s] * width, path[1][s] * height, r, obj.angle + obj.spin * s
+
+
+def silhouettes(scene: Scene, frames: int, height: int, width: int, temporal_factor: int, cell: int,
+                sub: int) -> np.ndarray:
+    """(T', H' * sub, W' * sub) float32 in 0..1: how much of each sub-cell (`cell` / `sub` px square) the
+    objects' outlines cover (all objects together), averaged over the pixel frames behind each latent frame."""
+    spans = latent_frame_spans(frames, temporal_factor)
+    gh, gw, px = height // cell, width // cell, cell // sub
+    out = np.zeros((len(spans), gh * sub, gw * sub), dtype=np.float32)
+    paths = [screen_path(scene, obj) for obj in scene.objects]
+    for k, span in enumerate(spans):
+        for f in span:
+            clear = np.ones((gh * cell, gw * cell), dtype=np.float32)  # share of each pixel no object covers
+            for obj, path in zip(scene.objects, paths):
+                cx, cy, r, angle = _pose(scene, obj, path, f, frames, height, width)
+                cov = coverage(shape_vertices(obj.shape, angle) * r + (cx, cy), gw * cell, gh * cell)
+                if cov is not None:
+                    x0, y0, alpha = cov
+                    clear[y0 : y0 + alpha.shape[0], x0 : x0 + alpha.shape[1]] *= 1 - alpha
+            out[k] += (1 - clear).reshape(gh * sub, px, gw * sub, px).mean(axis=(1, 3))
+        out[k] /= len(span)
     return out
 
 
@@ -68,31 +111,51 @@ def pooled(text_encoder, phrases: list[str]) -> torch.Tensor:
     return (emb * w).sum(1) / w.sum(1).clamp(min=1)
 
 
-def layout(scene: Scene | dict, config, grid: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
-    """One clip's grounding input over a latent grid (T, H, W) of `config`'s model (a SoraConfig): its objects'
-    phrases and (objects, N) token occupancy in `patchify` order."""
+def layout(scene: Scene | dict, config, grid: tuple[int, int, int]) -> Layout:
+    """One clip's grounding input over a latent grid (T, H, W) of `config`'s model (a SoraConfig), tokens in
+    `patchify` order; the silhouette only for a DiT that reads one."""
     if isinstance(scene, dict):
         scene = Scene.from_dict(scene)
     t, h, w = grid
-    s, tf = config.vae.spatial_factor, config.vae.temporal_factor
-    occ = occupancy(scene, 1 + tf * (t - 1), h * s, w * s, tf, config.pixel_multiple)
-    return [phrase(o) for o in scene.objects], torch.from_numpy(occ.reshape(len(occ), -1))
+    s, tf, cell = config.vae.spatial_factor, config.vae.temporal_factor, config.pixel_multiple
+    frames = 1 + tf * (t - 1)
+    occ = occupancy(scene, frames, h * s, w * s, tf, cell)
+    sil, sub = None, config.dit.silhouette
+    if sub:
+        cells = silhouettes(scene, frames, h * s, w * s, tf, cell, sub)  # (T', H' sub, W' sub)
+        gh, gw = cells.shape[1] // sub, cells.shape[2] // sub
+        cells = cells.reshape(len(cells), gh, sub, gw, sub).transpose(0, 1, 3, 2, 4)
+        sil = torch.from_numpy(np.ascontiguousarray(cells).reshape(-1, sub * sub))
+    return Layout([phrase(o) for o in scene.objects], torch.from_numpy(occ.reshape(len(occ), -1)), sil)
 
 
-def place(occ: torch.Tensor, embeddings: torch.Tensor, tokens: int) -> torch.Tensor:
-    """(tokens, D): each object's (objects, D) embedding summed over the tokens its (objects, N) `occ` covers."""
+def place(occ: torch.Tensor, embeddings: torch.Tensor, tokens: int,
+          silhouette: torch.Tensor | None = None) -> torch.Tensor:
+    """(tokens, D [+ S*S]): each object's (objects, D) embedding summed over the tokens its (objects, N) `occ`
+    covers, then the (N, S*S) silhouette where there is one."""
     if occ.shape[1] != tokens:
         raise ValueError(f"layout covers {occ.shape[1]} tokens; the latents have {tokens}")
-    return occ.to(device=embeddings.device, dtype=embeddings.dtype).T @ embeddings
+    out = occ.to(device=embeddings.device, dtype=embeddings.dtype).T @ embeddings
+    if silhouette is None:
+        return out
+    return torch.cat([out, silhouette.to(device=out.device, dtype=out.dtype)], dim=-1)
 
 
-def grounding(text_encoder, layouts: list[tuple[list[str], torch.Tensor] | None], tokens: int) -> torch.Tensor:
-    """(B, tokens, D): for each clip's layout (None: none), the sum of its phrases' pooled embeddings over the
-    tokens each object touches."""
-    phrases = sorted({p for lay in layouts if lay is not None for p in lay[0]})
+def grounding(text_encoder, layouts: list[Layout | None], tokens: int) -> torch.Tensor:
+    """(B, tokens, D [+ S*S]): for each clip's layout (None: none, all zeros), the sum of its phrases' pooled
+    embeddings over the tokens each object touches, and its silhouette."""
+    phrases = sorted({p for lay in layouts if lay is not None for p in lay.phrases})
     table = pooled(text_encoder, phrases) if phrases else None
     index = {p: i for i, p in enumerate(phrases)}
-    empty = torch.zeros(tokens, text_encoder.config.dim, device=text_encoder.device,
-                        dtype=table.dtype if table is not None else torch.float32)
-    return torch.stack([place(lay[1], table[[index[p] for p in lay[0]]], tokens) if lay is not None and lay[0]
-                        else empty for lay in layouts])
+    width = text_encoder.config.dim + max((lay.silhouette.shape[1] for lay in layouts
+                                           if lay is not None and lay.silhouette is not None), default=0)
+    dtype = table.dtype if table is not None else torch.float32
+    rows = []
+    for lay in layouts:
+        if lay is None:
+            rows.append(torch.zeros(tokens, width, device=text_encoder.device, dtype=dtype))
+            continue
+        emb = (table[[index[p] for p in lay.phrases]] if lay.phrases
+               else torch.zeros(0, text_encoder.config.dim, device=text_encoder.device, dtype=dtype))
+        rows.append(place(lay.occupancy, emb, tokens, lay.silhouette))
+    return torch.stack(rows)

@@ -208,7 +208,7 @@ class Pipeline:
 
         lay = layout_of(layout, self.config, window.samples.shape[2:])
         text = self.text
-        out = grounding(text, [lay], lay[1].shape[1])
+        out = grounding(text, [lay], lay.occupancy.shape[1])
         del text
         self._release()
         return out

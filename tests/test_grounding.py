@@ -9,7 +9,8 @@ import torch
 from sora_core.checkpoint import SoraModel
 from sora_core.config import preset
 from sora_core.data.world import Scene, SceneObject
-from sora_core.grounding import grounding, latent_frame_spans, layout, occupancy
+from sora_core.data.render import render
+from sora_core.grounding import grounding, latent_frame_spans, layout, occupancy, silhouettes
 from sora_core.pipeline import Pipeline
 from sora_core.recaption import plan, recaption
 from sora_core.train.dit import Denoiser
@@ -58,24 +59,93 @@ def test_an_object_off_screen_covers_nothing():
 def test_grounding_sums_each_objects_phrase_over_its_cells_and_nothing_elsewhere():
     model = SoraModel(preset("micro"))
     scene = _scene()
-    names, occ = layout(scene.to_dict(), preset("micro"), (5, 16, 16))
+    names, occ, sil = layout(scene.to_dict(), preset("micro"), (5, 16, 16))
+    assert sil is None  # a DiT without silhouette reads none
     assert names == ["red square"] and occ.shape == (1, 5 * 8 * 8)
     with torch.no_grad():
-        g = grounding(model.text, [(names, occ), None], occ.shape[1])
+        g = grounding(model.text, [layout(scene, preset("micro"), (5, 16, 16)), None], occ.shape[1])
     assert g.shape == (2, 320, 24)
     assert torch.all(g[1] == 0)  # no layout: nothing
     covered = occ[0]
     assert torch.all(g[0, ~covered] == 0) and torch.all(g[0, covered].abs().sum(-1) > 0)
     assert torch.allclose(g[0, covered], g[0, covered][:1].expand(int(covered.sum()), -1))
     with pytest.raises(ValueError, match="layout covers 320 tokens; the latents have 64"):
-        grounding(model.text, [(names, occ)], 64)
+        grounding(model.text, [layout(scene, preset("micro"), (5, 16, 16))], 64)
+
+
+def test_silhouettes_are_the_outlines_the_renderer_draws():
+    obj = SceneObject(shape="star", color="yellow", size="large", x=0.45, y=0.55, angle=10.0)
+    scene = Scene(width=64, height=64, frames=1, background="black", objects=[obj])
+    drawn = render(scene)[0].astype(np.float32)  # (H, W, 3), yellow on black
+    alpha = (drawn[..., 1] - 14) / (215 - 14)  # green channel: 14 (backdrop) -> 215 (yellow)
+    one_px = silhouettes(scene, 1, 64, 64, 4, 8, 8)  # sub-cells of 1 px
+    assert one_px.shape == (1, 64, 64)
+    assert np.abs(one_px[0] - alpha).max() < 0.02
+    two_px = silhouettes(scene, 1, 64, 64, 4, 8, 4)  # 2 px: the mean of 2 x 2 pixels
+    assert np.allclose(two_px[0], one_px[0].reshape(32, 2, 32, 2).mean(axis=(1, 3)), atol=1e-6)
+
+
+def test_a_square_and_a_disc_of_one_size_differ_in_their_corners_not_their_cells():
+    def still(shape):
+        obj = SceneObject(shape=shape, color="red", size="large", x=0.5, y=0.5)
+        return Scene(width=64, height=64, frames=1, background="black", objects=[obj])
+
+    r = 0.19 * 64  # a large object's radius, px
+    corner = int((32 + 0.8 * r) / 2), int((32 + 0.8 * r) / 2)  # the 2-px sub-cell at 0.8 r right and below
+    square, disc = (silhouettes(still(s), 1, 64, 64, 4, 8, 4)[0] for s in ("square", "circle"))
+    assert square[corner] > 0.9 and disc[corner] < 0.3
+    assert abs(square.sum() * 4 - (1.8 * r) ** 2) < 0.02 * (1.8 * r) ** 2  # areas, px
+    assert abs(disc.sum() * 4 - np.pi * r * r) < 0.02 * np.pi * r * r
+    cells = [occupancy(still(s), 1, 64, 64, 4, 8) for s in ("square", "circle")]
+    assert np.array_equal(*cells)  # the token cells alone cannot tell them apart
+
+
+def test_a_moving_object_s_silhouette_follows_it_frame_by_frame_and_averages_within_a_latent_frame():
+    sil = silhouettes(_scene(motion="right", vx=0.03), 17, 64, 64, 4, 8, 4)  # (5, 32, 32)
+    xs = [float((s.sum(0) * np.arange(32)).sum() / s.sum()) for s in sil]
+    assert all(b > a for a, b in zip(xs, xs[1:])), xs
+    partial = [int(((s > 0.05) & (s < 0.95)).sum()) for s in sil]
+    assert all(p > partial[0] for p in partial[1:]), partial  # four frames moving: edges smeared, frame 0 sharp
+    assert all(s.sum() == pytest.approx(sil[0].sum(), rel=0.05) for s in sil)  # the same area in every latent frame
+
+
+def _silhouette_config(sub=4):
+    config = preset("micro")
+    return replace(config, dit=replace(config.dit, grounding=True, silhouette=sub))
+
+
+def test_a_layout_for_a_dit_that_reads_outlines_packs_each_token_s_sub_cells_in_patchify_order():
+    config = _silhouette_config()
+    scene = _scene(frames=9, vx=0.0, motion="still")
+    lay = layout(scene, config, (3, 8, 8))  # 9 frames at 32 x 32 px: tokens (3, 4, 4), cells 8 px
+    assert lay.silhouette.shape == (3 * 4 * 4, 16)
+    cells = silhouettes(scene, 9, 32, 32, 4, 8, 4)  # (3, 16, 16)
+    token = 1 * 16 + 2 * 4 + 1  # latent frame 1, token row 2, column 1
+    assert torch.allclose(lay.silhouette[token], torch.from_numpy(cells[1, 8:12, 4:8].reshape(-1)))
+    touched = lay.silhouette.sum(-1) > 0.05
+    assert touched.any() and not (touched & ~lay.occupancy[0]).any()  # outlines lie in the object's cells
+    with torch.no_grad():
+        g = grounding(SoraModel(config).text, [lay, None], 48)
+    assert g.shape == (2, 48, 24 + 16) and torch.equal(g[0, :, 24:], lay.silhouette) and not g[1].any()
+
+
+def test_silhouette_settings_are_checked():
+    config = preset("micro")
+    with pytest.raises(ValueError, match="silhouette=4 is not allowed.*grounding=True"):
+        replace(config.dit, silhouette=4).validate()
+    with pytest.raises(ValueError, match="silhouette=3 must divide a token's cell of 8 px"):
+        _silhouette_config(3).validate()
+    dit = SoraModel(_silhouette_config()).dit
+    with pytest.raises(ValueError, match="grounding has 24 features per token; this DiT reads 40"):
+        dit(torch.randn(1, 4, 1, 4, 4), torch.ones(1, 1), torch.randn(1, 3, 24), torch.ones(1, 3, dtype=torch.bool),
+            torch.zeros(1, 4, 24))
 
 
 def _as_if_trained(model: SoraModel, layouts_too: bool = False) -> SoraModel:
     """A fresh DiT's zero output layer and gates make its velocity zero whatever it is given: fill them."""
     with torch.no_grad():
         for name, p in model.dit.named_parameters():
-            if (layouts_too or not name.startswith("ground")) and not p.any():
+            if (layouts_too or not name.startswith(("ground", "silhouette"))) and not p.any():
                 p.normal_(std=0.05)
     return model
 
@@ -85,21 +155,23 @@ def _grounded_config():
     return replace(config, dit=replace(config.dit, grounding=True))
 
 
-def test_a_new_grounded_dit_computes_what_it_would_without_a_layout_and_learns_to_read_one():
+@pytest.mark.parametrize("outlines", [False, True])
+def test_a_new_grounded_dit_computes_what_it_would_without_a_layout_and_learns_to_read_one(outlines):
     torch.manual_seed(0)
-    model = _as_if_trained(SoraModel(_grounded_config()))
+    model = _as_if_trained(SoraModel(_silhouette_config() if outlines else _grounded_config()))
     den = Denoiser(model)
     z = torch.randn(2, 4, 3, 4, 4)  # 9 frames at 16 x 16 px
     t, strength, noise = torch.tensor([0.7, 0.4]), torch.ones(2, 3), torch.randn(2, 4, 3, 4, 4)
     from sora_core.text import tokenize
     ids, mask = tokenize(["a red square", "a red square"], 512, 32)
-    lay = layout(_scene(frames=9), preset("micro"), (3, 4, 4))
+    lay = layout(_scene(frames=9), model.config, (3, 4, 4))
     with torch.no_grad():
         plain = den(z, t, strength, noise, ids, mask)
     loss = den(z, t, strength, noise, ids, mask, [lay, None])
     assert torch.equal(loss.detach(), plain)  # zero-initialised: the layout adds nothing yet
     loss.backward()
     assert model.dit.ground.weight.grad.abs().sum() > 0  # ... but training moves it
+    assert not outlines or model.dit.silhouette.weight.grad.abs().sum() > 0
 
 
 def test_the_pipeline_follows_a_layout_only_with_a_model_that_reads_one(tmp_path):

@@ -587,14 +587,14 @@ def test_recaption_reports_an_unreachable_endpoint():
 
 @pytest.fixture(scope="module")
 def grounded(tmp_path_factory):
-    """A micro model that reads layouts, as if trained: its file and the loader's (dit, text, vae)."""
+    """A micro model that reads layouts and outlines, as if trained: its file and the loader's (dit, text, vae)."""
     from dataclasses import replace
 
     from sora_core.checkpoint import SoraModel
     from sora_core.config import preset
 
     config = preset("micro")
-    model = SoraModel(replace(config, dit=replace(config.dit, grounding=True)))
+    model = SoraModel(replace(config, dit=replace(config.dit, grounding=True, silhouette=4)))
     torch.manual_seed(0)
     with torch.no_grad():  # as if trained: a fresh DiT's zero output layer, gates and grounding do nothing
         for p in model.dit.parameters():

@@ -72,7 +72,7 @@ def _pattern(scene: Scene, t: int) -> np.ndarray | None:
     return np.clip(0.5 - d, 0, 1)
 
 
-def _coverage(verts: np.ndarray, width: int, height: int):
+def coverage(verts: np.ndarray, width: int, height: int):
     """Fraction of each pixel covered by a polygon, only over its bounding box.
 
     Returns (x0, y0, alpha[h,w] float32) or None when the polygon is off screen.
@@ -130,7 +130,7 @@ def _rasterise(scene: Scene, with_truth: bool):
         for i in reversed(range(len(scene.objects))):  # front to back
             obj = scene.objects[i]
             sx, sy = paths[i][0][t], paths[i][1][t]
-            cov = _coverage(_object_outline(scene, obj, sx, sy, t), W, H)
+            cov = coverage(_object_outline(scene, obj, sx, sy, t), W, H)
             if cov is not None:
                 x0, y0, alpha = cov
                 roi = (slice(y0, y0 + alpha.shape[0]), slice(x0, x0 + alpha.shape[1]))

@@ -181,13 +181,13 @@ def _prototypes() -> dict[str, np.ndarray]:
 
     Deriving them from the renderer keeps the classifier in step with the shapes drawn.
     """
-    from ..data.render import _coverage
+    from ..data.render import coverage
     from ..data.world import shape_vertices
 
     protos = {}
     for shape in SHAPES:
         verts = shape_vertices(shape, 0.0) * 40 + 50
-        _, _, cov = _coverage(verts, 100, 100)
+        _, _, cov = coverage(verts, 100, 100)
         feats, _ = _contour_features(np.pad(cov, 2))
         protos[shape] = np.array([feats[k] for k in _FEATURES])
     return protos
