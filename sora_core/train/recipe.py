@@ -34,9 +34,9 @@ from ..pipeline import DEFAULT_MODEL
 SHIPPED = str(DEFAULT_MODEL)
 DIT_BUCKETS = ["--resolutions", "32px,64px,128px", "--frames", "1,9,17,33",
                "--bucket-weights", "1:2,9:1,17:3,33:1,32px:0.4,128px:0.3"]
-# The DiT's shape: an absolute position embedding, and planned layouts read in 80% of the samples
-# (docs/training.md sections 9 and 16).
-DIT_SHAPE = ["--dit", '{"abs_pos": true, "grounding": true}', "--layouts", "0.8"]
+# The DiT's shape: an absolute position embedding, and planned layouts (with outlines) read in 80% of the samples
+# (docs/training.md sections 9, 16 and 19).
+DIT_SHAPE = ["--dit", '{"abs_pos": true, "grounding": true, "silhouette": 4}', "--layouts", "0.8"]
 PROFILES: dict[str, dict[str, list[str]]] = {
     "cpu": {
         "vae": ["--steps", "8000", "--frames", "1,9,17,33", "--real-fraction", "0.3", "--crop", "48", "--lr", "1e-3"],
