@@ -39,9 +39,9 @@ class SoraTextEncode:
 
 
 class SoraApplyLayout:
-    DESCRIPTION = ("Adds Sora Recaption's layout (where each object of the caption's scene is, and its outline, in every frame) to "
-                   "the positive conditioning, so a model that reads layouts, like the default one, puts the objects "
-                   "there and moves them that way. Models without layouts (Wan) ignore it.")
+    DESCRIPTION = ("Adds Sora Recaption's layout (where each object of the caption's scene is, and its outline, in "
+                   "every frame) to the positive conditioning, so a model that reads layouts, like the default one, "
+                   "puts the objects there and moves them that way. Models without layouts (Wan) ignore it.")
     CATEGORY = "Sora/conditioning"
     FUNCTION = "apply"
     RETURN_TYPES = ("CONDITIONING",)

@@ -171,14 +171,14 @@ class DiT(nn.Module):
             tokens = tokens + self.pos_embed(position_features(grid, x.device).to(tokens.dtype))  # (B, N, D)
         if grounding is not None and self.ground is not None:
             text_dim = self.config.text_dim
-            width = text_dim + self.config.silhouette ** 2
-            if grounding.shape[-1] != width:
-                raise ValueError(f"grounding has {grounding.shape[-1]} features per token; this DiT reads {width} "
+            features = text_dim + self.config.silhouette ** 2
+            if grounding.shape[-1] != features:
+                raise ValueError(f"grounding has {grounding.shape[-1]} features per token; this DiT reads {features} "
                                  f"(text_dim {text_dim} + silhouette {self.config.silhouette}^2)")
             g = grounding.to(tokens.dtype)
             tokens = tokens + self.ground(g[..., :text_dim])  # (B, N, D)
             if self.silhouette is not None:
-                tokens = tokens + self.silhouette(g[..., text_dim:])
+                tokens = tokens + self.silhouette(g[..., text_dim:])  # the outlines inside each token
         d = tokens.shape[-1]
         if t.shape != (b, frames):
             raise ValueError(f"timesteps must be per latent frame, shape {(b, frames)}; got {tuple(t.shape)}")
