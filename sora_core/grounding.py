@@ -142,20 +142,15 @@ def place(occ: torch.Tensor, embeddings: torch.Tensor, tokens: int,
 
 
 def grounding(text_encoder, layouts: list[Layout | None], tokens: int) -> torch.Tensor:
-    """(B, tokens, D [+ S*S]): for each clip's layout (None: none, all zeros), the sum of its phrases' pooled
+    """(B, tokens, D [+ S*S]): for each clip's layout (None or no objects: all zeros), the sum of its phrases' pooled
     embeddings over the tokens each object touches, and its silhouette."""
     phrases = sorted({p for lay in layouts if lay is not None for p in lay.phrases})
     table = pooled(text_encoder, phrases) if phrases else None
     index = {p: i for i, p in enumerate(phrases)}
     width = text_encoder.config.dim + max((lay.silhouette.shape[1] for lay in layouts
                                            if lay is not None and lay.silhouette is not None), default=0)
-    dtype = table.dtype if table is not None else torch.float32
-    rows = []
-    for lay in layouts:
-        if lay is None:
-            rows.append(torch.zeros(tokens, width, device=text_encoder.device, dtype=dtype))
-            continue
-        emb = (table[[index[p] for p in lay.phrases]] if lay.phrases
-               else torch.zeros(0, text_encoder.config.dim, device=text_encoder.device, dtype=dtype))
-        rows.append(place(lay.occupancy, emb, tokens, lay.silhouette))
-    return torch.stack(rows)
+    empty = torch.zeros(tokens, width, device=text_encoder.device,
+                        dtype=table.dtype if table is not None else torch.float32)
+    # A scene without objects covers nothing and outlines nothing: its row is empty too.
+    return torch.stack([place(lay.occupancy, table[[index[p] for p in lay.phrases]], tokens, lay.silhouette)
+                        if lay is not None and lay.phrases else empty for lay in layouts])

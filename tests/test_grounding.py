@@ -59,18 +59,19 @@ def test_an_object_off_screen_covers_nothing():
 def test_grounding_sums_each_objects_phrase_over_its_cells_and_nothing_elsewhere():
     model = SoraModel(preset("micro"))
     scene = _scene()
-    names, occ, sil = layout(scene.to_dict(), preset("micro"), (5, 16, 16))
+    lay = layout(scene.to_dict(), preset("micro"), (5, 16, 16))
+    names, occ, sil = lay
     assert sil is None  # a DiT without silhouette reads none
     assert names == ["red square"] and occ.shape == (1, 5 * 8 * 8)
     with torch.no_grad():
-        g = grounding(model.text, [layout(scene, preset("micro"), (5, 16, 16)), None], occ.shape[1])
+        g = grounding(model.text, [lay, None], occ.shape[1])
     assert g.shape == (2, 320, 24)
     assert torch.all(g[1] == 0)  # no layout: nothing
     covered = occ[0]
     assert torch.all(g[0, ~covered] == 0) and torch.all(g[0, covered].abs().sum(-1) > 0)
     assert torch.allclose(g[0, covered], g[0, covered][:1].expand(int(covered.sum()), -1))
     with pytest.raises(ValueError, match="layout covers 320 tokens; the latents have 64"):
-        grounding(model.text, [layout(scene, preset("micro"), (5, 16, 16))], 64)
+        grounding(model.text, [lay], 64)
 
 
 def test_silhouettes_are_the_outlines_the_renderer_draws():
