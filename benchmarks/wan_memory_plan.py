@@ -111,7 +111,7 @@ def plan() -> None:
           f"{'tiled':>7} {'traced':>7}")
     for variant, (w, h, f, vae) in RELEASES.items():
         r, model = rows[variant], WanConfig(WanDiTConfig.released(variant), vae, variant)
-        est = {(cfg, tile): estimate(model, width=w, height=h, frames=f, chunk=1, tile=tile, guidance=cfg,
+        est = {(cfg, tile): estimate(model, width=w, height=h, frames=f, chunk=1, tile=tile, passes=1 + cfg,
                                      dtype=torch.bfloat16, device="cuda").stages
                for cfg in (True, False) for tile in (None, 256 // vae.spatial_factor)}
         tile = 256 // vae.spatial_factor

@@ -49,7 +49,7 @@ def row(variant: str, width: int, height: int, frames: int, text: dict) -> dict[
     state = 6 * 4 * dit.in_channels * t * (height // s) * (width // s)  # the sampler's fp32 latents
     decode = decode_memory(vae, width, height, frames, chunk=1, dtype=torch.float16)
     est = estimate(WanConfig(dit, vae, variant), width=width, height=height, frames=frames, stages=("sample", "decode"),
-                   chunk=1, guidance=True, dtype=torch.float16, device="cuda")
+                   chunk=1, passes=2, dtype=torch.float16, device="cuda")
     sampling = traced["activations"] + state
     phases = {"text": text["fp8"] + text["activations"], "sample": traced["weights"] + sampling + decode["weights"],
               "decode": decode["total"]}

@@ -134,7 +134,8 @@ class SoraLongVideo:
                             blend_frames=blend_frames, drift=drift, retries=retries, seam_limit=seam_limit,
                             negative="negative", seed=seed,
                             overlap_frames=min(overlap_frames, context_frames - config.vae.temporal_factor),
-                            progress=progress, steps=steps, cfg=cfg, sampler=sampler)
+                            progress=progress, steps=steps, cfg=cfg, sampler=sampler,
+                            layout_cfg=wires.layout_cfg(positive, config))
         except ValueError as err:
             raise type(err)(f"seconds={seconds} at fps={fps} ({count} frames): {err}") from None
         _check_output_memory(job)

@@ -56,16 +56,17 @@ class SoraDiTSampler:
                              "connected to 'positive'")
         b, _, t, h, w = z.shape
         s, tf = config.vae.spatial_factor, config.vae.temporal_factor
+        grounding, layout_cfg = wires.read_layout(positive, config, (t, h, w)), wires.layout_cfg(positive, config)
+        passes = 1 + (cfg != 1.0) + (grounding is not None and layout_cfg != 0)  # `engine.guided_velocity`
         estimate = wires.check_budget(config, "Sora DiT Sampler", w * s, h * s, 1 + tf * (t - 1), batch=b,
-                                      stages=("sample",), part=model, guidance=cfg != 1.0)
+                                      stages=("sample",), part=model, passes=passes)
         dit = model.load(estimate.memory)  # room for the sampling, not only the weights
         device = model.device
         callback = _step_callback(model, strength, steps)
-        grounding = wires.read_layout(positive, config, (t, h, w))
         out = sample_window(dit, z, strength, (emb.to(device), mask.to(device)),
                             (neg_emb.to(device), neg_mask.to(device)), seed=seed, steps=steps, cfg=cfg,
                             shift=shift or None, sampler=sampler, callback=callback,
-                            grounding=None if grounding is None else grounding.to(device))
+                            grounding=None if grounding is None else grounding.to(device), layout_cfg=layout_cfg)
         return (wires.sampled(latent, out, strength, config),)
 
 

@@ -7,7 +7,9 @@ import os
 import torch
 
 from sora_core.data.world import Scene
+from sora_core.flow import check_sampling
 from sora_core.grounding import phrase, pooled
+from sora_core.pipeline import Defaults
 from sora_core.recaption import plan, recaption
 
 from . import wires
@@ -52,12 +54,18 @@ class SoraApplyLayout:
             "conditioning": ("CONDITIONING", {"tooltip": "From Sora Text Encode of the caption the layout came with."}),
             "text_encoder": ("SORA_TEXT_ENCODER", {"tooltip": "The one that encoded the caption."}),
             "layout": ("SORA_LAYOUT", {"tooltip": "Sora Recaption's layout output (offline backend)."}),
+            "layout_cfg": ("FLOAT", {"default": Defaults.layout_cfg, "min": 0.0, "max": 30.0, "step": 0.1,
+                                     "round": 0.01, "tooltip": (
+                "Guidance toward the layout, on top of cfg: how strictly the sampler follows where each object "
+                "is, its outline and its motion. 0 = the layout is only a condition; above 0 the sampler runs "
+                "the model a third time per step (the prompt without the layout) and steers away from that.")}),
         }}
 
-    def apply(self, conditioning, text_encoder, layout):
+    def apply(self, conditioning, text_encoder, layout, layout_cfg=Defaults.layout_cfg):
         if not isinstance(layout, dict) or "objects" not in layout:
             raise TypeError(f"layout must be Sora Recaption's layout output (its offline backend plans one); "
                             f"got {type(layout).__name__}")
+        check_sampling(layout_cfg=layout_cfg)
         scene = Scene.from_dict(layout)  # checks every field before any work
         if not (isinstance(conditioning, list) and len(conditioning) == 1 and "sora_mask" in conditioning[0][1]):
             raise ValueError(f"conditioning must be one Sora Text Encode output (the caption's); got "
@@ -67,7 +75,7 @@ class SoraApplyLayout:
         with torch.no_grad():
             pooled_phrases = (pooled(text_encoder.load(), phrases).float() if phrases
                               else torch.zeros(0, emb.shape[-1]))
-        grounded = {"scene": scene.to_dict(), "embeddings": pooled_phrases}
+        grounded = {"scene": scene.to_dict(), "embeddings": pooled_phrases, "cfg": float(layout_cfg)}
         return (wires.conditioning(emb, extra["sora_mask"], extra.get("sora_text", ""), grounded),)
 
 

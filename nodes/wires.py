@@ -221,12 +221,13 @@ def check_budget(config: Config, what: str, width: int, height: int, frames: int
 # -- CONDITIONING -------------------------------------------------------------------------------
 
 def conditioning(embeddings: torch.Tensor, mask: torch.Tensor, text: str, layout: dict | None = None) -> list:
-    """Sora Text Encode's CONDITIONING; `layout`: a planned scene's dict and its objects' pooled phrase
-    embeddings (`sora_core.grounding`), for a DiT that reads layouts."""
+    """Sora Text Encode's CONDITIONING; `layout`: a planned scene's dict, its objects' pooled phrase
+    embeddings (`sora_core.grounding`) and the guidance toward it (`cfg`), for a DiT that reads layouts."""
     d = host.intermediate_device()
     extra = {"sora_mask": mask.to(d), "sora_text": text}
     if layout is not None:
-        extra["sora_layout"] = {"scene": layout["scene"], "embeddings": layout["embeddings"].to(d)}
+        extra["sora_layout"] = {"scene": layout["scene"], "embeddings": layout["embeddings"].to(d),
+                                "cfg": layout["cfg"]}
     return [[embeddings.to(d), extra]]
 
 
@@ -237,6 +238,12 @@ def layout_scene(value, config: Config) -> dict | None:
     if lay is None or is_wan(config) or not config.dit.grounding:
         return None
     return lay["scene"]
+
+
+def layout_cfg(value, config: Config) -> float:
+    """The guidance toward the layout in checked CONDITIONING (Sora Apply Layout's layout_cfg); 0 where
+    `layout_scene` is None."""
+    return float(value[0][1]["sora_layout"]["cfg"]) if layout_scene(value, config) is not None else 0.0
 
 
 def read_layout(value, config: Config, tokens_grid: tuple[int, int, int]) -> torch.Tensor | None:

@@ -13,7 +13,7 @@ Two limits, both configurable:
 
 A `Budget(max_tokens=..., max_memory=...)` overrides the environment (the CLI's --max-tokens and
 --max-memory make one). The estimate counts the large tensors of each stage: copies of the latents
-in the sampler, the DiT's activations for both guidance halves, attention's working memory, the
+in the sampler, the DiT's activations for the guidance passes it batches, attention's working memory, the
 VAE's widest activation per chunk, the frames in and out. It is there to refuse what cannot fit,
 not to predict the peak to the byte. It reads a model's sizes as `Dims`: from a SoraConfig, or from
 any model config with a `budget_dims()` (a Wan model's). A model whose own native size is more
@@ -162,12 +162,13 @@ class Estimate:
 
 def estimate(config, *, width: int, height: int, frames: int, batch: int = 1,
              stages: tuple[str, ...] = ("sample", "decode"), encode_frames: int = 0, chunk: int = 4,
-             tile: int | None = None, chunk_batch: int = 8, guidance: bool = True,
+             tile: int | None = None, chunk_batch: int = 8, passes: int = 2,
              dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Estimate:
     """Tokens and peak memory of making `batch` videos of `width` x `height` px x `frames` frames with
     the model of `config` (see `dims_of`): `encode_frames` source frames VAE-encoded `chunk_batch`
-    chunks at a time, sampling with the DiT in `dtype`, decoding `chunk` latent frames at a time (in
-    `tile`-cell tiles)."""
+    chunks at a time, sampling with the DiT in `dtype` over `passes` batched passes per step (1: no guidance,
+    or one pass at a time; 2: classifier-free guidance; 3: guidance toward a layout too), decoding `chunk`
+    latent frames at a time (in `tile`-cell tiles)."""
     d = dims_of(config)
     s, tf = d.spatial_factor, d.temporal_factor
     t, h, w = latent_frames(frames, tf), height // s, width // s
@@ -185,8 +186,7 @@ def estimate(config, *, width: int, height: int, frames: int, batch: int = 1,
         out["encode"] = 3 * video + at_once * (3 * tf * height * width + 3 * level) * f32
     if "sample" in stages:
         e = torch.empty((), dtype=dtype).element_size()
-        halves = 2 if guidance else 1
-        n = halves * tokens
+        n = passes * tokens
         head = d.dim // d.heads
         activations = n * d.dim * e * (2 * d.mlp_ratio + 8)  # residual, norms, q/k/v, rotated q/k, MLP
         attention = n * d.heads * d.text_tokens * f32  # cross-attention scores
@@ -194,7 +194,7 @@ def estimate(config, *, width: int, height: int, frames: int, batch: int = 1,
         if torch.device(device).type == "cpu" and e == 2 and scores <= MATH_SCORES_LIMIT:
             attention += scores * f32  # small bf16 problems on a CPU take matmul + softmax (`attention`)
         rope = (tokens // batch) * head * 24
-        out["sample"] = int((6 + 2 * halves) * latent + activations + attention + rope)
+        out["sample"] = int((6 + 2 * passes) * latent + activations + attention + rope)
     if "decode" in stages:
         lt = min(chunk, t)
         th, tw = (min(tile, h), min(tile, w)) if tile else (h, w)

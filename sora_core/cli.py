@@ -34,7 +34,8 @@ def _pipeline(args, out_frames: int | None):
 
     check_output(args.output, 1.0 if args.fps is None else args.fps, frames=out_frames)  # None: the model's own
     check_sampling(**{k: v for k, v in dict(seed=args.seed, steps=args.steps, cfg=args.cfg, shift=args.shift,
-                                             sampler=args.sampler).items() if v is not None})
+                                             sampler=args.sampler, layout_cfg=args.layout_cfg).items()
+                      if v is not None})
     if not args.prompt.strip():
         raise ValueError("the prompt is empty; describe the video, e.g. \"a red ball bouncing\"")
     if getattr(args, "strength", None) is not None:
@@ -115,7 +116,7 @@ def _sampling(args) -> dict:
     """The pipeline's options; those not given (None) are the model's own."""
     return dict({} if args.negative is None else {"negative": args.negative}, progress=_progress("sampling"),
                 seed=args.seed, steps=args.steps, cfg=args.cfg, sampler=args.sampler, shift=args.shift,
-                sequential_cfg=args.sequential_cfg, decode_tile=args.vae_tile)
+                layout_cfg=args.layout_cfg, sequential_cfg=args.sequential_cfg, decode_tile=args.vae_tile)
 
 
 def _plan(args, pipe):
@@ -285,6 +286,9 @@ def _common(p: argparse.ArgumentParser, prompt: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="default: the model's recipe (20 for the shipped model)")
     p.add_argument("--cfg", type=float, default=None, help="default: the model's recipe (5 for the shipped model)")
+    p.add_argument("--layout-cfg", type=float, default=None,
+                   help="guidance toward the planned layout, for a model that reads one: a third DiT pass per step "
+                        "(0: none; default 2)")
     p.add_argument("--shift", type=float, default=None, help="schedule shift (default: the model's recipe, else by "
                    "video size)")
     p.add_argument("--sampler", default="euler", choices=["euler", "heun", "dpmpp_2m"])

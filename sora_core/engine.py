@@ -46,32 +46,38 @@ def _input_dtype(dit) -> torch.dtype:
 
 
 def guided_velocity(dit, text: Text, negative: Text | None, cfg: float, *, sequential: bool = False,
-                    grounding: torch.Tensor | None = None):
-    """model(x, t) for the samplers: classifier-free guidance with the negative prompt. Both halves run
-    in one batch, or one after the other with `sequential` (half the activation memory, same result
-    up to float rounding). t is passed as given: (B,) or (B, T). `grounding` (1, N, D), a planned layout
-    (`sora_core.grounding`), goes to both halves, like the frames a window is given."""
+                    grounding: torch.Tensor | None = None, layout_cfg: float = 0.0):
+    """model(x, t) for the samplers: classifier-free guidance with the negative prompt,
+    v = v_neg + cfg (v - v_neg), and with a `grounding` (1, N, D), a planned layout (`sora_core.grounding`)
+    that goes to both, guidance toward the layout too: + layout_cfg (v - v_bare), where v_bare is the prompt's
+    velocity with the layout's rows zeroed, the way training shows the DiT a clip without one (a third
+    pass; `layout_cfg` 0 or no grounding: none). The passes run in one batch, or one after the other with
+    `sequential` (less activation memory, same result up to float rounding). t is passed as given: (B,) or
+    (B, T)."""
     dtype = _input_dtype(dit)
+    guided = negative is not None and cfg != 1.0
+    passes = [(text, grounding)]  # (prompt, grounding) per pass: the prompt's first
+    if guided:
+        passes.append((negative, grounding))
+    if grounding is not None and layout_cfg:
+        passes.append((text, torch.zeros_like(grounding)))
+    emb, mask = pad_text([p[0][0] for p in passes], [p[0][1] for p in passes])
+    ground = None if grounding is None else torch.cat([p[1] for p in passes]).to(dtype)
 
-    def call(x, t, emb, mask):
-        b = x.shape[0]
-        extra = () if grounding is None else (grounding.expand(b, -1, -1).to(dtype),)
-        return dit(x.to(dtype), t.to(dtype), emb.expand(b, -1, -1).to(dtype), mask.expand(b, -1), *extra).float()
-
-    if negative is None or cfg == 1.0:
-        return lambda x, t: call(x, t, *text)
-
-    emb, mask = pad_text([text[0], negative[0]], [text[1], negative[1]])
+    def call(x, t, i: slice):
+        b, n = x.shape[0], i.stop - i.start  # x holds the n passes' b-sample batches one after another
+        extra = () if ground is None else (ground[i].repeat_interleave(b // n, dim=0),)
+        return dit(x.to(dtype), t.to(dtype), emb[i].repeat_interleave(b // n, dim=0).to(dtype),
+                   mask[i].repeat_interleave(b // n, dim=0), *extra).float()
 
     def model(x, t):
-        if sequential:
-            v_cond, v_uncond = call(x, t, emb[:1], mask[:1]), call(x, t, emb[1:], mask[1:])
+        n = len(passes)
+        if sequential or n == 1:
+            v = [call(x, t, slice(k, k + 1)) for k in range(n)]
         else:
-            b = x.shape[0]
-            both_emb = torch.cat([emb[:1].expand(b, -1, -1), emb[1:].expand(b, -1, -1)])
-            both_mask = torch.cat([mask[:1].expand(b, -1), mask[1:].expand(b, -1)])
-            v_cond, v_uncond = call(torch.cat([x, x]), torch.cat([t, t]), both_emb, both_mask).chunk(2)
-        return v_uncond + cfg * (v_cond - v_uncond)
+            v = call(torch.cat([x] * n), torch.cat([t] * n), slice(0, n)).chunk(n)
+        out = v[1] + cfg * (v[0] - v[1]) if guided else v[0]
+        return out + layout_cfg * (v[0] - v[-1]) if len(v) > 1 + guided else out
 
     return model
 
@@ -114,10 +120,11 @@ def sample_window(
     sequential_cfg: bool = False,
     callback: Callable[[dict], None] | None = None,
     grounding: torch.Tensor | None = None,
+    layout_cfg: float = 0.0,
 ) -> torch.Tensor:
     """Fill a latent window: frames with strength 0 come back exactly as given; the others start
     from the samples noised to their strength (1 = pure noise, below = SDEdit) with `seed`'s noise.
-    `shift` None: by the number of tokens (`flow.resolution_shift`). `grounding`: see `guided_velocity`.
+    `shift` None: by the number of tokens (`flow.resolution_shift`). `grounding`, `layout_cfg`: see `guided_velocity`.
     """
     if cfg < 0:
         raise ValueError(f"cfg={cfg} must be >= 0")
@@ -130,7 +137,8 @@ def sample_window(
     sigmas = sigmas_for(steps, shift if shift is not None else resolution_shift(num_tokens(dit, x0)), start)
     g = torch.Generator("cpu").manual_seed(int(seed))  # first draw: seeded_noise(seed)
     x = noise_to_start(x0, _draw(g, x0), start, strength)
-    model = guided_velocity(dit, text, negative, cfg, sequential=sequential_cfg, grounding=grounding)
+    model = guided_velocity(dit, text, negative, cfg, sequential=sequential_cfg, grounding=grounding,
+                            layout_cfg=layout_cfg)
     if not getattr(dit, "per_frame_t", True):
         model = one_time_per_sample(model, _draw(g, x0))  # second draw: independent of the first
     out = get_sampler(sampler)(model, x, sigmas.to(device), strength=strength, callback=callback)

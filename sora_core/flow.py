@@ -60,13 +60,16 @@ def check_seed(seed: int) -> int:
 
 
 def check_sampling(*, seed: int = 0, steps: int = 20, cfg: float = 5.0, shift: float | None = None,
-                   sampler: str = "euler") -> None:
+                   sampler: str = "euler", layout_cfg: float = 0.0) -> None:
     """The sampling settings a user gives, each named with its value when it is not allowed."""
     check_seed(seed)
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= 10_000:
         raise ValueError(f"steps={steps!r} is not allowed: use an integer from 1 to 10000")
     if isinstance(cfg, bool) or not isinstance(cfg, numbers.Real) or not 0 <= cfg < math.inf:
         raise ValueError(f"cfg={cfg!r} is not allowed: use a number >= 0 (1 = no guidance)")
+    if isinstance(layout_cfg, bool) or not isinstance(layout_cfg, numbers.Real) or not 0 <= layout_cfg < math.inf:
+        raise ValueError(f"layout_cfg={layout_cfg!r} is not allowed: use a number >= 0 (0 = no guidance toward "
+                         f"the layout)")
     if shift is not None:
         check_shift(shift)
     get_sampler(sampler)

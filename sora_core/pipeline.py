@@ -37,7 +37,7 @@ from .wan import files
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sora-tiny.safetensors"
 
 Progress = Callable[[int, int], None]
-SAMPLING = ("seed", "steps", "cfg", "shift", "sampler")  # checked by `flow.check_sampling`
+SAMPLING = ("seed", "steps", "cfg", "shift", "sampler", "layout_cfg")  # checked by `flow.check_sampling`
 OPTIONS = (*SAMPLING, "negative", "progress", "decode_chunk", "decode_tile", "on_latents", "sequential_cfg", "layout")
 
 # Frames wider or taller than this many latent cells are decoded in tiles of it (bounded memory
@@ -67,6 +67,7 @@ class Defaults:
     shift: float | None = None  # None: by the number of tokens (`flow.resolution_shift`)
     negative: str = ""
     decode_chunk: int = 4  # latent frames per VAE decode step
+    layout_cfg: float = 2.0  # guidance toward a planned layout, for a model that reads one (`engine.guided_velocity`)
 
 
 Part = nn.Module | Callable[[], nn.Module]  # resident, or loaded from its mapped file for each use (offload)
@@ -229,7 +230,7 @@ class Pipeline:
             raise TypeError(f"unknown option{'s' * (len(unknown) > 1)} {', '.join(unknown)}; allowed: {', '.join(OPTIONS)}")
         kw = dict(kw)
         kw.setdefault("negative", self.defaults.negative)  # given as None: refused below
-        for key in ("steps", "cfg", "shift", "decode_chunk"):
+        for key in ("steps", "cfg", "shift", "decode_chunk", "layout_cfg"):
             if kw.get(key) is None:
                 kw[key] = getattr(self.defaults, key)
         layout = kw.get("layout")
@@ -270,8 +271,16 @@ class Pipeline:
                      chunk=kw["decode_chunk"],
                      tile=auto_tile(height // self.config.vae.spatial_factor, width // self.config.vae.spatial_factor,
                                     kw.get("decode_tile")),
-                     guidance=kw["cfg"] != 1.0 and not kw.get("sequential_cfg"), dtype=self.dit_dtype,
+                     passes=self._passes(kw), dtype=self.dit_dtype,
                      device=self.device, budget=self.budget)
+
+    def _passes(self, kw: dict) -> int:
+        """The DiT passes a step batches (`engine.guided_velocity`): the prompt's, the negative's for
+        guidance, and the prompt's without its layout for guidance toward one."""
+        if kw.get("sequential_cfg"):
+            return 1
+        return (1 + (kw["cfg"] != 1.0)
+                + (kw.get("layout") is not None and self.reads_layouts and kw["layout_cfg"] != 0))
 
     def _frames(self, name: str, frames) -> torch.Tensor:
         return cond.as_frames(name, frames).to(self.device)
@@ -287,7 +296,7 @@ class Pipeline:
     def run(self, window: cond.Window, prompt: str, **kw) -> torch.Tensor:
         """Sample a window, decode it, splice in the source frames -> (T, H, W, 3) frames. Options:
         `negative`, `progress`, `decode_chunk`, `decode_tile` here, the rest go to `engine.sample_window`
-        (seed, steps, cfg, shift, sampler, sequential_cfg)."""
+        (seed, steps, cfg, shift, sampler, layout_cfg, sequential_cfg)."""
         latents, decode = self.latents(window, prompt, **kw)
         return self.decode(window, latents, **decode)
 

@@ -85,6 +85,7 @@ def run_main(capsys, *args):
     (["-o", "x.gif", "--seed", -1], r"error: seed=-1 is not allowed: use an integer from 0 to 2\*\*64 - 1"),
     (["-o", "x.gif", "--seed", 2**64], r"error: seed=18446744073709551616 is not allowed"),
     (["-o", "x.gif", "--steps", 0], r"error: steps=0 is not allowed"),
+    (["-o", "x.gif", "--layout-cfg", -2], r"error: layout_cfg=-2\.0 is not allowed: use a number >= 0"),
     (["-o", "x.gif", "--max-memory", "lots"], r"error: --max-memory: memory size 'lots' is not allowed"),
     (["-o", "x.gif", "--max-tokens", 0], r"error: --max-tokens=0 is not allowed"),
 ])
@@ -234,6 +235,10 @@ def test_generate_recaptions_and_hands_the_shipped_model_the_plan(tmp_path):
     caption, scene = plan("a red ball moving right", seed=3)
     assert f"caption: {caption}" in r.stderr and "layout: red circle right" in r.stderr
     assert [(o.color, o.motion) for o in scene.objects] == [("red", "right")]
+    loose = tmp_path / "loose.png"  # the same plan, without guidance toward it
+    r = cli("generate", "a red ball moving right", "-o", loose, "--width", 32, "--height", 32, "--frames", 5,
+            "--steps", "2", "--seed", 3, "--layout-cfg", 0)
+    assert r.returncode == 0 and not np.array_equal(read_video(out)[0], read_video(loose)[0]), r.stderr[-2000:]
     r = cli("generate", "a red ball moving right", "-o", out, "--width", 32, "--height", 32, "--frames", 5, *FAST)
     assert r.returncode == 0 and "layout:" not in r.stderr  # a caption as written has no plan
     long = tmp_path / "planned.mp4"  # a long video's opening follows the plan too

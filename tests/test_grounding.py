@@ -192,6 +192,30 @@ def test_the_pipeline_follows_a_layout_only_with_a_model_that_reads_one(tmp_path
         pipe.generate(caption, 16, 16, 9, layout="left to right", **kw)
 
 
+def test_the_pipeline_guides_toward_a_layout_by_default_and_budgets_the_third_pass(monkeypatch):
+    from sora_core import budget
+
+    torch.manual_seed(0)
+    pipe = Pipeline.from_model(_as_if_trained(SoraModel(_grounded_config()), layouts_too=True))
+    caption, scene = plan("a red square sliding right", seed=1)
+    passes, check = [], budget.check
+    monkeypatch.setattr(budget, "check", lambda *a, **kw: (passes.append(kw["passes"]), check(*a, **kw))[1])
+
+    def run(**extra):  # the video, and the passes per step its budget was checked for
+        passes.clear()
+        video = pipe.generate(caption, 16, 16, 9, steps=2, cfg=3.0, seed=0, **extra)
+        return video, set(passes)
+
+    default, two, none = run(layout=scene), run(layout=scene, layout_cfg=2.0), run(layout=scene, layout_cfg=0.0)
+    assert pipe.defaults.layout_cfg == 2.0 and torch.equal(default[0], two[0]) and not torch.equal(default[0], none[0])
+    assert default[1] == two[1] == {3} and none[1] == {2}
+    plain = run(layout_cfg=5.0)  # no layout: nothing to guide toward
+    assert torch.equal(plain[0], run()[0]) and plain[1] == {2}
+    assert run(layout=scene, sequential_cfg=True)[1] == {1}  # one pass at a time
+    with pytest.raises(ValueError, match=r"layout_cfg=-1 is not allowed: use a number >= 0"):
+        run(layout=scene, layout_cfg=-1)
+
+
 def test_the_plan_is_the_offline_recaption_and_the_scene_it_describes():
     caption, scene = plan("two blue circles moving up", seed=4)
     assert caption == recaption("two blue circles moving up", seed=4)
@@ -218,3 +242,41 @@ def test_a_long_video_follows_the_layout_in_its_opening_window_and_later_windows
         LongVideo(pipe, caption, 33, start=opening[:9], layout=scene, **kw)
     with pytest.raises(TypeError, match="layout must be a planned scene"):
         LongVideo(pipe, caption, 33, layout="left to right", **kw)
+
+
+class _Toy(torch.nn.Module):
+    """A denoiser whose velocity is x times the mean of the prompt's valid tokens plus the grounding's mean,
+    recording its batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.batches = []
+
+    def forward(self, x, t, emb, mask, grounding=None):
+        self.batches.append(x.shape[0])
+        prompt = (emb * mask[..., None]).sum(dim=(1, 2)) / (mask.sum(dim=1) * emb.shape[2])
+        out = x * prompt.view(-1, 1, 1, 1, 1) * self.scale
+        return out if grounding is None else out + grounding.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_layout_guidance_adds_the_pull_of_the_layout_to_the_prompts(sequential):
+    from sora_core.engine import guided_velocity
+
+    x, t = torch.randn(2, 1, 3, 2, 2), torch.full((2,), 0.5)
+    text, neg = (torch.full((1, 3, 4), 2.0), torch.ones(1, 3, dtype=torch.bool)), \
+        (torch.full((1, 1, 4), 0.5), torch.ones(1, 1, dtype=torch.bool))
+    ground = torch.full((1, 12, 6), 0.25)
+    dit = _Toy()
+    v = guided_velocity(dit, text, neg, 4.0, sequential=sequential, grounding=ground, layout_cfg=3.0)(x, t)
+    cond, uncond, bare = 2.0 * x + 0.25, 0.5 * x + 0.25, 2.0 * x  # the prompt's, the negative's, the prompt's bare
+    assert torch.allclose(v, uncond + 4.0 * (cond - uncond) + 3.0 * (cond - bare))
+    assert dit.batches == ([2, 2, 2] if sequential else [6])  # a third pass
+    dit.batches.clear()
+    v = guided_velocity(dit, text, neg, 4.0, sequential=sequential, grounding=ground, layout_cfg=0.0)(x, t)
+    assert torch.allclose(v, uncond + 4.0 * (cond - uncond)) and sum(dit.batches) == 4  # no third pass
+    v = guided_velocity(dit, text, None, 4.0, grounding=ground, layout_cfg=3.0)(x, t)
+    assert torch.allclose(v, cond + 3.0 * (cond - bare))  # without a negative: the layout's pull alone
+    v = guided_velocity(dit, text, neg, 4.0, layout_cfg=3.0)(x, t)
+    assert torch.allclose(v, 0.5 * x + 4.0 * 1.5 * x)  # no layout: nothing to pull toward

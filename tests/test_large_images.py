@@ -88,7 +88,7 @@ def test_the_budget_plans_the_tiled_decode_so_large_images_are_admitted_where_th
 def test_a_2048_image_of_the_shipped_preset_is_admitted_in_a_few_gib():
     """The default token limit admits 2048x2048 (65,536 tokens) and, decoded in tiles, it is estimated at
     under 2 GiB (untiled: over 7)."""
-    tiny, size = preset("tiny"), dict(width=2048, height=2048, frames=1, guidance=False)
+    tiny, size = preset("tiny"), dict(width=2048, height=2048, frames=1, passes=1)
     est = check(tiny, what="generate", **size, tile=pipeline.AUTO_TILE, budget=Budget(max_memory=2 << 30))
     assert est.tokens == 65536
     with pytest.raises(BudgetError, match="VAE decode"):

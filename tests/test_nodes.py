@@ -622,8 +622,17 @@ def test_a_recaption_layout_travels_through_text_encode_to_a_sampler_that_reads_
     pipe = Pipeline.load(path)  # the node's grounding is the Python API's
     expected = pipe.grounding(layout, cond.empty_window(pipe.config, SIZE, SIZE, FRAMES))
     assert torch.allclose(wires.read_layout(planned, dit.config, (3, 8, 8)), expected, atol=1e-4)
+    # layout_cfg: the guidance toward the layout, as the Python API's
+    for strength in (0.0, 3.5):
+        guided = sample(dit, (SoraApplyLayout().apply(plain, text, layout, strength)[0], negative), latent)
+        z = pipe.latents(cond.empty_window(pipe.config, SIZE, SIZE, FRAMES), caption, layout=layout, negative="",
+                         layout_cfg=strength, steps=2, cfg=3.0, seed=0)[0]
+        assert torch.allclose(guided["samples"], z, atol=1e-4)
+    assert not torch.equal(guided["samples"], b["samples"])  # the default, 2, is neither 0 nor 3.5
     with pytest.raises(TypeError, match="layout must be Sora Recaption's layout output .*; got str"):
         SoraApplyLayout().apply(plain, text, "left to right")
+    with pytest.raises(ValueError, match=r"layout_cfg=-1.0 is not allowed: use a number >= 0"):
+        SoraApplyLayout().apply(plain, text, layout, -1.0)
 
 
 def test_long_video_follows_a_layout_in_its_first_window_as_the_python_api_does(grounded):

@@ -192,12 +192,14 @@ def sign_test(gained: int, lost: int) -> float:
 
 
 def versus(pipe: Pipeline, other: Pipeline, *, n: int = 96, width: int = 64, height: int = 64, frames: int = 17,
-           steps: int = 20, cfg: float = 5.0, seed: int = 0, plans: bool = True, log=print) -> dict[str, dict]:
+           steps: int = 20, cfg: float = 5.0, seed: int = 0, plans: bool = True, layout_cfg: float | None = None,
+           log=print) -> dict[str, dict]:
     """Two models, clip by clip, on eval's text-to-video and permanence clips (the same prompts and seeds):
     per property, each one's accuracy (a: `pipe`, b: `other`), the clips b gets right and a wrong (`gained`)
     and back (`lost`), and the sign test's p of that split. At 32 prompts one model's clips flip both ways
-    by the dozen with any change of weights (docs/training.md section 15), so compare on many."""
-    sampling = dict(steps=steps, cfg=cfg)
+    by the dozen with any change of weights (docs/training.md section 15), so compare on many.
+    `layout_cfg` None: each model's own guidance toward its plan."""
+    sampling = dict(steps=steps, cfg=cfg, layout_cfg=layout_cfg)
     runs = []
     for name, model in (("a", pipe), ("b", other)):
         runs.append((text_to_video(model, n, width, height, frames, seed, sampling, plans=plans),
@@ -214,10 +216,11 @@ def versus(pipe: Pipeline, other: Pipeline, *, n: int = 96, width: int = 64, hei
 
 
 def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: int = 64, frames: int = 17,
-             steps: int = 20, cfg: float = 5.0, seed: int = 0, plans: bool = True,
+             steps: int = 20, cfg: float = 5.0, seed: int = 0, plans: bool = True, layout_cfg: float | None = None,
              log=print) -> tuple[dict, dict[str, list]]:
-    """Every metric of the report card, and the clips behind them by capability (for `write_sheets`)."""
-    sampling = dict(steps=steps, cfg=cfg)
+    """Every metric of the report card, and the clips behind them by capability (for `write_sheets`).
+    `layout_cfg` None: the model's own guidance toward the plan."""
+    sampling = dict(steps=steps, cfg=cfg, layout_cfg=layout_cfg)
     rows: dict[str, list] = {}
     metrics: dict[str, float] = {}
 
@@ -231,6 +234,8 @@ def evaluate(pipe: Pipeline, *, n_prompts: int = 16, width: int = 64, height: in
         log(f"t2v {i + 1}/{n_prompts}: {item['prompt']!r} -> {result}")
 
     metrics["layout_plans"] = bool(plans and pipe.reads_layouts)  # whether the t2v rows had the plan
+    metrics["layout_cfg"] = float(pipe.defaults.layout_cfg if layout_cfg is None else layout_cfg) \
+        if metrics["layout_plans"] else 0.0  # and how hard they were guided toward it
     metrics.update(accuracies(text_to_video(pipe, n_prompts, width, height, frames, seed, sampling, each_t2v,
                                             plans), ADHERENCE))
     permanence = occlusion(pipe, n_prompts, width, height, seed, sampling,
@@ -352,6 +357,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--layout-cfg", type=float, default=None,
+                   help="guidance toward the plan for a model that reads layouts (default: the model's own, 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sheets", default="eval_sheets", help="folder for the contact sheets")
     p.add_argument("--probe", action="store_true",
@@ -385,7 +392,8 @@ def run(args: argparse.Namespace) -> int:
     if args.versus is not None:
         print(json.dumps(versus(pipe, Pipeline.load(args.versus), n=args.prompts, width=args.width,
                                 height=args.height, frames=args.frames, steps=args.steps, cfg=args.cfg,
-                                seed=args.seed, plans=not args.no_plans), sort_keys=True))
+                                seed=args.seed, plans=not args.no_plans, layout_cfg=args.layout_cfg),
+                         sort_keys=True))
         return 0
     if strengths is not None:
         print(json.dumps(redraw(pipe, strengths, n=args.prompts, width=args.width, height=args.height,
@@ -398,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     metrics, rows = evaluate(pipe, n_prompts=args.prompts, width=args.width, height=args.height,
                              frames=args.frames, steps=args.steps, cfg=args.cfg, seed=args.seed,
-                             plans=not args.no_plans)
+                             plans=not args.no_plans, layout_cfg=args.layout_cfg)
     report = json.dumps(metrics, sort_keys=True)
     print(report, flush=True)  # the report first: nothing after this can lose it
     try:
