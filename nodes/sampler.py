@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sora_core.engine import sample_window
+from sora_core.engine import passes_per_step, sample_window
 from sora_core.flow import SAMPLERS, check_sampling
 
 from . import host, wires
@@ -57,9 +57,9 @@ class SoraDiTSampler:
         b, _, t, h, w = z.shape
         s, tf = config.vae.spatial_factor, config.vae.temporal_factor
         grounding, layout_cfg = wires.read_layout(positive, config, (t, h, w)), wires.layout_cfg(positive, config)
-        passes = 1 + (cfg != 1.0) + (grounding is not None and layout_cfg != 0)  # `engine.guided_velocity`
         estimate = wires.check_budget(config, "Sora DiT Sampler", w * s, h * s, 1 + tf * (t - 1), batch=b,
-                                      stages=("sample",), part=model, passes=passes)
+                                      stages=("sample",), part=model,
+                                      passes=passes_per_step(cfg, grounding is not None and layout_cfg != 0))
         dit = model.load(estimate.memory)  # room for the sampling, not only the weights
         device = model.device
         callback = _step_callback(model, strength, steps)

@@ -82,6 +82,12 @@ def guided_velocity(dit, text: Text, negative: Text | None, cfg: float, *, seque
     return model
 
 
+def passes_per_step(cfg: float, layout_guided: bool, sequential: bool = False) -> int:
+    """The DiT passes `guided_velocity` batches per step: the prompt's, the negative's when cfg != 1, the
+    prompt's without its layout when it guides toward one; 1 when they run one at a time (`sequential`)."""
+    return 1 if sequential else 1 + (cfg != 1.0) + bool(layout_guided)
+
+
 def one_time_per_sample(model, noise: torch.Tensor):
     """Wrap `model(x, t)` for a denoiser trained with one t per sample: it is called with each sample's
     sigma (its largest frame time), and frames behind sigma are first noised forward to it with `noise`

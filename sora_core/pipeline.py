@@ -29,7 +29,7 @@ from . import conditioning as cond
 from .budget import Budget
 from .checkpoint import load_checkpoint
 from .data.world import Scene
-from .engine import sample_window
+from .engine import passes_per_step, sample_window
 from .flow import check_sampling
 from .patch import check_frame_count, check_pixel_size, is_whole
 from .wan import files
@@ -271,16 +271,10 @@ class Pipeline:
                      chunk=kw["decode_chunk"],
                      tile=auto_tile(height // self.config.vae.spatial_factor, width // self.config.vae.spatial_factor,
                                     kw.get("decode_tile")),
-                     passes=self._passes(kw), dtype=self.dit_dtype,
+                     passes=passes_per_step(kw["cfg"], kw.get("layout") is not None and self.reads_layouts
+                                            and kw["layout_cfg"] != 0, kw.get("sequential_cfg", False)),
+                     dtype=self.dit_dtype,
                      device=self.device, budget=self.budget)
-
-    def _passes(self, kw: dict) -> int:
-        """The DiT passes a step batches (`engine.guided_velocity`): the prompt's, the negative's for
-        guidance, and the prompt's without its layout for guidance toward one."""
-        if kw.get("sequential_cfg"):
-            return 1
-        return (1 + (kw["cfg"] != 1.0)
-                + (kw.get("layout") is not None and self.reads_layouts and kw["layout_cfg"] != 0))
 
     def _frames(self, name: str, frames) -> torch.Tensor:
         return cond.as_frames(name, frames).to(self.device)
