@@ -59,7 +59,7 @@ class SoraDiTSampler:
         grounding, layout_cfg = wires.read_layout(positive, config, (t, h, w)), wires.layout_cfg(positive, config)
         estimate = wires.check_budget(config, "Sora DiT Sampler", w * s, h * s, 1 + tf * (t - 1), batch=b,
                                       stages=("sample",), part=model,
-                                      passes=passes_per_step(cfg, grounding is not None and layout_cfg != 0))
+                                      passes=passes_per_step(cfg, layout_cfg != 0))  # 0 without a layout
         dit = model.load(estimate.memory)  # room for the sampling, not only the weights
         device = model.device
         callback = _step_callback(model, strength, steps)

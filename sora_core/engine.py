@@ -55,12 +55,12 @@ def guided_velocity(dit, text: Text, negative: Text | None, cfg: float, *, seque
     `sequential` (less activation memory, same result up to float rounding). t is passed as given: (B,) or
     (B, T)."""
     dtype = _input_dtype(dit)
-    guided = negative is not None and cfg != 1.0
+    guided, toward_layout = negative is not None and cfg != 1.0, grounding is not None and layout_cfg != 0
     passes = [(text, grounding)]  # (prompt, grounding) per pass: the prompt's first
     if guided:
         passes.append((negative, grounding))
-    if grounding is not None and layout_cfg:
-        passes.append((text, torch.zeros_like(grounding)))
+    if toward_layout:
+        passes.append((text, torch.zeros_like(grounding)))  # last
     emb, mask = pad_text([p[0][0] for p in passes], [p[0][1] for p in passes])
     ground = None if grounding is None else torch.cat([p[1] for p in passes]).to(dtype)
 
@@ -77,7 +77,7 @@ def guided_velocity(dit, text: Text, negative: Text | None, cfg: float, *, seque
         else:
             v = call(torch.cat([x] * n), torch.cat([t] * n), slice(0, n)).chunk(n)
         out = v[1] + cfg * (v[0] - v[1]) if guided else v[0]
-        return out + layout_cfg * (v[0] - v[-1]) if len(v) > 1 + guided else out
+        return out + layout_cfg * (v[0] - v[-1]) if toward_layout else out
 
     return model
 
