@@ -45,6 +45,11 @@ BACKENDS = ("offline", "llm")
 # Frame geometry of the scene the offline expander imagines: the training world's typical
 # size and longest clip, so speeds and end positions read like the training captions.
 _SCENE_SIZE = (64, 64, 33)
+# The size the plan gives an object whose prompt names none. Training draws "small" for up to half
+# of its objects, but a small square or star spans a few latent cells and comes out round; "large"
+# objects fill the frame and run into each other. Medium keeps shapes readable and objects apart
+# (docs/training.md section 21).
+PLAN_SIZE = "medium"
 
 
 class RecaptionError(RuntimeError):
@@ -76,6 +81,9 @@ def plan_offline(prompt: str, *, seed: int = 0) -> tuple[str, Scene]:
     width, height, frames = _SCENE_SIZE
     options = spec.scene_options(rng)
     options.setdefault("camera", "still")  # users who want a pan say so
+    objects = options.get("objects")
+    if objects and not options.get("occlusion"):  # an occlusion keeps its small mover behind a large occluder
+        options["objects"] = [{**o, "size": o.get("size") or PLAN_SIZE} for o in objects]
     scene = sample_scene(rng, width, height, 1 if spec.image else frames, **options)
     caption = describe(scene, rng)
     if spec.leftover:
