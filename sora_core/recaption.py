@@ -45,7 +45,7 @@ BACKENDS = ("offline", "llm")
 # Frame geometry of the scene the offline expander imagines: the training world's typical
 # size and longest clip, so speeds and end positions read like the training captions.
 _SCENE_SIZE = (64, 64, 33)
-# The size the plan gives an object whose prompt names none. Training draws "small" for up to half
+# The size the plan gives an object the prompt names without one. Training draws "small" for up to half
 # of its objects, but a small square or star spans a few latent cells and comes out round; "large"
 # objects fill the frame and run into each other. Medium keeps shapes readable and objects apart
 # (docs/training.md section 21).

@@ -225,13 +225,15 @@ def test_the_plan_is_the_offline_recaption_and_the_scene_it_describes():
 def test_the_plan_sizes_objects_the_prompt_leaves_unsized_so_their_shapes_read():
     from sora_core.recaption import PLAN_SIZE
 
-    sizes = {o.size for seed in range(12) for o in plan("a red square and a blue star and a green triangle", seed=seed)[1].objects}
+    prompt = "a red square and a blue star and a green triangle"
+    sizes = {o.size for seed in range(12) for o in plan(prompt, seed=seed)[1].objects}
     assert sizes == {PLAN_SIZE}  # training would have drawn "small" for about half of them
     _, scene = plan("a small red star and a large blue square", seed=3)
     assert [(o.shape, o.size) for o in scene.objects] == [("star", "small"), ("square", "large")]
     # an occlusion keeps a small mover passing behind a large occluder
     _, scene = plan("a red ball passes behind a blue box", seed=2)
     assert [o.size for o in scene.objects] == ["small", "large"]
+
 
 def test_a_long_video_follows_the_layout_in_its_opening_window_and_later_windows_carry_on():
     from sora_core.long import LongVideo
