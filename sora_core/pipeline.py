@@ -202,6 +202,10 @@ class Pipeline:
         """Whether the DiT takes a planned layout (`sora_core.grounding`); others ignore one."""
         return bool(getattr(getattr(self.config, "dit", None), "grounding", False))
 
+    def _grounds(self, layout) -> bool:
+        """Whether a request's `layout` reaches the DiT: one was given, to a model that reads layouts."""
+        return layout is not None and self.reads_layouts
+
     @torch.no_grad()
     def grounding(self, layout, window: cond.Window) -> torch.Tensor:
         """The (1, N, D) grounding of a planned scene (`recaption.plan`) over `window`'s tokens."""
@@ -271,8 +275,8 @@ class Pipeline:
                      chunk=kw["decode_chunk"],
                      tile=auto_tile(height // self.config.vae.spatial_factor, width // self.config.vae.spatial_factor,
                                     kw.get("decode_tile")),
-                     passes=passes_per_step(kw["cfg"], kw.get("layout") is not None and self.reads_layouts
-                                            and kw["layout_cfg"] != 0, kw.get("sequential_cfg", False)),
+                     passes=passes_per_step(kw["cfg"], self._grounds(kw.get("layout")) and kw["layout_cfg"] != 0,
+                                            kw.get("sequential_cfg", False)),
                      dtype=self.dit_dtype,
                      device=self.device, budget=self.budget)
 
@@ -316,7 +320,7 @@ class Pipeline:
         steps = kw["steps"]
         callback = (lambda d: progress(d["i"] + 1, steps)) if progress else None
         text, neg = self.encode_texts(prompt, negative)
-        grounding = self.grounding(layout, window) if layout is not None and self.reads_layouts else None
+        grounding = self.grounding(layout, window) if self._grounds(layout) else None
         latents = self.sample(window, text, neg, callback=callback, grounding=grounding, **kw)
         if on_latents is not None:
             latents = on_latents(latents)
