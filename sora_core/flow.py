@@ -109,22 +109,17 @@ def sample_training_t(batch: int, *, shift: float = 1.0, generator: torch.Genera
     return time_shift(u, shift)
 
 
-def flow_loss(model: Model, x0: torch.Tensor, t: torch.Tensor, strength: torch.Tensor, noise: torch.Tensor,
-              cell_weight: torch.Tensor | None = None) -> torch.Tensor:
+def flow_loss(model: Model, x0: torch.Tensor, t: torch.Tensor, strength: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Flow-matching MSE on the frames being generated.
 
     t (B,) is each sample's time; strength (B, T) its condition mask (0 = given frame, seen clean
-    and excluded from the loss). `cell_weight` (B, T, H, W), if given, multiplies each latent cell's
-    error (e.g. more along objects' outlines); the sum is still divided by the number of generated
-    elements, so cells weighted 1 keep the gradient they had. Returns that mean.
+    and excluded from the loss). Returns the mean over generated elements.
     """
     tf = frame_times(torch.ones(()), strength) * t[:, None]  # (B, T)
     xt = (1 - _per_frame(tf)) * x0 + _per_frame(tf) * noise
     v = model(xt, tf)
     weight = _per_frame((strength > 0).to(x0.dtype)).expand_as(x0)
     err = (v.float() - (noise - x0).float()).pow(2) * weight
-    if cell_weight is not None:
-        err = err * cell_weight.to(err)[:, None]
     return err.sum() / weight.sum().clamp(min=1.0)
 
 

@@ -100,18 +100,6 @@ def silhouettes(scene: Scene, frames: int, height: int, width: int, temporal_fac
     return out
 
 
-def outline_cells(scene: Scene | dict, config, grid: tuple[int, int, int]) -> torch.Tensor:
-    """(T, H, W) in 0..1 over a latent grid of `config`'s model: 4 c (1 - c) of the share c of each latent
-    cell the planned shapes cover, so 1 where an outline halves a cell and 0 wholly inside or outside. What
-    `train dit --outline-weight` weighs the loss by: a corner's few cells are what tells a square from a disc."""
-    if isinstance(scene, dict):
-        scene = Scene.from_dict(scene)
-    t, h, w = grid
-    s, tf = config.vae.spatial_factor, config.vae.temporal_factor
-    cover = torch.from_numpy(silhouettes(scene, 1 + tf * (t - 1), h * s, w * s, tf, s, 1))
-    return 4 * cover * (1 - cover)
-
-
 def pooled(text_encoder, phrases: list[str]) -> torch.Tensor:
     """(P, D) mean of the text encoder's outputs over each phrase's tokens (BOS left out)."""
     ids, mask = tokenize(phrases, text_encoder.config.vocab_size, text_encoder.config.max_tokens)

@@ -139,26 +139,6 @@ def test_the_exact_velocity_has_zero_flow_loss_excess_and_given_frames_are_exclu
     assert flow_loss(wrong_on_given, x0, t, strength, eps).item() == 0.0
 
 
-def test_cell_weights_scale_each_latent_cell_s_error_and_keep_the_mean_s_denominator():
-    x0, eps = noise(5).float(), noise(6).float()
-    t = torch.full((x0.shape[0],), 0.5)
-    strength = ones(x0).float()
-    strength[:, 0] = 0.0  # a given frame: no loss whatever its weight
-
-    def off_by_one_at_a_cell(x, tf):
-        v = (eps - x0).clone()
-        v[:, :, :, 1, 2] += 1.0
-        return v
-
-    plain = flow_loss(off_by_one_at_a_cell, x0, t, strength, eps)
-    w = torch.ones(x0.shape[0], *x0.shape[2:])
-    assert torch.equal(flow_loss(off_by_one_at_a_cell, x0, t, strength, eps, w), plain)
-    w[:, :, 1, 2] = 4.0
-    w[:, :, 0, 0] = 100.0  # a cell without error adds nothing
-    w[:, 0] = 100.0  # nor does the given frame
-    assert torch.allclose(flow_loss(off_by_one_at_a_cell, x0, t, strength, eps, w), 4 * plain)
-
-
 def test_unknown_sampler_names_the_choices():
     with pytest.raises(ValueError, match="sampler='magic'.*euler"):
         get_sampler("magic")

@@ -10,7 +10,7 @@ from sora_core.checkpoint import SoraModel
 from sora_core.config import preset
 from sora_core.data.world import Scene, SceneObject
 from sora_core.data.render import render
-from sora_core.grounding import grounding, latent_frame_spans, layout, occupancy, outline_cells, silhouettes
+from sora_core.grounding import grounding, latent_frame_spans, layout, occupancy, silhouettes
 from sora_core.pipeline import Pipeline
 from sora_core.recaption import plan, recaption
 from sora_core.train.dit import Denoiser
@@ -99,20 +99,6 @@ def test_a_square_and_a_disc_of_one_size_differ_in_their_corners_not_their_cells
     assert abs(disc.sum() * 4 - np.pi * r * r) < 0.02 * np.pi * r * r
     cells = [occupancy(still(s), 1, 64, 64, 4, 8) for s in ("square", "circle")]
     assert np.array_equal(*cells)  # the token cells alone cannot tell them apart
-
-
-def test_outline_cells_mark_the_latent_cells_an_outline_crosses_and_nothing_inside_or_outside():
-    obj = SceneObject(shape="square", color="red", size="large", x=0.5, y=0.5)
-    scene = Scene(width=64, height=64, frames=1, background="black", objects=[obj])
-    config = preset("tiny")
-    e = outline_cells(scene, config, (1, 16, 16))[0]  # latent cells of 4 px
-    cover = silhouettes(scene, 1, 64, 64, 4, 4, 1)[0]
-    assert e.shape == (16, 16) and torch.allclose(e, torch.from_numpy(4 * cover * (1 - cover)))
-    assert e[8, 8] == 0 and e[0, 0] == 0  # the square's middle, the backdrop's corner
-    r = 0.19 * 64 * 0.9  # the square's half side, px (its corners sit at r * sqrt(2) from the centre)
-    edge = int((32 + r) // 4)  # the latent column its right side crosses
-    assert e[8, edge] > 0.5 and e[8, edge - 2] == 0 and e[8, edge + 2] == 0
-    assert outline_cells(scene.to_dict(), config, (3, 16, 16)).shape == (3, 16, 16)
 
 
 def test_a_moving_object_s_silhouette_follows_it_frame_by_frame_and_averages_within_a_latent_frame():

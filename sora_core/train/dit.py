@@ -24,7 +24,7 @@ from ..data.buckets import BucketConfig
 from ..engine import num_tokens
 from ..flow import flow_loss, resolution_shift, sample_training_t
 from ..preview import METADATA_KEY, fit_latent_rgb
-from ..grounding import grounding, layout, outline_cells
+from ..grounding import layout, grounding
 from ..text import tokenize
 from .common import (EMA, Clock, Logger, check_time_limit, cleanup_distributed, lr_at, resume_training_state,
                      save_training_state, setup_distributed, use_bfloat16)
@@ -71,12 +71,12 @@ class Denoiser(nn.Module):
         super().__init__()
         self.text, self.dit = model.text, model.dit
 
-    def forward(self, z, t, strength, noise, ids, mask, layouts=None, cell_weight=None):
+    def forward(self, z, t, strength, noise, ids, mask, layouts=None):
         ctx = self.text(ids, mask)
         g = None
         if layouts is not None and any(lay is not None for lay in layouts):
             g = grounding(self.text, layouts, num_tokens(self.dit, z))
-        return flow_loss(lambda x, tt: self.dit(x, tt, ctx, mask, g), z, t, strength, noise, cell_weight)
+        return flow_loss(lambda x, tt: self.dit(x, tt, ctx, mask, g), z, t, strength, noise)
 
 
 def pick_texts(batch: dict, rng: np.random.Generator, drop: float, short: float) -> list[str]:
@@ -135,10 +135,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layouts", type=float, default=0.0,
                    help="share of synthetic samples given their scene's layout (docs/training.md section 16); "
                         "needs a DiT with grounding, e.g. --dit '{\"grounding\": true}'")
-    p.add_argument("--outline-weight", type=float, default=0.0,
-                   help="weigh the loss of synthetic clips' latent cells along the objects' outlines up to 1 + this "
-                        "(docs/training.md section 22): corners are few cells, and they are what tells a square "
-                        "from a disc")
     p.add_argument("--shift", type=float, default=None,
                    help="timestep shift for training (default: by token count, as at inference)")
 
@@ -148,8 +144,6 @@ def run(args: argparse.Namespace) -> Path:
     if args.batch_reuse < 1:
         raise ValueError(f"--batch-reuse={args.batch_reuse} is not allowed: use 1 or more")
     check_time_limit(args.time_limit)
-    if not args.outline_weight >= 0:
-        raise ValueError(f"--outline-weight={args.outline_weight!r} is not allowed: use 0 (off) or more")
     if not 0 <= args.layouts <= 1:
         raise ValueError(f"--layouts={args.layouts!r} is not allowed: use a share from 0 to 1")
     mix = parse_mask_mix(args.mask_mix)
@@ -239,12 +233,8 @@ def run(args: argparse.Namespace) -> Path:
         if args.layouts and batch.get("scene"):
             layouts = [layout(scene, config, (lt, lh, lw)) if rng.random() < args.layouts else None
                        for scene in batch["scene"]]
-        cell_weight = None
-        if args.outline_weight and batch.get("scene"):
-            cell_weight = 1 + args.outline_weight * torch.stack(
-                [outline_cells(scene, config, (lt, lh, lw)) for scene in batch["scene"]]).to(d.device)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = net(z, t, strength, noise, ids.to(d.device), mask.to(d.device), layouts, cell_weight)
+            loss = net(z, t, strength, noise, ids.to(d.device), mask.to(d.device), layouts)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
