@@ -119,14 +119,15 @@ def _sampling(args) -> dict:
                 layout_cfg=args.layout_cfg, sequential_cfg=args.sequential_cfg, decode_tile=args.vae_tile)
 
 
-def _plan(args, pipe):
-    """The prompt as the model reads it, and the scene it plans (None: the prompt as written). Our models get
-    the offline recaptioner's caption, printed: it writes our training captions (Wan models never do)."""
+def _plan(args, pipe, frames: int | None = None):
+    """The prompt as the model reads it, and the scene it plans for a clip of `frames` frames (default: the
+    model's own length); the scene is None where the prompt goes as written. Our models get the offline
+    recaptioner's caption, printed: it writes our training captions (Wan models never do)."""
     if args.no_recaption or pipe.family != "sora-nodes":
         return args.prompt, None
     from .recaption import plan
 
-    caption, scene = plan(args.prompt, seed=args.seed)
+    caption, scene = plan(args.prompt, seed=args.seed, frames=frames or pipe.defaults.frames)
     print(f"caption: {caption}", file=sys.stderr)
     return caption, scene
 
@@ -145,7 +146,7 @@ def _prompt(args, pipe) -> str:
 
 def _generate(args) -> int:
     pipe = _pipeline(args, args.frames)
-    caption, scene = _plan(args, pipe)
+    caption, scene = _plan(args, pipe, args.frames)
     frames = pipe.generate(caption, args.width, args.height, args.frames, layout=_layout(pipe, scene),
                            **_sampling(args))
     _save(frames, args.output, args.fps or pipe.defaults.fps, args.provenance)
@@ -240,8 +241,8 @@ def _long(args) -> int:
         sys.stderr.flush()
 
     # every input of the job is checked here, before the stream or any window exists
-    caption, scene = _plan(args, pipe)
-    layout = _layout(pipe, scene) if start is None else None  # it places the opening drawn from the prompt
+    caption, scene = _plan(args, pipe, args.window_frames)  # the layout places the opening window
+    layout = _layout(pipe, scene) if start is None else None  # ... when it is drawn from the prompt
     job = LongVideo(pipe, caption, count, layout=layout, width=args.width or pipe.defaults.width,
                     height=args.height or pipe.defaults.height, start=start,
                     loop=args.loop == "close", window_frames=args.window_frames, new_frames=args.new_frames,

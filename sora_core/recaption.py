@@ -21,6 +21,7 @@ import http.client
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import socket
@@ -42,9 +43,13 @@ log = logging.getLogger(__name__)
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 BACKENDS = ("offline", "llm")
-# Frame geometry of the scene the offline expander imagines: the training world's typical
-# size and longest clip, so speeds and end positions read like the training captions.
-_SCENE_SIZE = (64, 64, 33)
+# Frame size of the scene the offline expander imagines: the training world's typical size (places are
+# fractions of the frame and sizes follow its area, so a layout fits any clip size).
+_SCENE_SIZE = (64, 64)
+# The clip length a plan is made for unless told: the pipeline's default clip (`Defaults.frames`). Plan at
+# the clip's own length: a plan stretched over fewer frames moves its objects faster than anything in
+# training, and fast movers blur round in the VAE's 4-frame latents (docs/training.md section 22).
+PLAN_FRAMES = 17
 # The size the plan gives an object the prompt names without one. Training draws "small" for up to half
 # of its objects, but a small square or star spans a few latent cells and comes out round; "large"
 # objects fill the frame and run into each other. Medium keeps shapes readable and objects apart
@@ -67,18 +72,26 @@ def expand_offline(prompt: str, *, seed: int = 0) -> str:
     return plan_offline(prompt, seed=seed)[0]
 
 
-def plan(prompt: str, *, seed: int = 0) -> tuple[str, Scene]:
-    """`recaption`'s offline caption and the scene it describes: the layout a grounded model follows
-    (`sora_core.grounding`): where each object starts, and where it goes."""
-    caption, scene = plan_offline(prompt, seed=seed)
+def plan(prompt: str, *, seed: int = 0, frames: int = PLAN_FRAMES) -> tuple[str, Scene]:
+    """`recaption`'s offline caption and the scene it describes for a clip of `frames` frames: the layout
+    a grounded model follows (`sora_core.grounding`): where each object starts, and where it goes."""
+    caption, scene = plan_offline(prompt, seed=seed, frames=frames)
     return plain_text(caption), scene
 
 
-def plan_offline(prompt: str, *, seed: int = 0) -> tuple[str, Scene]:
+def check_plan_frames(frames) -> int:
+    if isinstance(frames, bool) or not isinstance(frames, numbers.Integral) or frames < 1:
+        raise ValueError(f"frames={frames!r} is not allowed: plan for a clip of 1 frame or more (the clip's "
+                         f"own length, e.g. {PLAN_FRAMES})")
+    return int(frames)
+
+
+def plan_offline(prompt: str, *, seed: int = 0, frames: int = PLAN_FRAMES) -> tuple[str, Scene]:
     prompt = _check_prompt(prompt)
+    frames = check_plan_frames(frames)
     spec = parse_prompt(prompt)
     rng = np.random.default_rng(check_seed(seed))
-    width, height, frames = _SCENE_SIZE
+    width, height = _SCENE_SIZE
     options = spec.scene_options(rng)
     options.setdefault("camera", "still")  # users who want a pan say so
     objects = options.get("objects")

@@ -235,6 +235,31 @@ def test_the_plan_sizes_objects_the_prompt_leaves_unsized_so_their_shapes_read()
     assert [o.size for o in scene.objects] == ["small", "large"]
 
 
+def test_the_plan_is_made_for_the_clip_s_length_so_its_objects_move_at_training_speeds():
+    from sora_core.data.synthetic import BOUNCE_SPEED
+    from sora_core.data.world import screen_path
+    from sora_core.pipeline import Defaults
+    from sora_core.recaption import PLAN_FRAMES
+
+    assert PLAN_FRAMES == Defaults.frames and plan("a red square", seed=0)[1].frames == Defaults.frames
+
+    def steps(planned: int) -> list[float]:  # each plan's fastest per-frame step (of the frame) shown over 17 frames
+        out = []
+        for seed in range(16):
+            scene = plan("a red ball bouncing", seed=seed, frames=planned)[1]
+            assert scene.frames == planned
+            x, y = screen_path(scene, scene.objects[0])
+            out.append(np.hypot(np.diff(x), np.diff(y)).max() * (planned - 1) / 16)
+        return out
+
+    assert max(steps(17)) <= BOUNCE_SPEED[1] + 1e-9  # as fast as training's clips go, no faster
+    assert min(steps(33)) > BOUNCE_SPEED[1]  # a 33-frame plan squeezed into 17 frames: faster than any of them
+    assert plan("a red square moving right", seed=0, frames=1)[1].frames == 1
+    for bad in (0, -3, 2.5, True, "17"):
+        with pytest.raises(ValueError, match=f"frames={bad!r} is not allowed"):
+            plan("a red square", frames=bad)
+
+
 def test_a_long_video_follows_the_layout_in_its_opening_window_and_later_windows_carry_on():
     from sora_core.long import LongVideo
 

@@ -19,7 +19,7 @@ from nodes.temporal import SoraAnimateImage, SoraConnect, SoraExtend, SoraLoop, 
 from nodes.text import SoraApplyLayout, SoraRecaption, SoraTextEncode
 from sora_core.budget import BudgetError
 from sora_core.checkpoint import save_checkpoint
-from sora_core.pipeline import Pipeline
+from sora_core.pipeline import Defaults, Pipeline
 from sora_core.preview import METADATA_KEY, LatentRGB
 
 SIZE, FRAMES = 32, 9  # micro: 8 px per token side, so 4x4 tokens a frame, 3 latent frames
@@ -578,6 +578,14 @@ def test_recaption_offline_writes_a_longer_caption_and_shows_it():
     out = SoraRecaption().run("a red ball bouncing", 0, "offline", "", "", 5.0)
     caption = out["result"][0]
     assert out["ui"]["text"] == [caption] and len(caption.split()) > 4
+
+
+def test_recaption_plans_for_the_clip_length_it_is_given():
+    layout = SoraRecaption().run("a red ball moving left", 0, "offline", "", "", 5.0)["result"][1]
+    assert layout["frames"] == Defaults.frames
+    assert SoraRecaption().run("a red ball moving left", 0, "offline", "", "", 5.0, frames=33)["result"][1]["frames"] == 33
+    with pytest.raises(ValueError, match="frames=0 is not allowed"):
+        SoraRecaption().run("a red ball", 0, "offline", "", "", 5.0, frames=0)
 
 
 def test_recaption_reports_an_unreachable_endpoint():

@@ -639,7 +639,7 @@ def recaption() -> Graph:
               "Offline, it also plans the caption's scene, where each object starts and which way it goes: "
               "**Apply Layout** adds that plan to the caption's conditioning, and the default model follows it.")
     loader, neg = load(g)
-    caption = g.add("SoraRecaption", prompt="a red ball bouncing", seed=1, backend="offline")
+    caption = g.add("SoraRecaption", prompt="a red ball bouncing", seed=1, backend="offline", frames=VIDEO["frames"])
     encoded = g.add("SoraTextEncode", title="Positive prompt (the caption)", text_encoder=loader["text_encoder"],
                     text=caption[0])
     pos = g.add("SoraApplyLayout", conditioning=encoded[0], text_encoder=loader["text_encoder"], layout=caption[1])

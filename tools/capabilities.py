@@ -39,7 +39,7 @@ def main() -> None:
     s = dict(steps=20, cfg=5.0, seed=1)
 
     def generate(prompt: str, **size):  # as `python -m sora_core generate` does: recaptioned, with its layout
-        detailed, layout = plan(prompt, seed=s["seed"])
+        detailed, layout = plan(prompt, seed=s["seed"], frames=size.get("frames", pipe.defaults.frames))
         return pipe.generate(detailed, layout=layout, **size, **s)
 
     rows = [

@@ -173,7 +173,7 @@ def _generate_and_score(pipe: Pipeline, items: list[dict], width: int, height: i
     """Each held-out item's short prompt recaptioned and generated with seed + its index, then scored."""
     results = []
     for i, item in enumerate(items):
-        caption, scene = plan(item["prompt"], seed=seed + i)
+        caption, scene = plan(item["prompt"], seed=seed + i, frames=frames)
         video = pipe.generate(caption, width, height, frames, seed=seed + i, layout=scene if plans else None,
                               **sampling)
         results.append(score_clip(item, video))
