@@ -232,7 +232,7 @@ def test_generate_recaptions_and_hands_the_shipped_model_the_plan(tmp_path):
     r = cli("generate", "a red ball moving right", "-o", out, "--width", 32, "--height", 32, "--frames", 5,
             "--steps", "2", "--seed", 3)
     assert r.returncode == 0, r.stderr[-2000:]
-    caption, scene = plan("a red ball moving right", seed=3)
+    caption, scene = plan("a red ball moving right", seed=3, frames=5)  # planned for the clip's 5 frames
     assert f"caption: {caption}" in r.stderr and "layout: red circle right" in r.stderr
     assert [(o.color, o.motion) for o in scene.objects] == [("red", "right")]
     loose = tmp_path / "loose.png"  # the same plan, without guidance toward it

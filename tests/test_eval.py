@@ -168,6 +168,6 @@ def test_text_to_video_hands_the_recaptioners_plan_to_the_model_unless_told_not_
     text_to_video(fake, 3, 32, 32, 9, 5, dict(steps=2))
     text_to_video(fake, 3, 32, 32, 9, 5, dict(steps=2), plans=False)
     for i, item in enumerate(heldout(3, 32, 32, 9, 5, occlusion=False)):
-        caption, scene = plan(item["prompt"], seed=5 + i)
-        assert calls[i] == (caption, scene, 5 + i)  # the plan of the very caption it is given
+        caption, scene = plan(item["prompt"], seed=5 + i, frames=9)
+        assert calls[i] == (caption, scene, 5 + i)  # the plan of the very caption it is given, for its 9 frames
         assert calls[3 + i] == (caption, None, 5 + i)  # the same caption, no layout
