@@ -20,6 +20,7 @@ sub-cell (a token's cell split `silhouette` x `silhouette`) the planned shapes c
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import numpy as np
@@ -28,6 +29,8 @@ import torch
 from .data.render import coverage
 from .data.world import SIZES, Scene, object_scale, screen_path, shape_vertices
 from .text import tokenize
+
+log = logging.getLogger(__name__)
 
 
 class Layout(NamedTuple):
@@ -119,6 +122,11 @@ def layout(scene: Scene | dict, config, grid: tuple[int, int, int]) -> Layout:
     t, h, w = grid
     s, tf, cell = config.vae.spatial_factor, config.vae.temporal_factor, config.pixel_multiple
     frames = 1 + tf * (t - 1)
+    if scene.frames > 1 and frames > 1 and scene.frames != frames:
+        log.warning("the layout was planned for %d frames and is stretched over this clip's %d: its objects move "
+                    "%.2gx as fast as planned, and fast shapes blur; plan for %d frames (Sora Recaption's frames, "
+                    "recaption.plan(..., frames=%d))", scene.frames, frames, (scene.frames - 1) / (frames - 1),
+                    frames, frames)
     occ = occupancy(scene, frames, h * s, w * s, tf, cell)
     sil, sub = None, config.dit.silhouette
     if sub:

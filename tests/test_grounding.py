@@ -130,6 +130,16 @@ def test_a_layout_for_a_dit_that_reads_outlines_packs_each_token_s_sub_cells_in_
     assert g.shape == (2, 48, 24 + 16) and torch.equal(g[0, :, 24:], lay.silhouette) and not g[1].any()
 
 
+def test_a_layout_stretched_over_a_clip_of_another_length_says_so(caplog):
+    config = _silhouette_config()
+    with caplog.at_level("WARNING", logger="sora_core.grounding"):
+        layout(_scene(frames=9), config, (3, 8, 8))  # planned for the clip's 9 frames
+        layout(_scene(frames=1), config, (3, 8, 8))  # a still plan: nothing moves
+        assert not caplog.records
+        layout(_scene(frames=33), config, (3, 8, 8))
+    assert "planned for 33 frames and is stretched over this clip's 9" in caplog.text and "4x as fast" in caplog.text
+
+
 def test_silhouette_settings_are_checked():
     config = preset("micro")
     with pytest.raises(ValueError, match="silhouette=4 is not allowed.*grounding=True"):
