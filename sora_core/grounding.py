@@ -124,7 +124,7 @@ def layout(scene: Scene | dict, config, grid: tuple[int, int, int]) -> Layout:
     frames = 1 + tf * (t - 1)
     if scene.frames > 1 and frames > 1 and scene.frames != frames:
         log.warning("the layout was planned for %d frames and is stretched over this clip's %d: its objects move "
-                    "%.2gx as fast as planned, and fast shapes blur; plan for %d frames (Sora Recaption's frames, "
+                    "%.2gx as fast as planned (faster blurs shapes round); plan for %d frames (Sora Recaption's frames, "
                     "recaption.plan(..., frames=%d))", scene.frames, frames, (scene.frames - 1) / (frames - 1),
                     frames, frames)
     occ = occupancy(scene, frames, h * s, w * s, tf, cell)

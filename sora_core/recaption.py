@@ -80,6 +80,7 @@ def plan(prompt: str, *, seed: int = 0, frames: int = PLAN_FRAMES) -> tuple[str,
 
 
 def check_plan_frames(frames) -> int:
+    """A plan's clip length: a whole number of frames, 1 or more."""
     if isinstance(frames, bool) or not isinstance(frames, numbers.Integral) or frames < 1:
         raise ValueError(f"frames={frames!r} is not allowed: plan for a clip of 1 frame or more (the clip's "
                          f"own length, e.g. {PLAN_FRAMES})")
