@@ -247,6 +247,7 @@ class LongVideo:
         self.width, self.height, self.start, self.loop = width, height, start, loop
         self.window_frames, self.context_frames, self.blend_frames = window_frames, context_frames, blend_frames
         self.drift, self.progress, self.sampling = drift, progress, sampling
+        self.steps = settings["steps"]  # the model's own where not given (or given as None)
         self.layout = settings.get("layout")  # checked: a Scene, or None
         self.retries, self.seam_limit, self.overlap = int(retries), float(seam_limit), int(overlap_frames)
         self.redraws = 0  # windows drawn again so far (each costs one window's sampling and decoding)
@@ -280,7 +281,6 @@ class LongVideo:
             plan it follows."""
             nonlocal window
             window += not again
-            steps = self.sampling.get("steps", 20)
             shown = window
             progress = (lambda i, n: self.progress(shown, self.windows, i, n)) if self.progress else None
 
@@ -297,7 +297,7 @@ class LongVideo:
                 return z
 
             if progress:
-                progress(0, steps)
+                progress(0, self.steps)
             run = pipe.run if decode else pipe.latents
             return run(w, self.prompt, negative=self.negative, progress=progress, on_latents=adjust, seed=seed,
                        layout=layout, **self.sampling)

@@ -56,6 +56,15 @@ def test_bad_settings_are_named_before_any_work(pipe, kwargs, message):
         LongVideo(pipe, args.pop("prompt"), args.pop("frames"), **args)
 
 
+def test_progress_counts_the_model_s_own_steps_when_none_are_given(pipe):
+    events = []
+    job = LongVideo(pipe, "a ball", 21, width=SIZE, height=SIZE, new_frames=4, context_frames=4, cfg=1.0,
+                    steps=None, progress=lambda w, n, s, t: events.append((w, n, s, t)))
+    assert sum(len(chunk) for chunk in job) == 21
+    steps = pipe.defaults.steps
+    assert events == [(w, 2, s, steps) for w in (1, 2) for s in range(steps + 1)]
+
+
 def test_frames_stream_out_as_each_window_finishes_and_the_start_clip_is_kept(pipe):
     clip = ramp_clip(13)
     events, chunks = [], []
