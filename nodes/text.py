@@ -10,7 +10,7 @@ from sora_core.data.world import Scene
 from sora_core.flow import check_sampling
 from sora_core.grounding import phrase, pooled
 from sora_core.pipeline import Defaults
-from sora_core.recaption import PLAN_FRAMES, plan, recaption
+from sora_core.recaption import plan, recaption
 
 from . import wires
 
@@ -105,13 +105,13 @@ class SoraRecaption:
             "timeout": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 600.0, "step": 1.0,
                                   "tooltip": "Seconds to wait for the endpoint before failing."}),
         }, "optional": {
-            "frames": ("INT", {"default": PLAN_FRAMES, "min": 1, "max": 4096, "step": 1, "tooltip": (
+            "frames": ("INT", {"default": Defaults.frames, "min": 1, "max": 4096, "step": 1, "tooltip": (
                 "Frames of the clip the plan is for (offline backend): the same as the latent's, so objects move at "
                 "the speeds the caption says. A plan stretched over fewer frames moves them faster than the model "
                 "was trained on, and fast shapes blur round.")}),
         }}
 
-    def run(self, prompt, seed, backend, endpoint, model, timeout, frames=PLAN_FRAMES):
+    def run(self, prompt, seed, backend, endpoint, model, timeout, frames=Defaults.frames):
         api_key = os.environ.get("SORA_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
         if backend == "offline":
             caption, scene = plan(prompt, seed=seed, frames=frames)

@@ -38,6 +38,7 @@ from .data.prompt_parser import parse_prompt
 from .data.synthetic import Scene, describe, sample_scene
 from .flow import check_seed
 from .fsutil import atomic_write
+from .pipeline import Defaults
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ BACKENDS = ("offline", "llm")
 # Frame size of the scene the offline expander imagines: the training world's typical size (places are
 # fractions of the frame and sizes follow its area, so a layout fits any clip size).
 _SCENE_SIZE = (64, 64)
-# The clip length a plan is made for unless told: the pipeline's default clip (`Defaults.frames`). Plan at
-# the clip's own length: a plan stretched over fewer frames moves its objects faster than anything in
-# training, and fast movers blur round in the VAE's 4-frame latents (docs/training.md section 22).
-PLAN_FRAMES = 17
 # The size the plan gives an object the prompt names without one. Training draws "small" for up to half
 # of its objects, but a small square or star spans a few latent cells and comes out round; "large"
 # objects fill the frame and run into each other. Medium keeps shapes readable and objects apart
@@ -72,9 +69,11 @@ def expand_offline(prompt: str, *, seed: int = 0) -> str:
     return plan_offline(prompt, seed=seed)[0]
 
 
-def plan(prompt: str, *, seed: int = 0, frames: int = PLAN_FRAMES) -> tuple[str, Scene]:
+def plan(prompt: str, *, seed: int = 0, frames: int = Defaults.frames) -> tuple[str, Scene]:
     """`recaption`'s offline caption and the scene it describes for a clip of `frames` frames: the layout
-    a grounded model follows (`sora_core.grounding`): where each object starts, and where it goes."""
+    a grounded model follows (`sora_core.grounding`): where each object starts, and where it goes. Plan for
+    the clip's own length: a plan stretched over fewer frames moves its objects faster than anything in
+    training, and fast movers blur round in the VAE's 4-frame latents (docs/training.md section 22)."""
     caption, scene = plan_offline(prompt, seed=seed, frames=frames)
     return plain_text(caption), scene
 
@@ -83,11 +82,11 @@ def check_plan_frames(frames) -> int:
     """A plan's clip length: a whole number of frames, 1 or more."""
     if isinstance(frames, bool) or not isinstance(frames, numbers.Integral) or frames < 1:
         raise ValueError(f"frames={frames!r} is not allowed: plan for a clip of 1 frame or more (the clip's "
-                         f"own length, e.g. {PLAN_FRAMES})")
+                         f"own length, e.g. {Defaults.frames})")
     return int(frames)
 
 
-def plan_offline(prompt: str, *, seed: int = 0, frames: int = PLAN_FRAMES) -> tuple[str, Scene]:
+def plan_offline(prompt: str, *, seed: int = 0, frames: int = Defaults.frames) -> tuple[str, Scene]:
     prompt = _check_prompt(prompt)
     frames = check_plan_frames(frames)
     spec = parse_prompt(prompt)

@@ -249,9 +249,8 @@ def test_the_plan_is_made_for_the_clip_s_length_so_its_objects_move_at_training_
     from sora_core.data.synthetic import BOUNCE_SPEED
     from sora_core.data.world import screen_path
     from sora_core.pipeline import Defaults
-    from sora_core.recaption import PLAN_FRAMES
 
-    assert PLAN_FRAMES == Defaults.frames and plan("a red square", seed=0)[1].frames == Defaults.frames
+    assert plan("a red square", seed=0)[1].frames == Defaults.frames
 
     def steps(planned: int) -> list[float]:  # each plan's fastest per-frame step (of the frame) shown over 17 frames
         out = []
